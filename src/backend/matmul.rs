@@ -1,0 +1,145 @@
+//! Matrix products through the `gemm` crate (BLIS-style kernels, runtime SIMD dispatch).
+//!
+//! Weights are used in the orientation HF stores them, so no transpose is ever made:
+//! `Conv1D` weights are (in, out) = [`WeightLayout::InOut`]; `nn.Linear` weights
+//! (`lm_head`, `score`) are (out, in) = [`WeightLayout::OutIn`].
+
+use gemm::{Parallelism, gemm};
+
+/// How a weight matrix is stored in memory (row-major).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WeightLayout {
+    /// (k, n): HF Conv1D, y = x @ W.
+    InOut,
+    /// (n, k): HF nn.Linear, y = x @ W^T.
+    OutIn,
+}
+
+fn parallelism(m: usize, n: usize, k: usize) -> Parallelism {
+    // Small products are not worth waking the other threads for.
+    if m * n * k < 32 * 32 * 32 || rayon::current_thread_index().is_some() {
+        Parallelism::None
+    } else {
+        Parallelism::Rayon(rayon::current_num_threads())
+    }
+}
+
+/// Strides (row, col) of the (k, n) right-hand side for a weight stored in `layout`.
+fn rhs_strides(layout: WeightLayout, k: usize, n: usize) -> (isize, isize) {
+    match layout {
+        WeightLayout::InOut => (n as isize, 1),
+        WeightLayout::OutIn => (1, k as isize),
+    }
+}
+
+/// out (m, n) = inp (m, k) @ W (+ bias), or out += ... when `accumulate`.
+///
+/// # Shapes
+/// inp: (m, k) row-major; w: (k, n) or (n, k) per `layout`; bias: (n); out: (m, n).
+pub fn matmul_forward(
+    out: &mut [f32],
+    inp: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    (m, k, n): (usize, usize, usize),
+    layout: WeightLayout,
+    accumulate: bool,
+) {
+    assert!(out.len() >= m * n && inp.len() >= m * k && w.len() >= k * n, "matmul_forward: buffers too small");
+    let mut read_dst = accumulate;
+    if let Some(b) = bias {
+        assert_eq!(b.len(), n);
+        for row in out[..m * n].chunks_exact_mut(n) {
+            if accumulate {
+                row.iter_mut().zip(b).for_each(|(o, &bb)| *o += bb);
+            } else {
+                row.copy_from_slice(b);
+            }
+        }
+        read_dst = true;
+    }
+    let (rhs_rs, rhs_cs) = rhs_strides(layout, k, n);
+    // SAFETY: all three buffers were checked to hold the (m, n), (m, k), (k, n) matrices
+    // addressed by these strides, and `out` does not alias the inputs (&mut borrow).
+    unsafe {
+        gemm(
+            m, n, k,
+            out.as_mut_ptr(), 1, n as isize, read_dst,
+            inp.as_ptr(), 1, k as isize,
+            w.as_ptr(), rhs_cs, rhs_rs,
+            1.0, 1.0, false, false, false,
+            parallelism(m, n, k),
+        );
+    }
+}
+
+/// A general strided product for kernels (attention blocks): dst = alpha * dst + beta * lhs @ rhs.
+/// Each matrix is (pointer, row stride, col stride). Runs single-threaded: callers parallelise.
+///
+/// # Safety
+/// Every pointer with its strides must address valid memory for its (m, k), (k, n), (m, n)
+/// matrix, and `dst` must not overlap `lhs` or `rhs`.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemm_strided(
+    (m, n, k): (usize, usize, usize),
+    dst: (*mut f32, isize, isize),
+    lhs: (*const f32, isize, isize),
+    rhs: (*const f32, isize, isize),
+    accumulate: bool,
+    beta: f32,
+) {
+    unsafe {
+        gemm(
+            m, n, k,
+            dst.0, dst.2, dst.1, accumulate,
+            lhs.0, lhs.2, lhs.1,
+            rhs.0, rhs.2, rhs.1,
+            1.0, beta, false, false, false,
+            Parallelism::None,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive(inp: &[f32], w: &[f32], (m, k, n): (usize, usize, usize), layout: WeightLayout) -> Vec<f32> {
+        let mut out = vec![0f32; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                let mut s = 0f64;
+                for p in 0..k {
+                    let wv = match layout {
+                        WeightLayout::InOut => w[p * n + j],
+                        WeightLayout::OutIn => w[j * k + p],
+                    };
+                    s += inp[i * k + p] as f64 * wv as f64;
+                }
+                out[i * n + j] = s as f32;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn both_layouts_match_naive() {
+        let (m, k, n) = (37, 45, 29);
+        let inp: Vec<f32> = (0..m * k).map(|i| ((i * 7 % 13) as f32 - 6.0) / 5.0).collect();
+        let w: Vec<f32> = (0..k * n).map(|i| ((i * 5 % 11) as f32 - 5.0) / 7.0).collect();
+        let bias: Vec<f32> = (0..n).map(|i| i as f32 * 0.1).collect();
+        for layout in [WeightLayout::InOut, WeightLayout::OutIn] {
+            let want = naive(&inp, &w, (m, k, n), layout);
+            let mut out = vec![0f32; m * n];
+            matmul_forward(&mut out, &inp, &w, Some(&bias), (m, k, n), layout, false);
+            for i in 0..m * n {
+                assert!((out[i] - want[i] - bias[i % n]).abs() < 1e-4);
+            }
+            // accumulate: out += inp @ w (no bias)
+            matmul_forward(&mut out, &inp, &w, None, (m, k, n), layout, true);
+            for i in 0..m * n {
+                assert!((out[i] - 2.0 * want[i] - bias[i % n]).abs() < 1e-4);
+            }
+        }
+    }
+}

@@ -1,0 +1,36 @@
+//! The compute engine: every numeric kernel of ImageGPT, written out over flat `f32`
+//! slices in the manner of llm.c (one function per kernel, shapes in the doc comment).
+//!
+//! This module is the only place that knows about threads (rayon), SIMD-friendly loops and
+//! the `gemm` crate, so a CUDA backend can sit beside it later without touching `model/`.
+//! Shape alphabet used throughout the crate: B batch, T time (pixels), C = n_embd,
+//! nh heads, hs head size, V colours, I MLP width.
+
+pub mod act;
+pub mod attention;
+pub mod embed;
+pub mod math;
+pub mod matmul;
+pub mod norm;
+
+pub use act::Activation;
+pub use matmul::WeightLayout;
+
+/// Runs `f` on a rayon pool with `threads` workers (0 = rayon's default, all cores).
+pub fn with_threads<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
+    if threads == 0 {
+        return f();
+    }
+    match rayon::ThreadPoolBuilder::new().num_threads(threads).build() {
+        Ok(pool) => pool.install(f),
+        Err(_) => f(),
+    }
+}
+
+/// x += y, element-wise (the residual connection).
+pub fn add_inplace(x: &mut [f32], y: &[f32]) {
+    debug_assert_eq!(x.len(), y.len());
+    for (a, b) in x.iter_mut().zip(y) {
+        *a += *b;
+    }
+}

@@ -1,0 +1,41 @@
+//! ImageGPT's norm (HF `ImageGPTLayerNorm`): y = x / sqrt(mean(x^2) + eps) * w.
+//! No mean subtraction and no bias: an RMS norm with eps inside the square root.
+
+use rayon::prelude::*;
+
+/// # Shapes
+/// inp, out: (N, C) row-major; w: (C); rstd: (N) receives 1 / sqrt(mean(x^2) + eps)
+/// for the backward pass.
+pub fn rmsnorm_forward(out: &mut [f32], rstd: &mut [f32], inp: &[f32], w: &[f32], eps: f64) {
+    let c = w.len();
+    out.par_chunks_mut(c)
+        .zip(rstd.par_iter_mut())
+        .zip(inp.par_chunks(c))
+        .with_min_len(64)
+        .for_each(|((o, r), x)| {
+            let ss: f64 = x.iter().map(|&v| (v as f64) * (v as f64)).sum();
+            let rs = (1.0 / (ss / c as f64 + eps).sqrt()) as f32;
+            *r = rs;
+            for ((o, &x), &w) in o.iter_mut().zip(x).zip(w) {
+                *o = x * rs * w;
+            }
+        });
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn matches_formula() {
+        // torch: x / torch.sqrt(torch.mean(x**2, -1, keepdim=True) + 1e-5) * w
+        // for x = [[1, 2, 3, 4]], w = [1, 0.5, 2, 1] -> [0.36514813, 0.36514813, 2.1908889, 1.4605925]
+        let x = [1.0, 2.0, 3.0, 4.0];
+        let w = [1.0, 0.5, 2.0, 1.0];
+        let mut out = [0f32; 4];
+        let mut rstd = [0f32; 1];
+        super::rmsnorm_forward(&mut out, &mut rstd, &x, &w, 1e-5);
+        let want = [0.365_148_13, 0.365_148_13, 2.190_888_9, 1.460_592_5];
+        for i in 0..4 {
+            assert!((out[i] - want[i]).abs() < 1e-6, "{out:?}");
+        }
+    }
+}

@@ -1,0 +1,213 @@
+//! `ImageGptConfig`: Hugging Face's `config.json` for ImageGPT, field for field
+//! (transformers `configuration_imagegpt.py`), with its defaults, so an HF file
+//! deserialises directly and what we write loads in transformers.
+//!
+//! Unknown fields are ignored; inconsistent ones (`n_embd % n_head != 0`, ...) are
+//! rejected by [`ImageGptConfig::validate`].
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+fn d_vocab() -> usize { 513 }
+fn d_positions() -> usize { 1024 }
+fn d_embd() -> usize { 512 }
+fn d_layer() -> usize { 24 }
+fn d_head() -> usize { 8 }
+fn d_act() -> String { "quick_gelu".into() }
+fn d_pdrop() -> f32 { 0.1 }
+fn d_eps() -> f64 { 1e-5 }
+fn d_init() -> f64 { 0.02 }
+fn d_true() -> bool { true }
+fn d_model_type() -> String { "imagegpt".into() }
+
+/// The HF ImageGPT configuration. Field names are HF's; see `hf-imagegpt-spec.md` section 1.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ImageGptConfig {
+    /// Number of rows of `wte` = colours + 1; the SOS id is `vocab_size - 1`.
+    #[serde(default = "d_vocab")]
+    pub vocab_size: usize,
+    /// Sequence length = image height x width.
+    #[serde(default = "d_positions")]
+    pub n_positions: usize,
+    #[serde(default = "d_embd")]
+    pub n_embd: usize,
+    #[serde(default = "d_layer")]
+    pub n_layer: usize,
+    #[serde(default = "d_head")]
+    pub n_head: usize,
+    /// MLP width; `None` means 4 * n_embd.
+    #[serde(default)]
+    pub n_inner: Option<usize>,
+    #[serde(default = "d_act")]
+    pub activation_function: String,
+    #[serde(default = "d_pdrop")]
+    pub resid_pdrop: f32,
+    #[serde(default = "d_pdrop")]
+    pub embd_pdrop: f32,
+    #[serde(default = "d_pdrop")]
+    pub attn_pdrop: f32,
+    #[serde(default = "d_eps")]
+    pub layer_norm_epsilon: f64,
+    #[serde(default = "d_init")]
+    pub initializer_range: f64,
+    #[serde(default = "d_true")]
+    pub scale_attn_weights: bool,
+    #[serde(default)]
+    pub scale_attn_by_inverse_layer_idx: bool,
+    /// Mixed-precision attention path in HF; mathematically identical, ignored here.
+    #[serde(default)]
+    pub reorder_and_upcast_attn: bool,
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+    #[serde(default)]
+    pub add_cross_attention: bool,
+    #[serde(default = "d_true")]
+    pub use_cache: bool,
+    /// Class names of a classifier, HF style (`{"0": "cat", ...}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id2label: Option<BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label2id: Option<BTreeMap<String, usize>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub architectures: Option<Vec<String>>,
+    #[serde(default = "d_model_type")]
+    pub model_type: String,
+}
+
+impl Default for ImageGptConfig {
+    /// HF's defaults: the released iGPT-S shape (24 layers, 512 wide, 8 heads, 32x32, 512 colours).
+    fn default() -> Self {
+        serde_json::from_str("{}").expect("an empty object deserialises with defaults")
+    }
+}
+
+impl ImageGptConfig {
+    /// A shape with explicit depth, width and heads; 32x32 and 512 colours unless changed.
+    pub fn with_shape(n_layer: usize, n_embd: usize, n_head: usize) -> Self {
+        ImageGptConfig { n_layer, n_embd, n_head, ..Default::default() }
+    }
+
+    /// `tiny`: the shape of the test fixtures (2 layers, 32 wide, 4 heads).
+    pub fn tiny() -> Self { Self::with_shape(2, 32, 4) }
+    /// `s`: iGPT-S (paper, Table 1): 24 layers, 512 wide, 8 heads, 76M parameters.
+    pub fn s() -> Self { Self::with_shape(24, 512, 8) }
+    /// `m`: iGPT-M: 36 layers, 1024 wide, 8 heads, 455M parameters.
+    pub fn m() -> Self { Self::with_shape(36, 1024, 8) }
+    /// `l`: iGPT-L: 48 layers, 1536 wide, 16 heads, 1.4B parameters.
+    pub fn l() -> Self { Self::with_shape(48, 1536, 16) }
+
+    /// A preset by name (`tiny`, `s`, `m`, `l`).
+    pub fn preset(name: &str) -> Result<Self> {
+        match name {
+            "tiny" => Ok(Self::tiny()),
+            "s" | "small" => Ok(Self::s()),
+            "m" | "medium" => Ok(Self::m()),
+            "l" | "large" => Ok(Self::l()),
+            other => Err(Error::config(
+                "preset",
+                format!("unknown preset `{other}`; use one of tiny, s, m, l"),
+            )),
+        }
+    }
+
+    /// Sets image side and palette size (n_positions = side^2, vocab_size = colors + 1).
+    pub fn with_image(mut self, side: usize, colors: usize) -> Self {
+        self.n_positions = side * side;
+        self.vocab_size = colors + 1;
+        self
+    }
+
+    pub fn head_dim(&self) -> usize { self.n_embd / self.n_head }
+    pub fn n_inner(&self) -> usize { self.n_inner.unwrap_or(4 * self.n_embd) }
+    /// Colours = outputs of `lm_head` = vocab_size - 1.
+    pub fn n_colors(&self) -> usize { self.vocab_size - 1 }
+    /// The start-of-sequence token id.
+    pub fn sos_token(&self) -> u32 { (self.vocab_size - 1) as u32 }
+    /// Number of classes of a classifier (HF: len(id2label), default 2).
+    pub fn num_labels(&self) -> usize { self.id2label.as_ref().map_or(2, |m| m.len()) }
+
+    /// Rejects configurations the model cannot be built from, with a message naming the field.
+    pub fn validate(&self, what: &str) -> Result<()> {
+        let bad = |msg: String| Err(Error::config(what, msg));
+        if self.n_head == 0 || self.n_embd == 0 || self.n_embd % self.n_head != 0 {
+            return bad(format!(
+                "n_embd ({}) must be a positive multiple of n_head ({})",
+                self.n_embd, self.n_head
+            ));
+        }
+        if self.vocab_size < 2 {
+            return bad(format!("vocab_size ({}) must be at least 2 (colours + SOS)", self.vocab_size));
+        }
+        if self.n_positions == 0 || self.n_layer == 0 {
+            return bad("n_positions and n_layer must be at least 1".into());
+        }
+        if self.vocab_size - 1 > u16::MAX as usize {
+            return bad(format!("vocab_size ({}) is too large (at most 65536)", self.vocab_size));
+        }
+        if self.n_inner == Some(0) {
+            return bad("n_inner must be at least 1 (or null for 4 * n_embd)".into());
+        }
+        if !matches!(self.activation_function.as_str(), "quick_gelu" | "gelu_new" | "gelu" | "gelu_pytorch_tanh" | "relu") {
+            return bad(format!(
+                "activation_function `{}` is not supported (use quick_gelu, gelu, gelu_new or relu)",
+                self.activation_function
+            ));
+        }
+        if self.add_cross_attention {
+            return bad("add_cross_attention = true is not supported (ImageGPT checkpoints never use it)".into());
+        }
+        if !(self.layer_norm_epsilon >= 0.0) {
+            return bad("layer_norm_epsilon must be >= 0".into());
+        }
+        Ok(())
+    }
+
+    /// Reads and validates a `config.json`.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let cfg: ImageGptConfig = serde_json::from_str(&text)
+            .map_err(|e| Error::format(path, format!("not a valid ImageGPT config.json: {e}")))?;
+        cfg.validate(&path.display().to_string())?;
+        Ok(cfg)
+    }
+
+    /// Number of parameters of the transformer plus a head with `head_rows` rows.
+    pub fn n_params(&self, head_rows: usize) -> usize {
+        let (e, i) = (self.n_embd, self.n_inner());
+        let per_layer = 2 * e + (e * 3 * e + 3 * e) + (e * e + e) + (e * i + i) + (i * e + e);
+        self.vocab_size * e + self.n_positions * e + self.n_layer * per_layer + e + head_rows * e
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_hf() {
+        let c = ImageGptConfig::default();
+        assert_eq!((c.vocab_size, c.n_positions, c.n_embd, c.n_layer, c.n_head), (513, 1024, 512, 24, 8));
+        assert_eq!(c.n_inner(), 2048);
+        assert_eq!(c.activation_function, "quick_gelu");
+        assert!(c.scale_attn_weights && !c.scale_attn_by_inverse_layer_idx);
+        assert_eq!(c.num_labels(), 2);
+        // iGPT-S has 76M parameters (openai/image-gpt download.py help string).
+        let n = ImageGptConfig::s().n_params(512);
+        assert!((75_000_000..78_000_000).contains(&n), "{n}");
+    }
+
+    #[test]
+    fn rejects_inconsistent() {
+        let mut c = ImageGptConfig::tiny();
+        c.n_head = 5;
+        let err = c.validate("x").unwrap_err().to_string();
+        assert!(err.contains("n_embd (32) must be a positive multiple of n_head (5)"), "{err}");
+        let c: ImageGptConfig = serde_json::from_str(r#"{"n_embd": 64, "unknown_field": [1,2]}"#).unwrap();
+        assert_eq!(c.n_embd, 64);
+        assert!(ImageGptConfig::preset("xl").is_err());
+    }
+}

@@ -1,0 +1,55 @@
+//! The library's error type: every variant carries the facts a user needs (which file,
+//! which tensor, what was expected) and its message says how to fix the problem.
+
+use std::path::{Path, PathBuf};
+
+/// Errors raised by the igpt library. The binary wraps them with `anyhow` context.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("{what}: invalid configuration: {msg}")]
+    Config { what: String, msg: String },
+
+    #[error("{}: tensor `{name}` is missing (the checkpoint does not match config.json; re-export it with save_pretrained or `igpt` save)", path.display())]
+    MissingTensor { path: PathBuf, name: String },
+
+    #[error("{}: unexpected tensor `{name}` (not part of an ImageGPT model of this config; check n_layer and the model class in config.json)", path.display())]
+    UnexpectedTensor { path: PathBuf, name: String },
+
+    #[error("{}: tensor `{name}` has shape {got:?}, expected {expected:?} (config.json does not match the weights)", path.display())]
+    ShapeMismatch {
+        path: PathBuf,
+        name: String,
+        expected: Vec<usize>,
+        got: Vec<usize>,
+    },
+
+    #[error("{}: {msg}", path.display())]
+    Format { path: PathBuf, msg: String },
+
+    #[error("{}: not a readable image ({msg}); igpt reads PNG and JPEG files", path.display())]
+    Image { path: PathBuf, msg: String },
+
+    #[error("{0}")]
+    Invalid(String),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
+        Error::Io { path: path.as_ref().to_path_buf(), source }
+    }
+    pub fn format(path: impl AsRef<Path>, msg: impl Into<String>) -> Self {
+        Error::Format { path: path.as_ref().to_path_buf(), msg: msg.into() }
+    }
+    pub fn config(what: impl Into<String>, msg: impl Into<String>) -> Self {
+        Error::Config { what: what.into(), msg: msg.into() }
+    }
+}

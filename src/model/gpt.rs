@@ -1,0 +1,305 @@
+//! The ImageGPT transformer (HF `ImageGPTModel` + heads), computed by the engine in
+//! `backend/`. Reads top to bottom like nanoGPT's `model.py`:
+//!
+//! ```text
+//! x = wte[tokens] + wpe[pos]
+//! for each block:  x = x + attn(ln_1(x));  x = x + mlp(ln_2(x))
+//! h = ln_f(x);  logits = h @ lm_head^T  (or pooled = mean_t h; logits = pooled @ score^T)
+//! ```
+//!
+//! The model is `&self`; all activations live in a [`Workspace`] allocated once per
+//! (B, T) and reused across calls.
+
+use std::ops::Range;
+
+use crate::backend::attention::{self, AttnDims, SeqView};
+use crate::backend::{Activation, WeightLayout, act, add_inplace, embed, matmul::matmul_forward, norm};
+use crate::config::ImageGptConfig;
+use crate::error::{Error, Result};
+use crate::rng::Rng;
+
+use super::params::{LayerOffsets, ModelKind, ParamLayout};
+
+/// An ImageGPT model: config, class, and all parameters in one arena.
+#[derive(Clone, Debug)]
+pub struct ImageGpt {
+    pub config: ImageGptConfig,
+    pub kind: ModelKind,
+    pub layout: ParamLayout,
+    pub params: Vec<f32>,
+    pub act: Activation,
+}
+
+/// Which logits a forward pass computes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Logits {
+    None,
+    /// Every position: (B, T, V-1).
+    All,
+    /// Only the last position of each row: (B, V-1). What greedy decoding needs.
+    Last,
+}
+
+/// Activations of one forward pass, reused between calls of the same or smaller size.
+#[derive(Default)]
+pub struct Workspace {
+    b: usize,
+    t: usize,
+    /// Residual stream (B, T, C).
+    x: Vec<f32>,
+    /// Norm output (B, T, C) and its 1/rms (B, T).
+    ln: Vec<f32>,
+    rstd: Vec<f32>,
+    /// (B, T, 3C): [q | k | v] per row.
+    qkv: Vec<f32>,
+    /// Attention output (B, T, C) and row log-sum-exp (B, nh, T).
+    att: Vec<f32>,
+    lse: Vec<f32>,
+    /// MLP hidden (B, T, I).
+    fc: Vec<f32>,
+    /// ln_f output (B, T, C): HF's last_hidden_state.
+    pub last_hidden: Vec<f32>,
+    /// Logits, (B, T, V-1) or (B, V-1) per [`Logits`].
+    pub logits: Vec<f32>,
+    /// With `collect_hidden`: HF's `hidden_states` (n_layer + 1 entries of (B, T, C)) and the
+    /// raw output of the last block before ln_f.
+    pub hidden_states: Vec<Vec<f32>>,
+    pub last_block_output: Vec<f32>,
+    /// Set to true to record HF's `attentions` (per layer, (B, nh, T, T)): for inspection
+    /// and tests only, it stores T x T matrices.
+    pub want_attentions: bool,
+    pub attentions: Vec<Vec<f32>>,
+}
+
+impl Workspace {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn ensure(&mut self, cfg: &ImageGptConfig, b: usize, t: usize) {
+        let (c, i, n) = (cfg.n_embd, cfg.n_inner(), b * t);
+        let grow = |v: &mut Vec<f32>, len: usize| {
+            if v.len() < len {
+                v.resize(len, 0.0);
+            }
+        };
+        grow(&mut self.x, n * c);
+        grow(&mut self.ln, n * c);
+        grow(&mut self.rstd, n);
+        grow(&mut self.qkv, n * 3 * c);
+        grow(&mut self.att, n * c);
+        grow(&mut self.lse, n * cfg.n_head);
+        grow(&mut self.fc, n * i);
+        grow(&mut self.last_hidden, n * c);
+        self.b = b;
+        self.t = t;
+    }
+
+    pub fn batch(&self) -> usize {
+        self.b
+    }
+    pub fn seq_len(&self) -> usize {
+        self.t
+    }
+}
+
+impl ImageGpt {
+    /// A model with all parameters zero (to be loaded or initialised).
+    pub fn zeros(config: ImageGptConfig, kind: ModelKind) -> Result<Self> {
+        config.validate("model config")?;
+        let act = Activation::from_hf(&config.activation_function)?;
+        let layout = ParamLayout::new(&config, kind);
+        let params = vec![0.0; layout.total];
+        Ok(ImageGpt { config, kind, layout, params, act })
+    }
+
+    /// GPT-2 initialisation (nanoGPT `_init_weights`): matrices and embeddings ~ N(0, 0.02)
+    /// (`initializer_range`), residual projections (attn.c_proj, mlp.c_proj) scaled by
+    /// 1/sqrt(2 n_layer), biases 0, norm gains 1.
+    pub fn init_random(config: ImageGptConfig, kind: ModelKind, seed: u64) -> Result<Self> {
+        let mut m = Self::zeros(config, kind)?;
+        let mut rng = Rng::new(seed);
+        let std = m.config.initializer_range;
+        let resid_std = std / (2.0 * m.config.n_layer as f64).sqrt();
+        for e in m.layout.entries.clone() {
+            let slice = &mut m.params[e.range.clone()];
+            if e.name.ends_with("ln_1.weight") || e.name.ends_with("ln_2.weight") || e.name.ends_with("ln_f.weight") {
+                slice.fill(1.0);
+            } else if e.name.ends_with(".bias") {
+                slice.fill(0.0);
+            } else {
+                let s = if e.name.ends_with("c_proj.weight") { resid_std } else { std };
+                slice.iter_mut().for_each(|w| *w = (rng.normal() * s) as f32);
+            }
+        }
+        Ok(m)
+    }
+
+    pub fn param(&self, r: &Range<usize>) -> &[f32] {
+        &self.params[r.clone()]
+    }
+
+    /// Scale of layer `l`'s attention scores (HF `_attn`): 1/sqrt(hs) and 1/(l+1) when asked.
+    pub fn attn_scale(&self, l: usize) -> f32 {
+        let mut s = 1.0f64;
+        if self.config.scale_attn_weights {
+            s /= (self.config.head_dim() as f64).sqrt();
+        }
+        if self.config.scale_attn_by_inverse_layer_idx {
+            s /= (l + 1) as f64;
+        }
+        s as f32
+    }
+
+    /// Checks tokens and sequence length before any buffer is touched.
+    pub fn check_input(&self, tokens: &[u32], b: usize, t: usize, pos0: usize) -> Result<()> {
+        if tokens.len() != b * t || t == 0 {
+            return Err(Error::Invalid(format!("expected {b} x {t} tokens, got {}", tokens.len())));
+        }
+        if pos0 + t > self.config.n_positions {
+            return Err(Error::Invalid(format!(
+                "sequence of {} positions exceeds n_positions = {}",
+                pos0 + t,
+                self.config.n_positions
+            )));
+        }
+        if let Some(&bad) = tokens.iter().find(|&&x| x as usize >= self.config.vocab_size) {
+            return Err(Error::Invalid(format!(
+                "token id {bad} is out of range: vocab_size is {} (colours 0..{}, SOS {})",
+                self.config.vocab_size,
+                self.config.vocab_size - 2,
+                self.config.vocab_size - 1
+            )));
+        }
+        Ok(())
+    }
+
+    /// Full forward pass over (B, T) tokens starting at position 0.
+    ///
+    /// # Shapes
+    /// tokens: (B, T). Afterwards `ws.last_hidden` is (B, T, C); `ws.logits` is (B, T, V-1)
+    /// for [`Logits::All`] or (B, V-1) for [`Logits::Last`]; with `collect_hidden`,
+    /// `ws.hidden_states` holds n_layer + 1 tensors (B, T, C) in HF's convention.
+    pub fn forward(&self, ws: &mut Workspace, tokens: &[u32], b: usize, t: usize, logits: Logits, collect_hidden: bool) -> Result<()> {
+        self.check_input(tokens, b, t, 0)?;
+        let cfg = &self.config;
+        let (c, n) = (cfg.n_embd, b * t);
+        ws.ensure(cfg, b, t);
+        ws.hidden_states.clear();
+        ws.attentions.clear();
+
+        let x = &mut ws.x[..n * c];
+        embed::embed_forward(x, tokens, self.param(&self.layout.wte), self.param(&self.layout.wpe), t, 0, c);
+        for (l, lo) in self.layout.layers.iter().enumerate() {
+            if collect_hidden {
+                ws.hidden_states.push(ws.x[..n * c].to_vec());
+            }
+            self.block_forward(ws, l, lo, b, t);
+        }
+        if collect_hidden {
+            ws.last_block_output = ws.x[..n * c].to_vec();
+        }
+        norm::rmsnorm_forward(&mut ws.last_hidden[..n * c], &mut ws.rstd[..n], &ws.x[..n * c], self.param(&self.layout.ln_f), cfg.layer_norm_epsilon);
+        if collect_hidden {
+            ws.hidden_states.push(ws.last_hidden[..n * c].to_vec());
+        }
+        self.head_forward(ws, b, t, logits);
+        Ok(())
+    }
+
+    /// One block: x = x + attn(ln_1(x)); x = x + mlp(ln_2(x)).
+    fn block_forward(&self, ws: &mut Workspace, l: usize, lo: &LayerOffsets, b: usize, t: usize) {
+        let cfg = &self.config;
+        let (c, inner, n, eps) = (cfg.n_embd, cfg.n_inner(), b * t, cfg.layer_norm_epsilon);
+        let x = &mut ws.x[..n * c];
+        let ln = &mut ws.ln[..n * c];
+        norm::rmsnorm_forward(ln, &mut ws.rstd[..n], x, self.param(&lo.ln_1), eps);
+        let qkv = &mut ws.qkv[..n * 3 * c];
+        matmul_forward(qkv, ln, self.param(&lo.c_attn_w), Some(self.param(&lo.c_attn_b)), (n, c, 3 * c), WeightLayout::InOut, false);
+        let view = |part: usize| SeqView { data: &ws.qkv[..n * 3 * c], offset: part * c, batch_stride: t * 3 * c, row_stride: 3 * c };
+        let dims = AttnDims { b, t, tk: t, nh: cfg.n_head, hs: cfg.head_dim(), causal: true, scale: self.attn_scale(l) };
+        attention::attention_forward(&mut ws.att[..n * c], &mut ws.lse[..b * cfg.n_head * t], view(0), view(1), view(2), dims);
+        if ws.want_attentions {
+            let mut probs = Vec::with_capacity(b * cfg.n_head * t * t);
+            for bi in 0..b {
+                for h in 0..cfg.n_head {
+                    probs.extend(attention::attention_probs(view(0), view(1), &ws.lse, dims, bi, h));
+                }
+            }
+            ws.attentions.push(probs);
+        }
+        // x += att @ c_proj + b  (the gemm accumulates straight into the residual stream)
+        matmul_forward(x, &ws.att[..n * c], self.param(&lo.c_proj_w), Some(self.param(&lo.c_proj_b)), (n, c, c), WeightLayout::InOut, true);
+        norm::rmsnorm_forward(ln, &mut ws.rstd[..n], x, self.param(&lo.ln_2), eps);
+        let fc = &mut ws.fc[..n * inner];
+        matmul_forward(fc, ln, self.param(&lo.c_fc_w), Some(self.param(&lo.c_fc_b)), (n, c, inner), WeightLayout::InOut, false);
+        act::act_inplace(self.act, fc);
+        matmul_forward(x, fc, self.param(&lo.mlp_proj_w), Some(self.param(&lo.mlp_proj_b)), (n, inner, c), WeightLayout::InOut, true);
+    }
+
+    fn head_forward(&self, ws: &mut Workspace, b: usize, t: usize, logits: Logits) {
+        let (c, n) = (self.config.n_embd, b * t);
+        let (Some(head), ModelKind::CausalLm) = (&self.layout.head, self.kind) else {
+            ws.logits.clear();
+            return;
+        };
+        let v = self.config.n_colors();
+        match logits {
+            Logits::None => ws.logits.clear(),
+            Logits::All => {
+                ws.logits.resize(n * v, 0.0);
+                matmul_forward(&mut ws.logits, &ws.last_hidden[..n * c], self.param(head), None, (n, c, v), WeightLayout::OutIn, false);
+            }
+            Logits::Last => {
+                // gather the last row of each sequence: (B, C)
+                let last: Vec<f32> = (0..b).flat_map(|i| ws.last_hidden[((i + 1) * t - 1) * c..(i + 1) * t * c].iter().copied()).collect();
+                ws.logits.resize(b * v, 0.0);
+                matmul_forward(&mut ws.logits, &last, self.param(head), None, (b, c, v), WeightLayout::OutIn, false);
+            }
+        }
+    }
+
+    /// Mean over positions of `ws.last_hidden` (HF `ImageGPTForImageClassification` pooling).
+    ///
+    /// # Shapes
+    /// returns (B, C).
+    pub fn pooled(&self, ws: &Workspace) -> Vec<f32> {
+        let (b, t, c) = (ws.b, ws.t, self.config.n_embd);
+        let mut out = vec![0f32; b * c];
+        for i in 0..b {
+            for r in 0..t {
+                add_inplace(&mut out[i * c..(i + 1) * c], &ws.last_hidden[(i * t + r) * c..(i * t + r + 1) * c]);
+            }
+        }
+        out.iter_mut().for_each(|v| *v /= t as f32);
+        out
+    }
+
+    /// Classifier logits from pooled features (B, C) -> (B, num_labels). Needs a `score` head.
+    pub fn classify(&self, pooled: &[f32]) -> Result<Vec<f32>> {
+        let (ModelKind::Classifier, Some(head)) = (self.kind, &self.layout.head) else {
+            return Err(Error::Invalid("this model has no classification head (`score.weight`)".into()));
+        };
+        let (c, k) = (self.config.n_embd, self.config.num_labels());
+        let b = pooled.len() / c;
+        let mut out = vec![0f32; b * k];
+        matmul_forward(&mut out, pooled, self.param(head), None, (b, c, k), WeightLayout::OutIn, false);
+        Ok(out)
+    }
+}
+
+/// Mean cross-entropy (nats) of predicting `targets` from logits (N, V), computed in f64;
+/// also returns each row's loss.
+pub fn cross_entropy(logits: &[f32], targets: &[u32], v: usize) -> (f64, Vec<f64>) {
+    let rows: Vec<f64> = logits
+        .chunks_exact(v)
+        .zip(targets)
+        .map(|(row, &tg)| {
+            let mx = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+            let z: f64 = row.iter().map(|&x| (x as f64 - mx).exp()).sum();
+            mx + z.ln() - row[tg as usize] as f64
+        })
+        .collect();
+    let mean = rows.iter().sum::<f64>() / rows.len().max(1) as f64;
+    (mean, rows)
+}

@@ -1,0 +1,18 @@
+//! The ImageGPT model: parameter layout under HF key names, the forward pass, and
+//! checkpoint I/O (safetensors, sharded safetensors, `pytorch_model.bin`).
+//!
+//! Key tree of an `ImageGPTForCausalImageModeling` checkpoint:
+//! `transformer.{wte,wpe}.weight`, `transformer.h.{i}.{ln_1,ln_2}.weight`,
+//! `transformer.h.{i}.attn.{c_attn,c_proj}.{weight,bias}`,
+//! `transformer.h.{i}.mlp.{c_fc,c_proj}.{weight,bias}`, `transformer.ln_f.weight`,
+//! `lm_head.weight`; classifiers have `score.weight`; bare models drop `transformer.`.
+
+pub mod gpt;
+pub mod params;
+pub mod pickle;
+pub mod tensors;
+pub mod weights;
+
+pub use gpt::{ImageGpt, Logits, Workspace, cross_entropy};
+pub use params::{ModelKind, ParamLayout};
+pub use weights::{load_model, load_model_as, save_model};
