@@ -1,1 +1,41 @@
-fn main() {}
+//! The `igpt` command line: parses arguments, calls the library, draws progress, prints
+//! results (human-readable, or JSON on stdout with `--json`).
+
+mod cli;
+
+use clap::{Parser, Subcommand};
+
+/// ImageGPT in Rust: HF-compatible models, tokenizer, and a fast CPU engine.
+#[derive(Parser)]
+#[command(name = "igpt", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Config summary, parameter count and palette size of a model directory.
+    Info(cli::info::InfoArgs),
+    /// Palette token ids of images (HF image-processor semantics, no SOS).
+    Encode(cli::encode::EncodeArgs),
+    /// NLL of images under a model (nats per pixel token, and bits per token).
+    Eval(cli::eval::EvalArgs),
+    /// Benchmarks of the engine (random weights).
+    #[command(subcommand)]
+    Bench(cli::bench::BenchCommand),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Info(a) => cli::info::run(a),
+        Command::Encode(a) => cli::encode::run(a),
+        Command::Eval(a) => cli::eval::run(a),
+        Command::Bench(b) => cli::bench::run(b),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

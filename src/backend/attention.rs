@@ -10,13 +10,14 @@
 
 use rayon::prelude::*;
 
+use super::attn_kernels::{self, KB};
 use super::math::{exp, exp_sub_sum, max};
-use super::matmul::gemm_strided;
 
 /// Query rows per task.
 pub const BQ: usize = 64;
-/// Keys per inner block.
-pub const BK: usize = 128;
+/// Keys per online-softmax step: KC / KB score kernels fill a (BQ, KC) panel, then each
+/// row's running max and sum are updated once.
+pub const KC: usize = 4 * KB;
 
 /// A (B, rows, cols) view into a flat buffer: element (b, r, c) is at
 /// `offset + b * batch_stride + r * row_stride + c`. Heads are column blocks of width hs.
@@ -28,7 +29,14 @@ pub struct SeqView<'a> {
     pub row_stride: usize,
 }
 
-impl SeqView<'_> {
+impl<'a> SeqView<'a> {
+    /// `len` values of row `row` of batch `b` from column `col`.
+    #[inline]
+    pub fn row(&self, b: usize, row: usize, col: usize, len: usize) -> &'a [f32] {
+        let i = self.offset + b * self.batch_stride + row * self.row_stride + col;
+        &self.data[i..i + len]
+    }
+
     #[inline]
     fn ptr(&self, b: usize, row: usize, col: usize) -> *const f32 {
         let i = self.offset + b * self.batch_stride + row * self.row_stride + col;
@@ -67,82 +75,107 @@ pub fn attention_forward(out: &mut [f32], lse: &mut [f32], q: SeqView, k: SeqVie
     assert!(d.tk >= d.t || !d.causal);
     let past = d.tk - d.t.min(d.tk);
     let nqb = d.t.div_ceil(BQ);
+    // K transposed per head and key block, (B, nh, Tk/KB, hs, KB), zero-padded to whole
+    // blocks (each block contiguous: no 4 KiB-strided rows fighting over L1 sets), and V per
+    // head, (B, nh, Tk, hs): each is read by every query block of its head.
+    let tkp = d.tk.div_ceil(KB) * KB;
+    let mut kt_all = vec![0f32; d.b * d.nh * d.hs * tkp];
+    let mut v_all = vec![0f32; d.b * d.nh * d.tk * d.hs];
+    kt_all.par_chunks_mut(d.hs * tkp).zip(v_all.par_chunks_mut(d.tk * d.hs)).enumerate().for_each(|(bh, (kt, vv))| {
+        let (b, h) = (bh / d.nh, bh % d.nh);
+        for j in 0..d.tk {
+            let blk = &mut kt[(j / KB) * d.hs * KB..];
+            for (x, &kv) in k.row(b, j, h * d.hs, d.hs).iter().enumerate() {
+                blk[x * KB + j % KB] = kv;
+            }
+            vv[j * d.hs..(j + 1) * d.hs].copy_from_slice(v.row(b, j, h * d.hs, d.hs));
+        }
+    });
+    let (kt_all, v_all) = (&kt_all, &v_all);
     let out_ptr = SendPtr(out.as_mut_ptr());
     let lse_ptr = SendPtr(lse.as_mut_ptr());
     let (out_ptr, lse_ptr) = (&out_ptr, &lse_ptr);
     (0..d.b * d.nh * nqb).into_par_iter().for_each_init(
-        || (vec![0f32; BQ * BK], vec![0f32; BQ * d.hs], vec![0f32; BQ], vec![0f32; BQ]),
-        |(s, o, m, l), task| {
+        || Scratch::new(d.hs),
+        |sc, task| {
             let (bh, qb) = (task / nqb, task % nqb);
             let (b, h) = (bh / d.nh, bh % d.nh);
             let q_lo = qb * BQ;
             let nq = BQ.min(d.t - q_lo);
             let kmax = if d.causal { past + q_lo + nq } else { d.tk };
-            o[..nq * d.hs].fill(0.0);
-            m[..nq].fill(f32::NEG_INFINITY);
-            l[..nq].fill(0.0);
+            let hs = d.hs;
+            // Q block (nq, hs), contiguous and pre-multiplied by the score scale.
+            for r in 0..nq {
+                let src = q.row(b, q_lo + r, h * hs, hs);
+                sc.q[r * hs..(r + 1) * hs].iter_mut().zip(src).for_each(|(a, &x)| *a = x * d.scale);
+            }
+            sc.o[..nq * hs].fill(0.0);
+            sc.m[..nq].fill(f32::NEG_INFINITY);
+            sc.l[..nq].fill(0.0);
             let mut k_lo = 0;
             while k_lo < kmax {
-                let nk = BK.min(kmax - k_lo);
-                // S (nq, nk) = Q (nq, hs) @ K^T (hs, nk)
-                // SAFETY: the views address rows q_lo..q_lo+nq and k_lo..k_lo+nk of head h,
-                // inside their buffers (checked by SeqView::ptr in debug builds); s holds BQ*BK.
-                unsafe {
-                    gemm_strided(
-                        (nq, nk, d.hs),
-                        (s.as_mut_ptr(), nk as isize, 1),
-                        (q.ptr(b, q_lo, h * d.hs), q.row_stride as isize, 1),
-                        (k.ptr(b, k_lo, h * d.hs), 1, k.row_stride as isize),
-                        false,
-                        1.0,
-                    );
+                let nk = KC.min(kmax - k_lo);
+                // S (nq, nk) panel, KB columns at a time (the last block padded with zero keys)
+                for kb in (0..nk).step_by(KB) {
+                    let kt = &kt_all[bh * hs * tkp + (k_lo + kb) * hs..];
+                    attn_kernels::scores(&mut sc.s[kb..], KC, &sc.q, kt, KB, nq, hs);
                 }
                 for r in 0..nq {
-                    let row = &mut s[r * nk..(r + 1) * nk];
+                    let row = &mut sc.s[r * KC..r * KC + nk];
                     let valid = if d.causal { (past + q_lo + r + 1).saturating_sub(k_lo).min(nk) } else { nk };
                     if valid == 0 {
                         row.fill(0.0);
                         continue;
                     }
-                    row[..valid].iter_mut().for_each(|x| *x *= d.scale);
-                    let m_new = m[r].max(max(&row[..valid]));
-                    let corr = exp(m[r] - m_new);
+                    let m_new = sc.m[r].max(max(&row[..valid]));
+                    let corr = exp(sc.m[r] - m_new);
                     let sum = exp_sub_sum(&mut row[..valid], m_new);
                     row[valid..].fill(0.0);
-                    l[r] = l[r] * corr + sum;
-                    m[r] = m_new;
+                    sc.l[r] = sc.l[r] * corr + sum;
+                    sc.m[r] = m_new;
                     if corr != 1.0 {
-                        o[r * d.hs..(r + 1) * d.hs].iter_mut().for_each(|x| *x *= corr);
+                        sc.o[r * hs..(r + 1) * hs].iter_mut().for_each(|x| *x *= corr);
                     }
                 }
-                // O (nq, hs) += P (nq, nk) @ V (nk, hs)
-                // SAFETY: as above; o holds BQ*hs.
-                unsafe {
-                    gemm_strided(
-                        (nq, d.hs, nk),
-                        (o.as_mut_ptr(), d.hs as isize, 1),
-                        (s.as_ptr(), nk as isize, 1),
-                        (v.ptr(b, k_lo, h * d.hs), v.row_stride as isize, 1),
-                        true,
-                        1.0,
-                    );
-                }
+                let vb = &v_all[(bh * d.tk + k_lo) * hs..];
+                attn_kernels::accumulate_pv_any(&mut sc.o, &sc.s, KC, vb, nq, nk, hs); // O += P V
                 k_lo += nk;
             }
             for r in 0..nq {
-                let inv = 1.0 / l[r];
+                let inv = 1.0 / sc.l[r];
                 // SAFETY: task (b, h, qb) owns rows q_lo..q_lo+nq, columns h*hs..(h+1)*hs of
                 // `out` and entries (b, h, q_lo..q_lo+nq) of `lse`; no other task writes there.
                 unsafe {
-                    let dst = out_ptr.0.add((b * d.t + q_lo + r) * c + h * d.hs);
-                    for j in 0..d.hs {
-                        *dst.add(j) = o[r * d.hs + j] * inv;
+                    let dst = out_ptr.0.add((b * d.t + q_lo + r) * c + h * hs);
+                    for j in 0..hs {
+                        *dst.add(j) = sc.o[r * hs + j] * inv;
                     }
-                    *lse_ptr.0.add((b * d.nh + h) * d.t + q_lo + r) = m[r] + l[r].ln();
+                    *lse_ptr.0.add((b * d.nh + h) * d.t + q_lo + r) = sc.m[r] + sc.l[r].ln();
                 }
             }
         },
     );
+}
+
+/// Per-thread buffers of one attention task.
+struct Scratch {
+    q: Vec<f32>,
+    s: Vec<f32>,
+    o: Vec<f32>,
+    m: Vec<f32>,
+    l: Vec<f32>,
+}
+
+impl Scratch {
+    fn new(hs: usize) -> Self {
+        Scratch {
+            q: vec![0.0; BQ * hs],
+            s: vec![0.0; BQ * KC],
+            o: vec![0.0; BQ * hs],
+            m: vec![0.0; BQ],
+            l: vec![0.0; BQ],
+        }
+    }
 }
 
 /// Recomputes the attention probabilities of one (batch row, head) from q, k and the saved

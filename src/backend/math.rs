@@ -11,17 +11,17 @@ const ROUND_MAGIC: f32 = 12_582_912.0;
 /// Inputs are clamped to [-87, 88]; exp(-87) ~ 1.6e-38 stands in for 0.
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
-    let x = x.clamp(-87.0, 88.0);
-    let t = x * LOG2E + ROUND_MAGIC;
+    let x = x.max(-87.0).min(88.0);
+    let t = x.mul_add(LOG2E, ROUND_MAGIC);
     let n = t - ROUND_MAGIC; // round(x / ln 2)
-    let r = x - n * LN2_HI - n * LN2_LO; // |r| <= ln(2)/2
+    let r = (-n).mul_add(LN2_LO, (-n).mul_add(LN2_HI, x)); // |r| <= ln(2)/2
     let mut p = 1.987_569_1e-4_f32;
-    p = p * r + 1.398_199_9e-3;
-    p = p * r + 8.333_452e-3;
-    p = p * r + 4.166_579_6e-2;
-    p = p * r + 1.666_666_5e-1;
-    p = p * r + 5.000_000_1e-1;
-    let y = p * r * r + r + 1.0;
+    p = p.mul_add(r, 1.398_199_9e-3);
+    p = p.mul_add(r, 8.333_452e-3);
+    p = p.mul_add(r, 4.166_579_6e-2);
+    p = p.mul_add(r, 1.666_666_5e-1);
+    p = p.mul_add(r, 5.000_000_1e-1);
+    let y = (p * r).mul_add(r, r + 1.0);
     let ni = t.to_bits() as i32 - 0x4B40_0000; // the integer n
     y * f32::from_bits(((ni + 127) << 23) as u32)
 }
@@ -29,20 +29,23 @@ pub fn exp(x: f32) -> f32 {
 /// x[i] = exp(x[i] - sub) for all i; returns the sum of the results.
 #[inline]
 pub fn exp_sub_sum(x: &mut [f32], sub: f32) -> f32 {
-    let mut acc = [0f32; 8];
-    let mut chunks = x.chunks_exact_mut(8);
+    for v in x.iter_mut() {
+        *v = exp(*v - sub);
+    }
+    sum(x)
+}
+
+/// Sum of a slice, in 16 interleaved partial sums (vectorises).
+#[inline]
+pub fn sum(x: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let mut chunks = x.chunks_exact(16);
     for c in &mut chunks {
-        for j in 0..8 {
-            c[j] = exp(c[j] - sub);
+        for j in 0..16 {
             acc[j] += c[j];
         }
     }
-    let mut s: f32 = acc.iter().sum();
-    for v in chunks.into_remainder() {
-        *v = exp(*v - sub);
-        s += *v;
-    }
-    s
+    acc.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>()
 }
 
 /// Maximum of a non-empty slice.

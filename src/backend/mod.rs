@@ -8,10 +8,12 @@
 
 pub mod act;
 pub mod attention;
+pub mod attn_kernels;
 pub mod embed;
 pub mod math;
 pub mod matmul;
 pub mod norm;
+pub mod profile;
 
 pub use act::Activation;
 pub use matmul::WeightLayout;

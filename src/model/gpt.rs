@@ -13,6 +13,7 @@
 use std::ops::Range;
 
 use crate::backend::attention::{self, AttnDims, SeqView};
+use crate::backend::profile::{Kernel, timed};
 use crate::backend::{Activation, WeightLayout, act, add_inplace, embed, matmul::matmul_forward, norm};
 use crate::config::ImageGptConfig;
 use crate::error::{Error, Result};
@@ -189,7 +190,7 @@ impl ImageGpt {
         ws.attentions.clear();
 
         let x = &mut ws.x[..n * c];
-        embed::embed_forward(x, tokens, self.param(&self.layout.wte), self.param(&self.layout.wpe), t, 0, c);
+        timed(Kernel::Embed, || embed::embed_forward(x, tokens, self.param(&self.layout.wte), self.param(&self.layout.wpe), t, 0, c));
         for (l, lo) in self.layout.layers.iter().enumerate() {
             if collect_hidden {
                 ws.hidden_states.push(ws.x[..n * c].to_vec());
@@ -199,11 +200,11 @@ impl ImageGpt {
         if collect_hidden {
             ws.last_block_output = ws.x[..n * c].to_vec();
         }
-        norm::rmsnorm_forward(&mut ws.last_hidden[..n * c], &mut ws.rstd[..n], &ws.x[..n * c], self.param(&self.layout.ln_f), cfg.layer_norm_epsilon);
+        timed(Kernel::Norm, || norm::rmsnorm_forward(&mut ws.last_hidden[..n * c], &mut ws.rstd[..n], &ws.x[..n * c], self.param(&self.layout.ln_f), cfg.layer_norm_epsilon));
         if collect_hidden {
             ws.hidden_states.push(ws.last_hidden[..n * c].to_vec());
         }
-        self.head_forward(ws, b, t, logits);
+        timed(Kernel::Head, || self.head_forward(ws, b, t, logits));
         Ok(())
     }
 
@@ -213,12 +214,12 @@ impl ImageGpt {
         let (c, inner, n, eps) = (cfg.n_embd, cfg.n_inner(), b * t, cfg.layer_norm_epsilon);
         let x = &mut ws.x[..n * c];
         let ln = &mut ws.ln[..n * c];
-        norm::rmsnorm_forward(ln, &mut ws.rstd[..n], x, self.param(&lo.ln_1), eps);
+        timed(Kernel::Norm, || norm::rmsnorm_forward(ln, &mut ws.rstd[..n], x, self.param(&lo.ln_1), eps));
         let qkv = &mut ws.qkv[..n * 3 * c];
-        matmul_forward(qkv, ln, self.param(&lo.c_attn_w), Some(self.param(&lo.c_attn_b)), (n, c, 3 * c), WeightLayout::InOut, false);
+        timed(Kernel::Matmul, || matmul_forward(qkv, ln, self.param(&lo.c_attn_w), Some(self.param(&lo.c_attn_b)), (n, c, 3 * c), WeightLayout::InOut, false));
         let view = |part: usize| SeqView { data: &ws.qkv[..n * 3 * c], offset: part * c, batch_stride: t * 3 * c, row_stride: 3 * c };
         let dims = AttnDims { b, t, tk: t, nh: cfg.n_head, hs: cfg.head_dim(), causal: true, scale: self.attn_scale(l) };
-        attention::attention_forward(&mut ws.att[..n * c], &mut ws.lse[..b * cfg.n_head * t], view(0), view(1), view(2), dims);
+        timed(Kernel::Attention, || attention::attention_forward(&mut ws.att[..n * c], &mut ws.lse[..b * cfg.n_head * t], view(0), view(1), view(2), dims));
         if ws.want_attentions {
             let mut probs = Vec::with_capacity(b * cfg.n_head * t * t);
             for bi in 0..b {
@@ -229,12 +230,12 @@ impl ImageGpt {
             ws.attentions.push(probs);
         }
         // x += att @ c_proj + b  (the gemm accumulates straight into the residual stream)
-        matmul_forward(x, &ws.att[..n * c], self.param(&lo.c_proj_w), Some(self.param(&lo.c_proj_b)), (n, c, c), WeightLayout::InOut, true);
-        norm::rmsnorm_forward(ln, &mut ws.rstd[..n], x, self.param(&lo.ln_2), eps);
+        timed(Kernel::Matmul, || matmul_forward(x, &ws.att[..n * c], self.param(&lo.c_proj_w), Some(self.param(&lo.c_proj_b)), (n, c, c), WeightLayout::InOut, true));
+        timed(Kernel::Norm, || norm::rmsnorm_forward(ln, &mut ws.rstd[..n], x, self.param(&lo.ln_2), eps));
         let fc = &mut ws.fc[..n * inner];
-        matmul_forward(fc, ln, self.param(&lo.c_fc_w), Some(self.param(&lo.c_fc_b)), (n, c, inner), WeightLayout::InOut, false);
-        act::act_inplace(self.act, fc);
-        matmul_forward(x, fc, self.param(&lo.mlp_proj_w), Some(self.param(&lo.mlp_proj_b)), (n, inner, c), WeightLayout::InOut, true);
+        timed(Kernel::Matmul, || matmul_forward(fc, ln, self.param(&lo.c_fc_w), Some(self.param(&lo.c_fc_b)), (n, c, inner), WeightLayout::InOut, false));
+        timed(Kernel::Act, || act::act_inplace(self.act, fc));
+        timed(Kernel::Matmul, || matmul_forward(x, fc, self.param(&lo.mlp_proj_w), Some(self.param(&lo.mlp_proj_b)), (n, inner, c), WeightLayout::InOut, true));
     }
 
     fn head_forward(&self, ws: &mut Workspace, b: usize, t: usize, logits: Logits) {

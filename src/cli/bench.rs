@@ -1,0 +1,111 @@
+//! `igpt bench`: engine throughput on random weights, with the same flags and defaults as
+//! `torch_ref.py`, so the two compare directly.
+
+use std::time::Instant;
+
+use anyhow::Result;
+use clap::{Args, Subcommand};
+use igpt::ImageGptConfig;
+use igpt::model::{ImageGpt, Logits, ModelKind, Workspace};
+use igpt::rng::Rng;
+use serde_json::json;
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// Forward passes over full sequences (no gradients).
+    Forward(BenchArgs),
+}
+
+#[derive(Args, Clone)]
+pub struct BenchArgs {
+    #[arg(long, default_value_t = 256)]
+    n_embd: usize,
+    #[arg(long, default_value_t = 8)]
+    n_layer: usize,
+    #[arg(long, default_value_t = 8)]
+    n_head: usize,
+    /// Image side: sequences of side^2 tokens.
+    #[arg(long, default_value_t = 32)]
+    side: usize,
+    #[arg(long, default_value_t = 512)]
+    colors: usize,
+    #[arg(long, default_value_t = 4)]
+    batch: usize,
+    /// Timed steps (the median is reported).
+    #[arg(long, default_value_t = 10)]
+    steps: usize,
+    /// Untimed steps first.
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// Time every kernel and print where the time goes.
+    #[arg(long)]
+    profile: bool,
+    /// Print JSON on stdout: {"mode","tok_s","step_s","peak_rss_mb",...}.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(cmd: BenchCommand) -> Result<()> {
+    match cmd {
+        BenchCommand::Forward(a) => forward(a),
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn forward(a: BenchArgs) -> Result<()> {
+    super::init_threads(a.threads);
+    let cfg = ImageGptConfig::with_shape(a.n_layer, a.n_embd, a.n_head).with_image(a.side, a.colors);
+    let model = ImageGpt::init_random(cfg, ModelKind::CausalLm, 0)?;
+    let t = a.side * a.side;
+    let mut rng = Rng::new(1);
+    let sos = model.config.sos_token();
+    let tokens: Vec<u32> = (0..a.batch).flat_map(|_| std::iter::once(sos).chain((1..t).map(|_| rng.below(a.colors as u64) as u32)).collect::<Vec<_>>()).collect();
+    let mut ws = Workspace::new();
+    let mut times = Vec::new();
+    for step in 0..a.warmup + a.steps.max(1) {
+        if step == a.warmup {
+            igpt::backend::profile::reset();
+            igpt::backend::profile::enable(a.profile);
+        }
+        let t0 = Instant::now();
+        model.forward(&mut ws, &tokens, a.batch, t, Logits::All, false)?;
+        std::hint::black_box(&ws.logits);
+        if step >= a.warmup {
+            times.push(t0.elapsed().as_secs_f64());
+        }
+    }
+    let step_s = median(times);
+    let tok_s = (a.batch * t) as f64 / step_s;
+    report("forward", &a, tok_s, step_s)
+}
+
+fn report(mode: &str, a: &BenchArgs, tok_s: f64, step_s: f64) -> Result<()> {
+    let rss = super::peak_rss_mb();
+    let prof = igpt::backend::profile::report();
+    if a.profile && !a.json {
+        let total: f64 = prof.iter().map(|p| p.1).sum();
+        for (name, secs, calls) in &prof {
+            eprintln!("  {name:<12} {:>8.3} s  {:>5.1}%  {calls} calls", secs, 100.0 * secs / total);
+        }
+    }
+    let profile: serde_json::Map<String, serde_json::Value> = prof.iter().map(|(n, s, _)| (n.to_string(), json!(s))).collect();
+    if a.json {
+        return super::print_json(&json!({
+            "mode": mode, "tok_s": tok_s, "step_s": step_s, "peak_rss_mb": rss,
+            "n_embd": a.n_embd, "n_layer": a.n_layer, "n_head": a.n_head, "side": a.side,
+            "colors": a.colors, "batch": a.batch, "threads": a.threads, "steps": a.steps,
+            "profile_s": profile,
+        }));
+    }
+    println!(
+        "RESULT {mode} E={} L={} H={} T={} V={} B={} tok_s={tok_s:.1} step_s={step_s:.4} peak_rss_mb={rss:.0}",
+        a.n_embd, a.n_layer, a.n_head, a.side * a.side, a.colors, a.batch
+    );
+    Ok(())
+}

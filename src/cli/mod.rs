@@ -1,0 +1,56 @@
+//! One module per subcommand; each has an `Args` struct (its doc comments are the help)
+//! and a `run` function.
+
+pub mod bench;
+pub mod encode;
+pub mod eval;
+pub mod info;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use igpt::model::{ImageGpt, load_model};
+use igpt::tokenizer::{ImageProcessorConfig, RgbImage};
+
+/// Loads a model directory with a readable error.
+pub fn open_model(dir: &Path) -> Result<ImageGpt> {
+    load_model(dir).with_context(|| format!("loading model from {}", dir.display()))
+}
+
+/// Loads `DIR/preprocessor_config.json` (the palette).
+pub fn open_processor(dir: &Path) -> Result<ImageProcessorConfig> {
+    let p = dir.join("preprocessor_config.json");
+    if !p.exists() {
+        anyhow::bail!("{}: no preprocessor_config.json (the palette); copy the one the model was trained with into the model directory", dir.display());
+    }
+    Ok(ImageProcessorConfig::from_file(&p)?)
+}
+
+/// Decodes every image, with the path in the error.
+pub fn open_images(paths: &[PathBuf]) -> Result<Vec<RgbImage>> {
+    if paths.is_empty() {
+        anyhow::bail!("no images given");
+    }
+    paths.iter().map(|p| RgbImage::open(p).map_err(anyhow::Error::from)).collect()
+}
+
+/// Sets up the rayon pool once for the whole command (0 = all cores).
+pub fn init_threads(threads: usize) {
+    if threads > 0 {
+        // A second call fails harmlessly (the pool already exists).
+        let _ = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global();
+    }
+}
+
+/// Peak resident memory of this process in MiB (Linux VmHWM), 0 where unknown.
+pub fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+pub fn print_json(v: &serde_json::Value) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
