@@ -12,17 +12,39 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
-fn d_vocab() -> usize { 513 }
-fn d_positions() -> usize { 1024 }
-fn d_embd() -> usize { 512 }
-fn d_layer() -> usize { 24 }
-fn d_head() -> usize { 8 }
-fn d_act() -> String { "quick_gelu".into() }
-fn d_pdrop() -> f32 { 0.1 }
-fn d_eps() -> f64 { 1e-5 }
-fn d_init() -> f64 { 0.02 }
-fn d_true() -> bool { true }
-fn d_model_type() -> String { "imagegpt".into() }
+fn d_vocab() -> usize {
+    513
+}
+fn d_positions() -> usize {
+    1024
+}
+fn d_embd() -> usize {
+    512
+}
+fn d_layer() -> usize {
+    24
+}
+fn d_head() -> usize {
+    8
+}
+fn d_act() -> String {
+    "quick_gelu".into()
+}
+fn d_pdrop() -> f32 {
+    0.1
+}
+fn d_eps() -> f64 {
+    1e-5
+}
+fn d_init() -> f64 {
+    0.02
+}
+fn d_true() -> bool {
+    true
+}
+fn d_model_type() -> String {
+    "imagegpt".into()
+}
 
 /// The HF ImageGPT configuration. Field names are HF's; see `hf-imagegpt-spec.md` section 1.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -88,17 +110,30 @@ impl Default for ImageGptConfig {
 impl ImageGptConfig {
     /// A shape with explicit depth, width and heads; 32x32 and 512 colours unless changed.
     pub fn with_shape(n_layer: usize, n_embd: usize, n_head: usize) -> Self {
-        ImageGptConfig { n_layer, n_embd, n_head, ..Default::default() }
+        ImageGptConfig {
+            n_layer,
+            n_embd,
+            n_head,
+            ..Default::default()
+        }
     }
 
     /// `tiny`: the shape of the test fixtures (2 layers, 32 wide, 4 heads).
-    pub fn tiny() -> Self { Self::with_shape(2, 32, 4) }
+    pub fn tiny() -> Self {
+        Self::with_shape(2, 32, 4)
+    }
     /// `s`: iGPT-S (paper, Table 1): 24 layers, 512 wide, 8 heads, 76M parameters.
-    pub fn s() -> Self { Self::with_shape(24, 512, 8) }
+    pub fn s() -> Self {
+        Self::with_shape(24, 512, 8)
+    }
     /// `m`: iGPT-M: 36 layers, 1024 wide, 8 heads, 455M parameters.
-    pub fn m() -> Self { Self::with_shape(36, 1024, 8) }
+    pub fn m() -> Self {
+        Self::with_shape(36, 1024, 8)
+    }
     /// `l`: iGPT-L: 48 layers, 1536 wide, 16 heads, 1.4B parameters.
-    pub fn l() -> Self { Self::with_shape(48, 1536, 16) }
+    pub fn l() -> Self {
+        Self::with_shape(48, 1536, 16)
+    }
 
     /// A preset by name (`tiny`, `s`, `m`, `l`).
     pub fn preset(name: &str) -> Result<Self> {
@@ -121,14 +156,24 @@ impl ImageGptConfig {
         self
     }
 
-    pub fn head_dim(&self) -> usize { self.n_embd / self.n_head }
-    pub fn n_inner(&self) -> usize { self.n_inner.unwrap_or(4 * self.n_embd) }
+    pub fn head_dim(&self) -> usize {
+        self.n_embd / self.n_head
+    }
+    pub fn n_inner(&self) -> usize {
+        self.n_inner.unwrap_or(4 * self.n_embd)
+    }
     /// Colours = outputs of `lm_head` = vocab_size - 1.
-    pub fn n_colors(&self) -> usize { self.vocab_size - 1 }
+    pub fn n_colors(&self) -> usize {
+        self.vocab_size - 1
+    }
     /// The start-of-sequence token id.
-    pub fn sos_token(&self) -> u32 { (self.vocab_size - 1) as u32 }
+    pub fn sos_token(&self) -> u32 {
+        (self.vocab_size - 1) as u32
+    }
     /// Number of classes of a classifier (HF: len(id2label), default 2).
-    pub fn num_labels(&self) -> usize { self.id2label.as_ref().map_or(2, |m| m.len()) }
+    pub fn num_labels(&self) -> usize {
+        self.id2label.as_ref().map_or(2, |m| m.len())
+    }
 
     /// Rejects configurations the model cannot be built from, with a message naming the field.
     pub fn validate(&self, what: &str) -> Result<()> {
@@ -140,25 +185,37 @@ impl ImageGptConfig {
             ));
         }
         if self.vocab_size < 2 {
-            return bad(format!("vocab_size ({}) must be at least 2 (colours + SOS)", self.vocab_size));
+            return bad(format!(
+                "vocab_size ({}) must be at least 2 (colours + SOS)",
+                self.vocab_size
+            ));
         }
         if self.n_positions == 0 || self.n_layer == 0 {
             return bad("n_positions and n_layer must be at least 1".into());
         }
         if self.vocab_size - 1 > u16::MAX as usize {
-            return bad(format!("vocab_size ({}) is too large (at most 65536)", self.vocab_size));
+            return bad(format!(
+                "vocab_size ({}) is too large (at most 65536)",
+                self.vocab_size
+            ));
         }
         if self.n_inner == Some(0) {
             return bad("n_inner must be at least 1 (or null for 4 * n_embd)".into());
         }
-        if !matches!(self.activation_function.as_str(), "quick_gelu" | "gelu_new" | "gelu" | "gelu_pytorch_tanh" | "relu") {
+        if !matches!(
+            self.activation_function.as_str(),
+            "quick_gelu" | "gelu_new" | "gelu" | "gelu_pytorch_tanh" | "relu"
+        ) {
             return bad(format!(
                 "activation_function `{}` is not supported (use quick_gelu, gelu, gelu_new or relu)",
                 self.activation_function
             ));
         }
         if self.add_cross_attention {
-            return bad("add_cross_attention = true is not supported (ImageGPT checkpoints never use it)".into());
+            return bad(
+                "add_cross_attention = true is not supported (ImageGPT checkpoints never use it)"
+                    .into(),
+            );
         }
         if !(self.layer_norm_epsilon >= 0.0) {
             return bad("layer_norm_epsilon must be >= 0".into());
@@ -190,7 +247,10 @@ mod tests {
     #[test]
     fn defaults_match_hf() {
         let c = ImageGptConfig::default();
-        assert_eq!((c.vocab_size, c.n_positions, c.n_embd, c.n_layer, c.n_head), (513, 1024, 512, 24, 8));
+        assert_eq!(
+            (c.vocab_size, c.n_positions, c.n_embd, c.n_layer, c.n_head),
+            (513, 1024, 512, 24, 8)
+        );
         assert_eq!(c.n_inner(), 2048);
         assert_eq!(c.activation_function, "quick_gelu");
         assert!(c.scale_attn_weights && !c.scale_attn_by_inverse_layer_idx);
@@ -205,8 +265,12 @@ mod tests {
         let mut c = ImageGptConfig::tiny();
         c.n_head = 5;
         let err = c.validate("x").unwrap_err().to_string();
-        assert!(err.contains("n_embd (32) must be a positive multiple of n_head (5)"), "{err}");
-        let c: ImageGptConfig = serde_json::from_str(r#"{"n_embd": 64, "unknown_field": [1,2]}"#).unwrap();
+        assert!(
+            err.contains("n_embd (32) must be a positive multiple of n_head (5)"),
+            "{err}"
+        );
+        let c: ImageGptConfig =
+            serde_json::from_str(r#"{"n_embd": 64, "unknown_field": [1,2]}"#).unwrap();
         assert_eq!(c.n_embd, 64);
         assert!(ImageGptConfig::preset("xl").is_err());
     }

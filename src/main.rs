@@ -21,6 +21,8 @@ enum Command {
     Encode(cli::encode::EncodeArgs),
     /// NLL of images under a model (nats per pixel token, and bits per token).
     Eval(cli::eval::EvalArgs),
+    /// Re-save a model directory as config.json + model.safetensors (HF layout).
+    Convert(cli::convert::ConvertArgs),
     /// Benchmarks of the engine (random weights).
     #[command(subcommand)]
     Bench(cli::bench::BenchCommand),
@@ -32,6 +34,7 @@ fn main() {
         Command::Info(a) => cli::info::run(a),
         Command::Encode(a) => cli::encode::run(a),
         Command::Eval(a) => cli::eval::run(a),
+        Command::Convert(a) => cli::convert::run(a),
         Command::Bench(b) => cli::bench::run(b),
     };
     if let Err(e) = result {

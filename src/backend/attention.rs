@@ -69,7 +69,14 @@ unsafe impl Sync for SendPtr {}
 /// # Shapes
 /// q: (B, T, nh*hs) view; k, v: (B, Tk, nh*hs) views; out: (B, T, nh*hs) contiguous;
 /// lse: (B, nh, T) receives max + ln(sum exp) of each query row's scaled scores.
-pub fn attention_forward(out: &mut [f32], lse: &mut [f32], q: SeqView, k: SeqView, v: SeqView, d: AttnDims) {
+pub fn attention_forward(
+    out: &mut [f32],
+    lse: &mut [f32],
+    q: SeqView,
+    k: SeqView,
+    v: SeqView,
+    d: AttnDims,
+) {
     let c = d.nh * d.hs;
     assert!(out.len() >= d.b * d.t * c && lse.len() >= d.b * d.nh * d.t);
     assert!(d.tk >= d.t || !d.causal);
@@ -81,16 +88,20 @@ pub fn attention_forward(out: &mut [f32], lse: &mut [f32], q: SeqView, k: SeqVie
     let tkp = d.tk.div_ceil(KB) * KB;
     let mut kt_all = vec![0f32; d.b * d.nh * d.hs * tkp];
     let mut v_all = vec![0f32; d.b * d.nh * d.tk * d.hs];
-    kt_all.par_chunks_mut(d.hs * tkp).zip(v_all.par_chunks_mut(d.tk * d.hs)).enumerate().for_each(|(bh, (kt, vv))| {
-        let (b, h) = (bh / d.nh, bh % d.nh);
-        for j in 0..d.tk {
-            let blk = &mut kt[(j / KB) * d.hs * KB..];
-            for (x, &kv) in k.row(b, j, h * d.hs, d.hs).iter().enumerate() {
-                blk[x * KB + j % KB] = kv;
+    kt_all
+        .par_chunks_mut(d.hs * tkp)
+        .zip(v_all.par_chunks_mut(d.tk * d.hs))
+        .enumerate()
+        .for_each(|(bh, (kt, vv))| {
+            let (b, h) = (bh / d.nh, bh % d.nh);
+            for j in 0..d.tk {
+                let blk = &mut kt[(j / KB) * d.hs * KB..];
+                for (x, &kv) in k.row(b, j, h * d.hs, d.hs).iter().enumerate() {
+                    blk[x * KB + j % KB] = kv;
+                }
+                vv[j * d.hs..(j + 1) * d.hs].copy_from_slice(v.row(b, j, h * d.hs, d.hs));
             }
-            vv[j * d.hs..(j + 1) * d.hs].copy_from_slice(v.row(b, j, h * d.hs, d.hs));
-        }
-    });
+        });
     let (kt_all, v_all) = (&kt_all, &v_all);
     let out_ptr = SendPtr(out.as_mut_ptr());
     let lse_ptr = SendPtr(lse.as_mut_ptr());
@@ -107,7 +118,10 @@ pub fn attention_forward(out: &mut [f32], lse: &mut [f32], q: SeqView, k: SeqVie
             // Q block (nq, hs), contiguous and pre-multiplied by the score scale.
             for r in 0..nq {
                 let src = q.row(b, q_lo + r, h * hs, hs);
-                sc.q[r * hs..(r + 1) * hs].iter_mut().zip(src).for_each(|(a, &x)| *a = x * d.scale);
+                sc.q[r * hs..(r + 1) * hs]
+                    .iter_mut()
+                    .zip(src)
+                    .for_each(|(a, &x)| *a = x * d.scale);
             }
             sc.o[..nq * hs].fill(0.0);
             sc.m[..nq].fill(f32::NEG_INFINITY);
@@ -122,7 +136,11 @@ pub fn attention_forward(out: &mut [f32], lse: &mut [f32], q: SeqView, k: SeqVie
                 }
                 for r in 0..nq {
                     let row = &mut sc.s[r * KC..r * KC + nk];
-                    let valid = if d.causal { (past + q_lo + r + 1).saturating_sub(k_lo).min(nk) } else { nk };
+                    let valid = if d.causal {
+                        (past + q_lo + r + 1).saturating_sub(k_lo).min(nk)
+                    } else {
+                        nk
+                    };
                     if valid == 0 {
                         row.fill(0.0);
                         continue;
@@ -134,7 +152,9 @@ pub fn attention_forward(out: &mut [f32], lse: &mut [f32], q: SeqView, k: SeqVie
                     sc.l[r] = sc.l[r] * corr + sum;
                     sc.m[r] = m_new;
                     if corr != 1.0 {
-                        sc.o[r * hs..(r + 1) * hs].iter_mut().for_each(|x| *x *= corr);
+                        sc.o[r * hs..(r + 1) * hs]
+                            .iter_mut()
+                            .for_each(|x| *x *= corr);
                     }
                 }
                 let vb = &v_all[(bh * d.tk + k_lo) * hs..];
@@ -181,7 +201,14 @@ impl Scratch {
 /// Recomputes the attention probabilities of one (batch row, head) from q, k and the saved
 /// log-sum-exp: p[r, j] = exp(q_r . k_j * scale - lse_r), 0 where masked. For inspection
 /// (HF's `output_attentions`) and tests; O(T * Tk) memory.
-pub fn attention_probs(q: SeqView, k: SeqView, lse: &[f32], d: AttnDims, b: usize, h: usize) -> Vec<f32> {
+pub fn attention_probs(
+    q: SeqView,
+    k: SeqView,
+    lse: &[f32],
+    d: AttnDims,
+    b: usize,
+    h: usize,
+) -> Vec<f32> {
     let past = d.tk - d.t.min(d.tk);
     let mut p = vec![0f32; d.t * d.tk];
     for r in 0..d.t {
@@ -210,9 +237,16 @@ mod tests {
         for b in 0..d.b {
             for h in 0..d.nh {
                 for r in 0..d.t {
-                    let at = |row: usize, part: usize, x: usize| qkv[(b * d.t + row) * 3 * c + part * c + h * d.hs + x] as f64;
+                    let at = |row: usize, part: usize, x: usize| {
+                        qkv[(b * d.t + row) * 3 * c + part * c + h * d.hs + x] as f64
+                    };
                     let n = if d.causal { r + 1 } else { d.t };
-                    let s: Vec<f64> = (0..n).map(|j| (0..d.hs).map(|x| at(r, 0, x) * at(j, 1, x)).sum::<f64>() * d.scale as f64).collect();
+                    let s: Vec<f64> = (0..n)
+                        .map(|j| {
+                            (0..d.hs).map(|x| at(r, 0, x) * at(j, 1, x)).sum::<f64>()
+                                * d.scale as f64
+                        })
+                        .collect();
                     let mx = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                     let e: Vec<f64> = s.iter().map(|v| (v - mx).exp()).collect();
                     let z: f64 = e.iter().sum();
@@ -234,13 +268,30 @@ mod tests {
         let mut rng = crate::rng::Rng::new(3);
         let qkv: Vec<f32> = (0..b * t * 3 * c).map(|_| rng.normal() as f32).collect();
         for causal in [true, false] {
-            let d = AttnDims { b, t, tk: t, nh, hs, causal, scale: 1.0 / (hs as f32).sqrt() };
-            let view = |part: usize| SeqView { data: &qkv, offset: part * c, batch_stride: t * 3 * c, row_stride: 3 * c };
+            let d = AttnDims {
+                b,
+                t,
+                tk: t,
+                nh,
+                hs,
+                causal,
+                scale: 1.0 / (hs as f32).sqrt(),
+            };
+            let view = |part: usize| SeqView {
+                data: &qkv,
+                offset: part * c,
+                batch_stride: t * 3 * c,
+                row_stride: 3 * c,
+            };
             let mut out = vec![0f32; b * t * c];
             let mut lse = vec![0f32; b * nh * t];
             attention_forward(&mut out, &mut lse, view(0), view(1), view(2), d);
             let want = naive(&qkv, d);
-            let worst = out.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            let worst = out
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
             assert!(worst < 2e-5, "causal={causal}: max diff {worst}");
             // probabilities recomputed from lse sum to one
             let p = attention_probs(view(0), view(1), &lse, d, 1, 2);

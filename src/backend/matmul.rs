@@ -45,7 +45,10 @@ pub fn matmul_forward(
     layout: WeightLayout,
     accumulate: bool,
 ) {
-    assert!(out.len() >= m * n && inp.len() >= m * k && w.len() >= k * n, "matmul_forward: buffers too small");
+    assert!(
+        out.len() >= m * n && inp.len() >= m * k && w.len() >= k * n,
+        "matmul_forward: buffers too small"
+    );
     let mut read_dst = accumulate;
     if let Some(b) = bias {
         assert_eq!(b.len(), n);
@@ -63,11 +66,24 @@ pub fn matmul_forward(
     // addressed by these strides, and `out` does not alias the inputs (&mut borrow).
     unsafe {
         gemm(
-            m, n, k,
-            out.as_mut_ptr(), 1, n as isize, read_dst,
-            inp.as_ptr(), 1, k as isize,
-            w.as_ptr(), rhs_cs, rhs_rs,
-            1.0, 1.0, false, false, false,
+            m,
+            n,
+            k,
+            out.as_mut_ptr(),
+            1,
+            n as isize,
+            read_dst,
+            inp.as_ptr(),
+            1,
+            k as isize,
+            w.as_ptr(),
+            rhs_cs,
+            rhs_rs,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
             parallelism(m, n, k),
         );
     }
@@ -90,11 +106,24 @@ pub unsafe fn gemm_strided(
 ) {
     unsafe {
         gemm(
-            m, n, k,
-            dst.0, dst.2, dst.1, accumulate,
-            lhs.0, lhs.2, lhs.1,
-            rhs.0, rhs.2, rhs.1,
-            1.0, beta, false, false, false,
+            m,
+            n,
+            k,
+            dst.0,
+            dst.2,
+            dst.1,
+            accumulate,
+            lhs.0,
+            lhs.2,
+            lhs.1,
+            rhs.0,
+            rhs.2,
+            rhs.1,
+            1.0,
+            beta,
+            false,
+            false,
+            false,
             Parallelism::None,
         );
     }
@@ -104,7 +133,12 @@ pub unsafe fn gemm_strided(
 mod tests {
     use super::*;
 
-    fn naive(inp: &[f32], w: &[f32], (m, k, n): (usize, usize, usize), layout: WeightLayout) -> Vec<f32> {
+    fn naive(
+        inp: &[f32],
+        w: &[f32],
+        (m, k, n): (usize, usize, usize),
+        layout: WeightLayout,
+    ) -> Vec<f32> {
         let mut out = vec![0f32; m * n];
         for i in 0..m {
             for j in 0..n {
@@ -125,8 +159,12 @@ mod tests {
     #[test]
     fn both_layouts_match_naive() {
         let (m, k, n) = (37, 45, 29);
-        let inp: Vec<f32> = (0..m * k).map(|i| ((i * 7 % 13) as f32 - 6.0) / 5.0).collect();
-        let w: Vec<f32> = (0..k * n).map(|i| ((i * 5 % 11) as f32 - 5.0) / 7.0).collect();
+        let inp: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 7 % 13) as f32 - 6.0) / 5.0)
+            .collect();
+        let w: Vec<f32> = (0..k * n)
+            .map(|i| ((i * 5 % 11) as f32 - 5.0) / 7.0)
+            .collect();
         let bias: Vec<f32> = (0..n).map(|i| i as f32 * 0.1).collect();
         for layout in [WeightLayout::InOut, WeightLayout::OutIn] {
             let want = naive(&inp, &w, (m, k, n), layout);

@@ -32,11 +32,32 @@ pub fn run(a: InfoArgs) -> Result<()> {
     println!("model       {}", a.model.display());
     println!("class       {}", model.kind.hf_architecture());
     println!("parameters  {} ({:.2}M)", n_params, n_params as f64 / 1e6);
-    println!("shape       {} layers, n_embd {}, {} heads (head size {}), MLP {}", c.n_layer, c.n_embd, c.n_head, c.head_dim(), c.n_inner());
-    println!("sequence    {} positions, vocab {} ({} colours + SOS {})", c.n_positions, c.vocab_size, c.n_colors(), c.sos_token());
-    println!("attention   scale_attn_weights {}, by_inverse_layer_idx {}", c.scale_attn_weights, c.scale_attn_by_inverse_layer_idx);
+    println!(
+        "shape       {} layers, n_embd {}, {} heads (head size {}), MLP {}",
+        c.n_layer,
+        c.n_embd,
+        c.n_head,
+        c.head_dim(),
+        c.n_inner()
+    );
+    println!(
+        "sequence    {} positions, vocab {} ({} colours + SOS {})",
+        c.n_positions,
+        c.vocab_size,
+        c.n_colors(),
+        c.sos_token()
+    );
+    println!(
+        "attention   scale_attn_weights {}, by_inverse_layer_idx {}",
+        c.scale_attn_weights, c.scale_attn_by_inverse_layer_idx
+    );
     match palette {
-        Some(p) => println!("palette     {} colours, images {}x{} (H x W)", p.n_clusters(), h, w),
+        Some(p) => println!(
+            "palette     {} colours, images {}x{} (H x W)",
+            p.n_clusters(),
+            h,
+            w
+        ),
         None => println!("palette     none (no preprocessor_config.json)"),
     }
     Ok(())

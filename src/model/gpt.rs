@@ -14,7 +14,9 @@ use std::ops::Range;
 
 use crate::backend::attention::{self, AttnDims, SeqView};
 use crate::backend::profile::{Kernel, timed};
-use crate::backend::{Activation, WeightLayout, act, add_inplace, embed, matmul::matmul_forward, norm};
+use crate::backend::{
+    Activation, WeightLayout, act, add_inplace, embed, matmul::matmul_forward, norm,
+};
 use crate::config::ImageGptConfig;
 use crate::error::{Error, Result};
 use crate::rng::Rng;
@@ -111,7 +113,13 @@ impl ImageGpt {
         let act = Activation::from_hf(&config.activation_function)?;
         let layout = ParamLayout::new(&config, kind);
         let params = vec![0.0; layout.total];
-        Ok(ImageGpt { config, kind, layout, params, act })
+        Ok(ImageGpt {
+            config,
+            kind,
+            layout,
+            params,
+            act,
+        })
     }
 
     /// GPT-2 initialisation (nanoGPT `_init_weights`): matrices and embeddings ~ N(0, 0.02)
@@ -124,13 +132,22 @@ impl ImageGpt {
         let resid_std = std / (2.0 * m.config.n_layer as f64).sqrt();
         for e in m.layout.entries.clone() {
             let slice = &mut m.params[e.range.clone()];
-            if e.name.ends_with("ln_1.weight") || e.name.ends_with("ln_2.weight") || e.name.ends_with("ln_f.weight") {
+            if e.name.ends_with("ln_1.weight")
+                || e.name.ends_with("ln_2.weight")
+                || e.name.ends_with("ln_f.weight")
+            {
                 slice.fill(1.0);
             } else if e.name.ends_with(".bias") {
                 slice.fill(0.0);
             } else {
-                let s = if e.name.ends_with("c_proj.weight") { resid_std } else { std };
-                slice.iter_mut().for_each(|w| *w = (rng.normal() * s) as f32);
+                let s = if e.name.ends_with("c_proj.weight") {
+                    resid_std
+                } else {
+                    std
+                };
+                slice
+                    .iter_mut()
+                    .for_each(|w| *w = (rng.normal() * s) as f32);
             }
         }
         Ok(m)
@@ -155,7 +172,10 @@ impl ImageGpt {
     /// Checks tokens and sequence length before any buffer is touched.
     pub fn check_input(&self, tokens: &[u32], b: usize, t: usize, pos0: usize) -> Result<()> {
         if tokens.len() != b * t || t == 0 {
-            return Err(Error::Invalid(format!("expected {b} x {t} tokens, got {}", tokens.len())));
+            return Err(Error::Invalid(format!(
+                "expected {b} x {t} tokens, got {}",
+                tokens.len()
+            )));
         }
         if pos0 + t > self.config.n_positions {
             return Err(Error::Invalid(format!(
@@ -164,7 +184,10 @@ impl ImageGpt {
                 self.config.n_positions
             )));
         }
-        if let Some(&bad) = tokens.iter().find(|&&x| x as usize >= self.config.vocab_size) {
+        if let Some(&bad) = tokens
+            .iter()
+            .find(|&&x| x as usize >= self.config.vocab_size)
+        {
             return Err(Error::Invalid(format!(
                 "token id {bad} is out of range: vocab_size is {} (colours 0..{}, SOS {})",
                 self.config.vocab_size,
@@ -181,7 +204,15 @@ impl ImageGpt {
     /// tokens: (B, T). Afterwards `ws.last_hidden` is (B, T, C); `ws.logits` is (B, T, V-1)
     /// for [`Logits::All`] or (B, V-1) for [`Logits::Last`]; with `collect_hidden`,
     /// `ws.hidden_states` holds n_layer + 1 tensors (B, T, C) in HF's convention.
-    pub fn forward(&self, ws: &mut Workspace, tokens: &[u32], b: usize, t: usize, logits: Logits, collect_hidden: bool) -> Result<()> {
+    pub fn forward(
+        &self,
+        ws: &mut Workspace,
+        tokens: &[u32],
+        b: usize,
+        t: usize,
+        logits: Logits,
+        collect_hidden: bool,
+    ) -> Result<()> {
         self.check_input(tokens, b, t, 0)?;
         let cfg = &self.config;
         let (c, n) = (cfg.n_embd, b * t);
@@ -190,7 +221,17 @@ impl ImageGpt {
         ws.attentions.clear();
 
         let x = &mut ws.x[..n * c];
-        timed(Kernel::Embed, || embed::embed_forward(x, tokens, self.param(&self.layout.wte), self.param(&self.layout.wpe), t, 0, c));
+        timed(Kernel::Embed, || {
+            embed::embed_forward(
+                x,
+                tokens,
+                self.param(&self.layout.wte),
+                self.param(&self.layout.wpe),
+                t,
+                0,
+                c,
+            )
+        });
         for (l, lo) in self.layout.layers.iter().enumerate() {
             if collect_hidden {
                 ws.hidden_states.push(ws.x[..n * c].to_vec());
@@ -200,7 +241,15 @@ impl ImageGpt {
         if collect_hidden {
             ws.last_block_output = ws.x[..n * c].to_vec();
         }
-        timed(Kernel::Norm, || norm::rmsnorm_forward(&mut ws.last_hidden[..n * c], &mut ws.rstd[..n], &ws.x[..n * c], self.param(&self.layout.ln_f), cfg.layer_norm_epsilon));
+        timed(Kernel::Norm, || {
+            norm::rmsnorm_forward(
+                &mut ws.last_hidden[..n * c],
+                &mut ws.rstd[..n],
+                &ws.x[..n * c],
+                self.param(&self.layout.ln_f),
+                cfg.layer_norm_epsilon,
+            )
+        });
         if collect_hidden {
             ws.hidden_states.push(ws.last_hidden[..n * c].to_vec());
         }
@@ -214,28 +263,101 @@ impl ImageGpt {
         let (c, inner, n, eps) = (cfg.n_embd, cfg.n_inner(), b * t, cfg.layer_norm_epsilon);
         let x = &mut ws.x[..n * c];
         let ln = &mut ws.ln[..n * c];
-        timed(Kernel::Norm, || norm::rmsnorm_forward(ln, &mut ws.rstd[..n], x, self.param(&lo.ln_1), eps));
+        timed(Kernel::Norm, || {
+            norm::rmsnorm_forward(ln, &mut ws.rstd[..n], x, self.param(&lo.ln_1), eps)
+        });
         let qkv = &mut ws.qkv[..n * 3 * c];
-        timed(Kernel::Matmul, || matmul_forward(qkv, ln, self.param(&lo.c_attn_w), Some(self.param(&lo.c_attn_b)), (n, c, 3 * c), WeightLayout::InOut, false));
-        let view = |part: usize| SeqView { data: &ws.qkv[..n * 3 * c], offset: part * c, batch_stride: t * 3 * c, row_stride: 3 * c };
-        let dims = AttnDims { b, t, tk: t, nh: cfg.n_head, hs: cfg.head_dim(), causal: true, scale: self.attn_scale(l) };
-        timed(Kernel::Attention, || attention::attention_forward(&mut ws.att[..n * c], &mut ws.lse[..b * cfg.n_head * t], view(0), view(1), view(2), dims));
+        timed(Kernel::Matmul, || {
+            matmul_forward(
+                qkv,
+                ln,
+                self.param(&lo.c_attn_w),
+                Some(self.param(&lo.c_attn_b)),
+                (n, c, 3 * c),
+                WeightLayout::InOut,
+                false,
+            )
+        });
+        let view = |part: usize| SeqView {
+            data: &ws.qkv[..n * 3 * c],
+            offset: part * c,
+            batch_stride: t * 3 * c,
+            row_stride: 3 * c,
+        };
+        let dims = AttnDims {
+            b,
+            t,
+            tk: t,
+            nh: cfg.n_head,
+            hs: cfg.head_dim(),
+            causal: true,
+            scale: self.attn_scale(l),
+        };
+        timed(Kernel::Attention, || {
+            attention::attention_forward(
+                &mut ws.att[..n * c],
+                &mut ws.lse[..b * cfg.n_head * t],
+                view(0),
+                view(1),
+                view(2),
+                dims,
+            )
+        });
         if ws.want_attentions {
             let mut probs = Vec::with_capacity(b * cfg.n_head * t * t);
             for bi in 0..b {
                 for h in 0..cfg.n_head {
-                    probs.extend(attention::attention_probs(view(0), view(1), &ws.lse, dims, bi, h));
+                    probs.extend(attention::attention_probs(
+                        view(0),
+                        view(1),
+                        &ws.lse,
+                        dims,
+                        bi,
+                        h,
+                    ));
                 }
             }
             ws.attentions.push(probs);
         }
         // x += att @ c_proj + b  (the gemm accumulates straight into the residual stream)
-        timed(Kernel::Matmul, || matmul_forward(x, &ws.att[..n * c], self.param(&lo.c_proj_w), Some(self.param(&lo.c_proj_b)), (n, c, c), WeightLayout::InOut, true));
-        timed(Kernel::Norm, || norm::rmsnorm_forward(ln, &mut ws.rstd[..n], x, self.param(&lo.ln_2), eps));
+        timed(Kernel::Matmul, || {
+            matmul_forward(
+                x,
+                &ws.att[..n * c],
+                self.param(&lo.c_proj_w),
+                Some(self.param(&lo.c_proj_b)),
+                (n, c, c),
+                WeightLayout::InOut,
+                true,
+            )
+        });
+        timed(Kernel::Norm, || {
+            norm::rmsnorm_forward(ln, &mut ws.rstd[..n], x, self.param(&lo.ln_2), eps)
+        });
         let fc = &mut ws.fc[..n * inner];
-        timed(Kernel::Matmul, || matmul_forward(fc, ln, self.param(&lo.c_fc_w), Some(self.param(&lo.c_fc_b)), (n, c, inner), WeightLayout::InOut, false));
+        timed(Kernel::Matmul, || {
+            matmul_forward(
+                fc,
+                ln,
+                self.param(&lo.c_fc_w),
+                Some(self.param(&lo.c_fc_b)),
+                (n, c, inner),
+                WeightLayout::InOut,
+                false,
+            )
+        });
         timed(Kernel::Act, || act::act_inplace(self.act, fc));
-        timed(Kernel::Matmul, || matmul_forward(x, fc, self.param(&lo.mlp_proj_w), Some(self.param(&lo.mlp_proj_b)), (n, inner, c), WeightLayout::InOut, true));
+        timed(Kernel::Matmul, || {
+            matmul_forward(
+                x,
+                fc,
+                self.param(&lo.mlp_proj_w),
+                Some(self.param(&lo.mlp_proj_b)),
+                (n, inner, c),
+                WeightLayout::InOut,
+                true,
+            )
+        });
     }
 
     fn head_forward(&self, ws: &mut Workspace, b: usize, t: usize, logits: Logits) {
@@ -249,13 +371,35 @@ impl ImageGpt {
             Logits::None => ws.logits.clear(),
             Logits::All => {
                 ws.logits.resize(n * v, 0.0);
-                matmul_forward(&mut ws.logits, &ws.last_hidden[..n * c], self.param(head), None, (n, c, v), WeightLayout::OutIn, false);
+                matmul_forward(
+                    &mut ws.logits,
+                    &ws.last_hidden[..n * c],
+                    self.param(head),
+                    None,
+                    (n, c, v),
+                    WeightLayout::OutIn,
+                    false,
+                );
             }
             Logits::Last => {
                 // gather the last row of each sequence: (B, C)
-                let last: Vec<f32> = (0..b).flat_map(|i| ws.last_hidden[((i + 1) * t - 1) * c..(i + 1) * t * c].iter().copied()).collect();
+                let last: Vec<f32> = (0..b)
+                    .flat_map(|i| {
+                        ws.last_hidden[((i + 1) * t - 1) * c..(i + 1) * t * c]
+                            .iter()
+                            .copied()
+                    })
+                    .collect();
                 ws.logits.resize(b * v, 0.0);
-                matmul_forward(&mut ws.logits, &last, self.param(head), None, (b, c, v), WeightLayout::OutIn, false);
+                matmul_forward(
+                    &mut ws.logits,
+                    &last,
+                    self.param(head),
+                    None,
+                    (b, c, v),
+                    WeightLayout::OutIn,
+                    false,
+                );
             }
         }
     }
@@ -269,7 +413,10 @@ impl ImageGpt {
         let mut out = vec![0f32; b * c];
         for i in 0..b {
             for r in 0..t {
-                add_inplace(&mut out[i * c..(i + 1) * c], &ws.last_hidden[(i * t + r) * c..(i * t + r + 1) * c]);
+                add_inplace(
+                    &mut out[i * c..(i + 1) * c],
+                    &ws.last_hidden[(i * t + r) * c..(i * t + r + 1) * c],
+                );
             }
         }
         out.iter_mut().for_each(|v| *v /= t as f32);
@@ -279,12 +426,22 @@ impl ImageGpt {
     /// Classifier logits from pooled features (B, C) -> (B, num_labels). Needs a `score` head.
     pub fn classify(&self, pooled: &[f32]) -> Result<Vec<f32>> {
         let (ModelKind::Classifier, Some(head)) = (self.kind, &self.layout.head) else {
-            return Err(Error::Invalid("this model has no classification head (`score.weight`)".into()));
+            return Err(Error::Invalid(
+                "this model has no classification head (`score.weight`)".into(),
+            ));
         };
         let (c, k) = (self.config.n_embd, self.config.num_labels());
         let b = pooled.len() / c;
         let mut out = vec![0f32; b * k];
-        matmul_forward(&mut out, pooled, self.param(head), None, (b, c, k), WeightLayout::OutIn, false);
+        matmul_forward(
+            &mut out,
+            pooled,
+            self.param(head),
+            None,
+            (b, c, k),
+            WeightLayout::OutIn,
+            false,
+        );
         Ok(out)
     }
 }

@@ -28,8 +28,17 @@ enum Value {
     List(Vec<Value>),
     Dict(Vec<(Value, Value)>),
     Global(String, String),
-    Storage { key: String, dtype: Dtype },
-    Tensor { key: String, dtype: Dtype, offset: usize, shape: Vec<usize>, stride: Vec<usize> },
+    Storage {
+        key: String,
+        dtype: Dtype,
+    },
+    Tensor {
+        key: String,
+        dtype: Dtype,
+        offset: usize,
+        shape: Vec<usize>,
+        stride: Vec<usize>,
+    },
     Mark,
 }
 
@@ -66,7 +75,14 @@ struct Machine<'a> {
 
 impl<'a> Machine<'a> {
     fn err(&self, msg: impl Into<String>) -> Error {
-        Error::format(self.path, format!("pytorch_model.bin: {} (at byte {} of data.pkl)", msg.into(), self.pos))
+        Error::format(
+            self.path,
+            format!(
+                "pytorch_model.bin: {} (at byte {} of data.pkl)",
+                msg.into(),
+                self.pos
+            ),
+        )
     }
 
     fn take(&mut self, n: usize) -> Result<&'a [u8]> {
@@ -99,20 +115,28 @@ impl<'a> Machine<'a> {
     }
     fn string(&mut self, n: usize) -> Result<Value> {
         let b = self.take(n)?;
-        Ok(Value::Str(String::from_utf8(b.to_vec()).map_err(|_| self.err("invalid UTF-8 string"))?))
+        Ok(Value::Str(
+            String::from_utf8(b.to_vec()).map_err(|_| self.err("invalid UTF-8 string"))?,
+        ))
     }
     fn pop(&mut self) -> Result<Value> {
         self.stack.pop().ok_or_else(|| self.err("stack underflow"))
     }
     fn pop_mark(&mut self) -> Result<Vec<Value>> {
-        let at = self.stack.iter().rposition(|v| matches!(v, Value::Mark)).ok_or_else(|| self.err("MARK not found"))?;
+        let at = self
+            .stack
+            .iter()
+            .rposition(|v| matches!(v, Value::Mark))
+            .ok_or_else(|| self.err("MARK not found"))?;
         let items = self.stack.split_off(at + 1);
         self.stack.pop();
         Ok(items)
     }
     fn top(&mut self) -> Result<&mut Value> {
         let pos = self.pos;
-        self.stack.last_mut().ok_or_else(|| Error::Invalid(format!("pickle stack underflow at byte {pos}")))
+        self.stack
+            .last_mut()
+            .ok_or_else(|| Error::Invalid(format!("pickle stack underflow at byte {pos}")))
     }
 
     fn run(&mut self) -> Result<Value> {
@@ -212,7 +236,9 @@ impl<'a> Machine<'a> {
     }
 
     fn global(&mut self, module: String, name: String) -> Result<()> {
-        if ALLOWED_GLOBALS.contains(&(module.as_str(), name.as_str())) || storage_dtype(&module, &name).is_some() {
+        if ALLOWED_GLOBALS.contains(&(module.as_str(), name.as_str()))
+            || storage_dtype(&module, &name).is_some()
+        {
             self.stack.push(Value::Global(module, name));
             Ok(())
         } else {
@@ -229,17 +255,33 @@ impl<'a> Machine<'a> {
             && tag == "storage"
             && let Some(dtype) = storage_dtype(m, n)
         {
-            return Ok(Value::Storage { key: key.clone(), dtype });
+            return Ok(Value::Storage {
+                key: key.clone(),
+                dtype,
+            });
         }
         Err(self.err("unsupported persistent id (expected a torch storage)"))
     }
 
     fn reduce(&self, func: Value, args: Value) -> Result<Value> {
-        let Value::Global(m, n) = func else { return Err(self.err("REDUCE on a non-callable")) };
-        let Value::Tuple(args) = args else { return Err(self.err("REDUCE arguments are not a tuple")) };
+        let Value::Global(m, n) = func else {
+            return Err(self.err("REDUCE on a non-callable"));
+        };
+        let Value::Tuple(args) = args else {
+            return Err(self.err("REDUCE arguments are not a tuple"));
+        };
         let ints = |v: &Value| -> Option<Vec<usize>> {
             match v {
-                Value::Tuple(xs) => xs.iter().map(|x| if let Value::Int(i) = x { usize::try_from(*i).ok() } else { None }).collect(),
+                Value::Tuple(xs) => xs
+                    .iter()
+                    .map(|x| {
+                        if let Value::Int(i) = x {
+                            usize::try_from(*i).ok()
+                        } else {
+                            None
+                        }
+                    })
+                    .collect(),
                 _ => None,
             }
         };
@@ -247,17 +289,30 @@ impl<'a> Machine<'a> {
             ("collections", "OrderedDict") => Ok(Value::Dict(Vec::new())),
             ("torch._utils", "_rebuild_tensor_v2") => {
                 // (storage, storage_offset, size, stride, requires_grad, backward_hooks[, metadata])
-                if let [Value::Storage { key, dtype }, Value::Int(offset), size, stride, ..] = args.as_slice()
+                if let [
+                    Value::Storage { key, dtype },
+                    Value::Int(offset),
+                    size,
+                    stride,
+                    ..,
+                ] = args.as_slice()
                     && let (Some(shape), Some(stride)) = (ints(size), ints(stride))
                     && *offset >= 0
                 {
-                    return Ok(Value::Tensor { key: key.clone(), dtype: *dtype, offset: *offset as usize, shape, stride });
+                    return Ok(Value::Tensor {
+                        key: key.clone(),
+                        dtype: *dtype,
+                        offset: *offset as usize,
+                        shape,
+                        stride,
+                    });
                 }
                 Err(self.err("malformed _rebuild_tensor_v2 arguments"))
             }
-            ("torch._utils", "_rebuild_parameter") => {
-                args.into_iter().next().ok_or_else(|| self.err("_rebuild_parameter without data"))
-            }
+            ("torch._utils", "_rebuild_parameter") => args
+                .into_iter()
+                .next()
+                .ok_or_else(|| self.err("_rebuild_parameter without data")),
             _ => Err(self.err(format!("`{m}.{n}` cannot be called"))),
         }
     }
@@ -286,17 +341,39 @@ pub fn read_torch_file(path: &Path) -> Result<Vec<(String, Tensor)>> {
         .ok_or_else(|| Error::format(path, "no data.pkl in the archive"))?;
     let stem = pkl_name.trim_end_matches("data.pkl").to_string();
     let mut pkl = Vec::new();
-    zip.by_name(&pkl_name).map_err(|e| Error::format(path, e.to_string()))?.read_to_end(&mut pkl).map_err(|e| Error::io(path, e))?;
+    zip.by_name(&pkl_name)
+        .map_err(|e| Error::format(path, e.to_string()))?
+        .read_to_end(&mut pkl)
+        .map_err(|e| Error::io(path, e))?;
 
-    let mut m = Machine { data: &pkl, pos: 0, stack: Vec::new(), memo: HashMap::new(), path };
+    let mut m = Machine {
+        data: &pkl,
+        pos: 0,
+        stack: Vec::new(),
+        memo: HashMap::new(),
+        path,
+    };
     let root = m.run()?;
     let Value::Dict(items) = root else {
-        return Err(Error::format(path, "the pickle is not a state dict (a dict of tensors)"));
+        return Err(Error::format(
+            path,
+            "the pickle is not a state dict (a dict of tensors)",
+        ));
     };
     let mut storages: HashMap<String, Vec<u8>> = HashMap::new();
     let mut out = Vec::new();
     for (k, v) in items {
-        let (Value::Str(name), Value::Tensor { key, dtype, offset, shape, stride }) = (k, v) else {
+        let (
+            Value::Str(name),
+            Value::Tensor {
+                key,
+                dtype,
+                offset,
+                shape,
+                stride,
+            },
+        ) = (k, v)
+        else {
             continue; // non-tensor entries (e.g. metadata) are not weights
         };
         if !matches!(dtype, Dtype::F32 | Dtype::F64 | Dtype::F16 | Dtype::BF16) {
@@ -318,7 +395,12 @@ pub fn read_torch_file(path: &Path) -> Result<Vec<(String, Tensor)>> {
         let mut idx = vec![0usize; shape.len()];
         for _ in 0..n {
             let el = offset + idx.iter().zip(&stride).map(|(i, s)| i * s).sum::<usize>();
-            let src = raw.get(el * es..(el + 1) * es).ok_or_else(|| Error::format(path, format!("tensor `{name}` reads past its storage; the file is corrupt")))?;
+            let src = raw.get(el * es..(el + 1) * es).ok_or_else(|| {
+                Error::format(
+                    path,
+                    format!("tensor `{name}` reads past its storage; the file is corrupt"),
+                )
+            })?;
             bytes.extend_from_slice(src);
             for d in (0..shape.len()).rev() {
                 idx[d] += 1;

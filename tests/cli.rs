@@ -1,0 +1,207 @@
+//! The `igpt` binary end to end: JSON contracts, numbers against HF references, and clear
+//! errors with a non-zero exit on bad input.
+
+mod common;
+
+use std::process::Command;
+
+use common::{Refs, fixture};
+
+fn igpt(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_igpt"))
+        .args(args)
+        .output()
+        .expect("run igpt");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn json(s: &str) -> serde_json::Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
+}
+
+#[test]
+fn info_reports_config_and_palette() {
+    let dir = fixture("small");
+    let (ok, out, err) = igpt(&["info", "--model", dir.to_str().unwrap(), "--json"]);
+    assert!(ok, "{err}");
+    let v = json(&out);
+    assert_eq!(v["n_params"], 280_768);
+    assert_eq!(v["n_layer"], 3);
+    assert_eq!(v["palette_size"], 512);
+    assert_eq!(v["class"], "ImageGPTForCausalImageModeling");
+    let (ok, out, _) = igpt(&["info", "--model", dir.to_str().unwrap()]);
+    assert!(ok && out.contains("280768"));
+}
+
+#[test]
+fn encode_json_equals_hf_processor_ids() {
+    let dir = fixture("small");
+    let imgs: Vec<String> = (0..3)
+        .map(|i| {
+            dir.join(format!("test_image_{i}.png"))
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    let mut args = vec!["encode", "--model", dir.to_str().unwrap(), "--json"];
+    args.extend(imgs.iter().map(|s| s.as_str()));
+    let (ok, out, err) = igpt(&args);
+    assert!(ok, "{err}");
+    let v = json(&out);
+    let (_, want) = Refs::load("small").i64("proc_input_ids");
+    for i in 0..3 {
+        let got: Vec<u32> = v["images"][i]["tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect();
+        assert_eq!(got, want[i * 1024..(i + 1) * 1024]);
+        assert_eq!(v["images"][i]["path"], imgs[i].as_str());
+    }
+}
+
+#[test]
+fn eval_nll_equals_cross_entropy_of_hf_logits() {
+    // For `tiny` (8x8), refs' input_ids are exactly [SOS] + the image's 63 first tokens, so
+    // HF's logits give the reference NLL of each whole image.
+    let dir = fixture("tiny");
+    let refs = Refs::load("tiny");
+    let (_, logits) = refs.f32("logits"); // (2, 64, 16)
+    let (_, ids) = refs.i64("proc_input_ids"); // (3, 64)
+    let want: Vec<f64> = (0..2)
+        .map(|i| {
+            (0..64)
+                .map(|t| {
+                    let row = &logits[(i * 64 + t) * 16..(i * 64 + t + 1) * 16];
+                    let z: f64 = row.iter().map(|&x| (x as f64).exp()).sum();
+                    z.ln() - row[ids[i * 64 + t] as usize] as f64
+                })
+                .sum::<f64>()
+                / 64.0
+        })
+        .collect();
+    let imgs: Vec<String> = (0..2)
+        .map(|i| {
+            dir.join(format!("test_image_{i}.png"))
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    let (ok, out, err) = igpt(&[
+        "eval",
+        "--model",
+        dir.to_str().unwrap(),
+        "--json",
+        &imgs[0],
+        &imgs[1],
+    ]);
+    assert!(ok, "{err}");
+    let v = json(&out);
+    for i in 0..2 {
+        let got = v["images"][i]["nll"].as_f64().unwrap();
+        assert!(
+            (got - want[i]).abs() < 1e-5,
+            "image {i}: {got} vs HF {}",
+            want[i]
+        );
+    }
+    let mean = v["mean_nll"].as_f64().unwrap();
+    assert!((mean - (want[0] + want[1]) / 2.0).abs() < 1e-5);
+    assert!((v["bits_per_token"].as_f64().unwrap() - mean / std::f64::consts::LN_2).abs() < 1e-9);
+}
+
+#[test]
+fn bench_forward_json_contract() {
+    let (ok, out, err) = igpt(&[
+        "bench",
+        "forward",
+        "--n-embd",
+        "32",
+        "--n-layer",
+        "1",
+        "--n-head",
+        "2",
+        "--side",
+        "8",
+        "--colors",
+        "16",
+        "--batch",
+        "2",
+        "--steps",
+        "2",
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    let v = json(&out);
+    assert_eq!(v["mode"], "forward");
+    for k in ["tok_s", "step_s", "peak_rss_mb"] {
+        assert!(v[k].as_f64().unwrap() > 0.0, "{k}");
+    }
+}
+
+#[test]
+fn bad_inputs_exit_nonzero_with_a_clear_message() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fake = tmp.path().join("notes.png");
+    std::fs::write(&fake, "hello").unwrap();
+    let dir = fixture("tiny");
+    let (ok, _, err) = igpt(&[
+        "encode",
+        "--model",
+        dir.to_str().unwrap(),
+        fake.to_str().unwrap(),
+    ]);
+    assert!(
+        !ok && err.contains("notes.png") && err.contains("not a readable image"),
+        "{err}"
+    );
+    let (ok, _, err) = igpt(&[
+        "info",
+        "--model",
+        tmp.path().join("missing").to_str().unwrap(),
+    ]);
+    assert!(!ok && err.contains("missing"), "{err}");
+    // A classifier cannot be evaluated as a pixel model.
+    let cls = fixture("tiny-cls");
+    let img = cls.join("test_image_0.png");
+    let (ok, _, err) = igpt(&[
+        "eval",
+        "--model",
+        cls.to_str().unwrap(),
+        img.to_str().unwrap(),
+    ]);
+    assert!(!ok && err.contains("needs a causal model"), "{err}");
+    assert!(!err.contains("panicked"));
+}
+
+#[test]
+fn convert_bin_to_safetensors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    for f in [
+        "config.json",
+        "pytorch_model.bin",
+        "preprocessor_config.json",
+    ] {
+        std::fs::copy(fixture("tiny").join(f), src.join(f)).unwrap();
+    }
+    let out = tmp.path().join("out");
+    let (ok, _, err) = igpt(&[
+        "convert",
+        "--model",
+        src.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let a = igpt::model::load_model(&out).unwrap();
+    let b = igpt::model::load_model(&fixture("tiny")).unwrap();
+    assert!(a.params == b.params);
+    assert!(out.join("preprocessor_config.json").exists());
+}
