@@ -110,12 +110,7 @@ impl Default for ImageGptConfig {
 impl ImageGptConfig {
     /// A shape with explicit depth, width and heads; 32x32 and 512 colours unless changed.
     pub fn with_shape(n_layer: usize, n_embd: usize, n_head: usize) -> Self {
-        ImageGptConfig {
-            n_layer,
-            n_embd,
-            n_head,
-            ..Default::default()
-        }
+        ImageGptConfig { n_layer, n_embd, n_head, ..Default::default() }
     }
 
     /// `tiny`: the shape of the test fixtures (2 layers, 32 wide, 4 heads).
@@ -142,10 +137,7 @@ impl ImageGptConfig {
             "s" | "small" => Ok(Self::s()),
             "m" | "medium" => Ok(Self::m()),
             "l" | "large" => Ok(Self::l()),
-            other => Err(Error::config(
-                "preset",
-                format!("unknown preset `{other}`; use one of tiny, s, m, l"),
-            )),
+            other => Err(Error::config("preset", format!("unknown preset `{other}`; use one of tiny, s, m, l"))),
         }
     }
 
@@ -179,25 +171,16 @@ impl ImageGptConfig {
     pub fn validate(&self, what: &str) -> Result<()> {
         let bad = |msg: String| Err(Error::config(what, msg));
         if self.n_head == 0 || self.n_embd == 0 || self.n_embd % self.n_head != 0 {
-            return bad(format!(
-                "n_embd ({}) must be a positive multiple of n_head ({})",
-                self.n_embd, self.n_head
-            ));
+            return bad(format!("n_embd ({}) must be a positive multiple of n_head ({})", self.n_embd, self.n_head));
         }
         if self.vocab_size < 2 {
-            return bad(format!(
-                "vocab_size ({}) must be at least 2 (colours + SOS)",
-                self.vocab_size
-            ));
+            return bad(format!("vocab_size ({}) must be at least 2 (colours + SOS)", self.vocab_size));
         }
         if self.n_positions == 0 || self.n_layer == 0 {
             return bad("n_positions and n_layer must be at least 1".into());
         }
         if self.vocab_size - 1 > u16::MAX as usize {
-            return bad(format!(
-                "vocab_size ({}) is too large (at most 65536)",
-                self.vocab_size
-            ));
+            return bad(format!("vocab_size ({}) is too large (at most 65536)", self.vocab_size));
         }
         if self.n_inner == Some(0) {
             return bad("n_inner must be at least 1 (or null for 4 * n_embd)".into());
@@ -212,10 +195,7 @@ impl ImageGptConfig {
             ));
         }
         if self.add_cross_attention {
-            return bad(
-                "add_cross_attention = true is not supported (ImageGPT checkpoints never use it)"
-                    .into(),
-            );
+            return bad("add_cross_attention = true is not supported (ImageGPT checkpoints never use it)".into());
         }
         if !(self.layer_norm_epsilon >= 0.0) {
             return bad("layer_norm_epsilon must be >= 0".into());
@@ -247,10 +227,7 @@ mod tests {
     #[test]
     fn defaults_match_hf() {
         let c = ImageGptConfig::default();
-        assert_eq!(
-            (c.vocab_size, c.n_positions, c.n_embd, c.n_layer, c.n_head),
-            (513, 1024, 512, 24, 8)
-        );
+        assert_eq!((c.vocab_size, c.n_positions, c.n_embd, c.n_layer, c.n_head), (513, 1024, 512, 24, 8));
         assert_eq!(c.n_inner(), 2048);
         assert_eq!(c.activation_function, "quick_gelu");
         assert!(c.scale_attn_weights && !c.scale_attn_by_inverse_layer_idx);
@@ -265,12 +242,8 @@ mod tests {
         let mut c = ImageGptConfig::tiny();
         c.n_head = 5;
         let err = c.validate("x").unwrap_err().to_string();
-        assert!(
-            err.contains("n_embd (32) must be a positive multiple of n_head (5)"),
-            "{err}"
-        );
-        let c: ImageGptConfig =
-            serde_json::from_str(r#"{"n_embd": 64, "unknown_field": [1,2]}"#).unwrap();
+        assert!(err.contains("n_embd (32) must be a positive multiple of n_head (5)"), "{err}");
+        let c: ImageGptConfig = serde_json::from_str(r#"{"n_embd": 64, "unknown_field": [1,2]}"#).unwrap();
         assert_eq!(c.n_embd, 64);
         assert!(ImageGptConfig::preset("xl").is_err());
     }

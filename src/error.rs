@@ -23,12 +23,7 @@ pub enum Error {
     UnexpectedTensor { path: PathBuf, name: String },
 
     #[error("{}: tensor `{name}` has shape {got:?}, expected {expected:?} (config.json does not match the weights)", path.display())]
-    ShapeMismatch {
-        path: PathBuf,
-        name: String,
-        expected: Vec<usize>,
-        got: Vec<usize>,
-    },
+    ShapeMismatch { path: PathBuf, name: String, expected: Vec<usize>, got: Vec<usize> },
 
     #[error("{}: {msg}", path.display())]
     Format { path: PathBuf, msg: String },
@@ -44,21 +39,12 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
     pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
-        Error::Io {
-            path: path.as_ref().to_path_buf(),
-            source,
-        }
+        Error::Io { path: path.as_ref().to_path_buf(), source }
     }
     pub fn format(path: impl AsRef<Path>, msg: impl Into<String>) -> Self {
-        Error::Format {
-            path: path.as_ref().to_path_buf(),
-            msg: msg.into(),
-        }
+        Error::Format { path: path.as_ref().to_path_buf(), msg: msg.into() }
     }
     pub fn config(what: impl Into<String>, msg: impl Into<String>) -> Self {
-        Error::Config {
-            what: what.into(),
-            msg: msg.into(),
-        }
+        Error::Config { what: what.into(), msg: msg.into() }
     }
 }

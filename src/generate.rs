@@ -20,16 +20,9 @@ pub fn argmax(row: &[f32]) -> u32 {
 ///
 /// # Shapes
 /// prompts: (B, T0) -> returns (B, T0 + steps).
-pub fn greedy_uncached(
-    model: &ImageGpt,
-    prompts: &[u32],
-    b: usize,
-    steps: usize,
-) -> Result<Vec<u32>> {
+pub fn greedy_uncached(model: &ImageGpt, prompts: &[u32], b: usize, steps: usize) -> Result<Vec<u32>> {
     if model.kind != ModelKind::CausalLm {
-        return Err(Error::Invalid(
-            "greedy decoding needs a causal model with an lm_head".into(),
-        ));
+        return Err(Error::Invalid("greedy decoding needs a causal model with an lm_head".into()));
     }
     let t0 = prompts.len() / b.max(1);
     let v = model.config.n_colors();

@@ -23,6 +23,7 @@ pub mod error;
 pub mod generate;
 pub mod model;
 pub mod rng;
+pub mod sample;
 pub mod tokenizer;
 
 pub use config::ImageGptConfig;

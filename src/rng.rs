@@ -20,9 +20,7 @@ impl Rng {
             x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
             x ^ (x >> 31)
         };
-        Rng {
-            s: [next(), next(), next(), next()],
-        }
+        Rng { s: [next(), next(), next(), next()] }
     }
 
     pub fn next_u64(&mut self) -> u64 {
@@ -90,9 +88,6 @@ mod tests {
         for _ in 0..30_000 {
             counts[r.below(3) as usize] += 1;
         }
-        assert!(
-            counts.iter().all(|&c| (c as i64 - 10_000).abs() < 400),
-            "{counts:?}"
-        );
+        assert!(counts.iter().all(|&c| (c as i64 - 10_000).abs() < 400), "{counts:?}");
     }
 }

@@ -8,10 +8,7 @@ use std::process::Command;
 use common::{Refs, fixture};
 
 fn igpt(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_igpt"))
-        .args(args)
-        .output()
-        .expect("run igpt");
+    let out = Command::new(env!("CARGO_BIN_EXE_igpt")).args(args).output().expect("run igpt");
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -40,13 +37,8 @@ fn info_reports_config_and_palette() {
 #[test]
 fn encode_json_equals_hf_processor_ids() {
     let dir = fixture("small");
-    let imgs: Vec<String> = (0..3)
-        .map(|i| {
-            dir.join(format!("test_image_{i}.png"))
-                .to_string_lossy()
-                .into_owned()
-        })
-        .collect();
+    let imgs: Vec<String> =
+        (0..3).map(|i| dir.join(format!("test_image_{i}.png")).to_string_lossy().into_owned()).collect();
     let mut args = vec!["encode", "--model", dir.to_str().unwrap(), "--json"];
     args.extend(imgs.iter().map(|s| s.as_str()));
     let (ok, out, err) = igpt(&args);
@@ -54,12 +46,8 @@ fn encode_json_equals_hf_processor_ids() {
     let v = json(&out);
     let (_, want) = Refs::load("small").i64("proc_input_ids");
     for i in 0..3 {
-        let got: Vec<u32> = v["images"][i]["tokens"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_u64().unwrap() as u32)
-            .collect();
+        let got: Vec<u32> =
+            v["images"][i]["tokens"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
         assert_eq!(got, want[i * 1024..(i + 1) * 1024]);
         assert_eq!(v["images"][i]["path"], imgs[i].as_str());
     }
@@ -85,30 +73,14 @@ fn eval_nll_equals_cross_entropy_of_hf_logits() {
                 / 64.0
         })
         .collect();
-    let imgs: Vec<String> = (0..2)
-        .map(|i| {
-            dir.join(format!("test_image_{i}.png"))
-                .to_string_lossy()
-                .into_owned()
-        })
-        .collect();
-    let (ok, out, err) = igpt(&[
-        "eval",
-        "--model",
-        dir.to_str().unwrap(),
-        "--json",
-        &imgs[0],
-        &imgs[1],
-    ]);
+    let imgs: Vec<String> =
+        (0..2).map(|i| dir.join(format!("test_image_{i}.png")).to_string_lossy().into_owned()).collect();
+    let (ok, out, err) = igpt(&["eval", "--model", dir.to_str().unwrap(), "--json", &imgs[0], &imgs[1]]);
     assert!(ok, "{err}");
     let v = json(&out);
     for i in 0..2 {
         let got = v["images"][i]["nll"].as_f64().unwrap();
-        assert!(
-            (got - want[i]).abs() < 1e-5,
-            "image {i}: {got} vs HF {}",
-            want[i]
-        );
+        assert!((got - want[i]).abs() < 1e-5, "image {i}: {got} vs HF {}", want[i]);
     }
     let mean = v["mean_nll"].as_f64().unwrap();
     assert!((mean - (want[0] + want[1]) / 2.0).abs() < 1e-5);
@@ -150,31 +122,14 @@ fn bad_inputs_exit_nonzero_with_a_clear_message() {
     let fake = tmp.path().join("notes.png");
     std::fs::write(&fake, "hello").unwrap();
     let dir = fixture("tiny");
-    let (ok, _, err) = igpt(&[
-        "encode",
-        "--model",
-        dir.to_str().unwrap(),
-        fake.to_str().unwrap(),
-    ]);
-    assert!(
-        !ok && err.contains("notes.png") && err.contains("not a readable image"),
-        "{err}"
-    );
-    let (ok, _, err) = igpt(&[
-        "info",
-        "--model",
-        tmp.path().join("missing").to_str().unwrap(),
-    ]);
+    let (ok, _, err) = igpt(&["encode", "--model", dir.to_str().unwrap(), fake.to_str().unwrap()]);
+    assert!(!ok && err.contains("notes.png") && err.contains("not a readable image"), "{err}");
+    let (ok, _, err) = igpt(&["info", "--model", tmp.path().join("missing").to_str().unwrap()]);
     assert!(!ok && err.contains("missing"), "{err}");
     // A classifier cannot be evaluated as a pixel model.
     let cls = fixture("tiny-cls");
     let img = cls.join("test_image_0.png");
-    let (ok, _, err) = igpt(&[
-        "eval",
-        "--model",
-        cls.to_str().unwrap(),
-        img.to_str().unwrap(),
-    ]);
+    let (ok, _, err) = igpt(&["eval", "--model", cls.to_str().unwrap(), img.to_str().unwrap()]);
     assert!(!ok && err.contains("needs a causal model"), "{err}");
     assert!(!err.contains("panicked"));
 }
@@ -184,21 +139,11 @@ fn convert_bin_to_safetensors() {
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");
     std::fs::create_dir(&src).unwrap();
-    for f in [
-        "config.json",
-        "pytorch_model.bin",
-        "preprocessor_config.json",
-    ] {
+    for f in ["config.json", "pytorch_model.bin", "preprocessor_config.json"] {
         std::fs::copy(fixture("tiny").join(f), src.join(f)).unwrap();
     }
     let out = tmp.path().join("out");
-    let (ok, _, err) = igpt(&[
-        "convert",
-        "--model",
-        src.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let (ok, _, err) = igpt(&["convert", "--model", src.to_str().unwrap(), "--out", out.to_str().unwrap()]);
     assert!(ok, "{err}");
     let a = igpt::model::load_model(&out).unwrap();
     let b = igpt::model::load_model(&fixture("tiny")).unwrap();

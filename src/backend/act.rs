@@ -20,10 +20,7 @@ impl Activation {
             "quick_gelu" => Ok(Activation::QuickGelu),
             "gelu_new" | "gelu_pytorch_tanh" => Ok(Activation::GeluTanh),
             "relu" => Ok(Activation::Relu),
-            other => Err(Error::config(
-                "activation_function",
-                format!("`{other}` is not supported"),
-            )),
+            other => Err(Error::config("activation_function", format!("`{other}` is not supported"))),
         }
     }
 
@@ -43,13 +40,11 @@ impl Activation {
 
 /// out = act(inp), element-wise. `out` may be a different buffer (training keeps the input).
 pub fn act_forward(act: Activation, out: &mut [f32], inp: &[f32]) {
-    out.par_chunks_mut(4096)
-        .zip(inp.par_chunks(4096))
-        .for_each(|(o, x)| {
-            for (o, &x) in o.iter_mut().zip(x) {
-                *o = act.apply(x);
-            }
-        });
+    out.par_chunks_mut(4096).zip(inp.par_chunks(4096)).for_each(|(o, x)| {
+        for (o, &x) in o.iter_mut().zip(x) {
+            *o = act.apply(x);
+        }
+    });
 }
 
 /// x = act(x) in place (inference).

@@ -64,45 +64,70 @@ struct SendPtr(*mut f32);
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
+/// Keys and values of one layer laid out for the attention kernel: K transposed per head and
+/// key block, (B, nh, cap/KB, hs, KB), each block contiguous (no 4 KiB-strided rows fighting
+/// over L1 sets), and V per head, (B, nh, cap, hs). The full forward fills one per call; the
+/// KV cache keeps one per layer and appends to it.
+#[derive(Clone, Debug)]
+pub struct KvBlocks {
+    b: usize,
+    nh: usize,
+    hs: usize,
+    /// Capacity in positions, a multiple of KB (unused positions are zero).
+    cap: usize,
+    kt: Vec<f32>,
+    v: Vec<f32>,
+}
+
+impl KvBlocks {
+    pub fn new(b: usize, nh: usize, hs: usize, positions: usize) -> Self {
+        let cap = positions.div_ceil(KB).max(1) * KB;
+        KvBlocks { b, nh, hs, cap, kt: vec![0.0; b * nh * hs * cap], v: vec![0.0; b * nh * cap * hs] }
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.cap
+    }
+
+    /// Writes positions pos0..pos0+n from (B, n, nh*hs) views of the new keys and values.
+    pub fn write(&mut self, k: SeqView, v: SeqView, pos0: usize, n: usize) {
+        assert!(pos0 + n <= self.cap, "KvBlocks: position {} beyond capacity {}", pos0 + n, self.cap);
+        let (hs, nh, cap) = (self.hs, self.nh, self.cap);
+        self.kt.par_chunks_mut(hs * cap).zip(self.v.par_chunks_mut(cap * hs)).enumerate().for_each(|(bh, (kt, vv))| {
+            let (b, h) = (bh / nh, bh % nh);
+            for j in 0..n {
+                let p = pos0 + j;
+                let blk = &mut kt[(p / KB) * hs * KB..];
+                for (x, &kv) in k.row(b, j, h * hs, hs).iter().enumerate() {
+                    blk[x * KB + p % KB] = kv;
+                }
+                vv[p * hs..(p + 1) * hs].copy_from_slice(v.row(b, j, h * hs, hs));
+            }
+        });
+    }
+}
+
 /// out = softmax(q k^T * scale, masked) v, for every batch row and head.
 ///
 /// # Shapes
 /// q: (B, T, nh*hs) view; k, v: (B, Tk, nh*hs) views; out: (B, T, nh*hs) contiguous;
 /// lse: (B, nh, T) receives max + ln(sum exp) of each query row's scaled scores.
-pub fn attention_forward(
-    out: &mut [f32],
-    lse: &mut [f32],
-    q: SeqView,
-    k: SeqView,
-    v: SeqView,
-    d: AttnDims,
-) {
+pub fn attention_forward(out: &mut [f32], lse: &mut [f32], q: SeqView, k: SeqView, v: SeqView, d: AttnDims) {
+    let mut kv = KvBlocks::new(d.b, d.nh, d.hs, d.tk);
+    kv.write(k, v, 0, d.tk);
+    attention_with_kv(out, lse, q, &kv, d);
+}
+
+/// Attention of T new query rows over the first d.tk positions of `kv` (which already holds
+/// the new rows' keys and values at positions d.tk - T..d.tk).
+pub fn attention_with_kv(out: &mut [f32], lse: &mut [f32], q: SeqView, kv: &KvBlocks, d: AttnDims) {
     let c = d.nh * d.hs;
     assert!(out.len() >= d.b * d.t * c && lse.len() >= d.b * d.nh * d.t);
-    assert!(d.tk >= d.t || !d.causal);
-    let past = d.tk - d.t.min(d.tk);
+    assert!(d.tk >= d.t && d.tk <= kv.cap && kv.b == d.b && kv.nh == d.nh && kv.hs == d.hs);
+    let past = d.tk - d.t;
     let nqb = d.t.div_ceil(BQ);
-    // K transposed per head and key block, (B, nh, Tk/KB, hs, KB), zero-padded to whole
-    // blocks (each block contiguous: no 4 KiB-strided rows fighting over L1 sets), and V per
-    // head, (B, nh, Tk, hs): each is read by every query block of its head.
-    let tkp = d.tk.div_ceil(KB) * KB;
-    let mut kt_all = vec![0f32; d.b * d.nh * d.hs * tkp];
-    let mut v_all = vec![0f32; d.b * d.nh * d.tk * d.hs];
-    kt_all
-        .par_chunks_mut(d.hs * tkp)
-        .zip(v_all.par_chunks_mut(d.tk * d.hs))
-        .enumerate()
-        .for_each(|(bh, (kt, vv))| {
-            let (b, h) = (bh / d.nh, bh % d.nh);
-            for j in 0..d.tk {
-                let blk = &mut kt[(j / KB) * d.hs * KB..];
-                for (x, &kv) in k.row(b, j, h * d.hs, d.hs).iter().enumerate() {
-                    blk[x * KB + j % KB] = kv;
-                }
-                vv[j * d.hs..(j + 1) * d.hs].copy_from_slice(v.row(b, j, h * d.hs, d.hs));
-            }
-        });
-    let (kt_all, v_all) = (&kt_all, &v_all);
+    let tkp = kv.cap;
+    let (kt_all, v_all) = (&kv.kt, &kv.v);
     let out_ptr = SendPtr(out.as_mut_ptr());
     let lse_ptr = SendPtr(lse.as_mut_ptr());
     let (out_ptr, lse_ptr) = (&out_ptr, &lse_ptr);
@@ -118,10 +143,7 @@ pub fn attention_forward(
             // Q block (nq, hs), contiguous and pre-multiplied by the score scale.
             for r in 0..nq {
                 let src = q.row(b, q_lo + r, h * hs, hs);
-                sc.q[r * hs..(r + 1) * hs]
-                    .iter_mut()
-                    .zip(src)
-                    .for_each(|(a, &x)| *a = x * d.scale);
+                sc.q[r * hs..(r + 1) * hs].iter_mut().zip(src).for_each(|(a, &x)| *a = x * d.scale);
             }
             sc.o[..nq * hs].fill(0.0);
             sc.m[..nq].fill(f32::NEG_INFINITY);
@@ -136,11 +158,7 @@ pub fn attention_forward(
                 }
                 for r in 0..nq {
                     let row = &mut sc.s[r * KC..r * KC + nk];
-                    let valid = if d.causal {
-                        (past + q_lo + r + 1).saturating_sub(k_lo).min(nk)
-                    } else {
-                        nk
-                    };
+                    let valid = if d.causal { (past + q_lo + r + 1).saturating_sub(k_lo).min(nk) } else { nk };
                     if valid == 0 {
                         row.fill(0.0);
                         continue;
@@ -152,12 +170,10 @@ pub fn attention_forward(
                     sc.l[r] = sc.l[r] * corr + sum;
                     sc.m[r] = m_new;
                     if corr != 1.0 {
-                        sc.o[r * hs..(r + 1) * hs]
-                            .iter_mut()
-                            .for_each(|x| *x *= corr);
+                        sc.o[r * hs..(r + 1) * hs].iter_mut().for_each(|x| *x *= corr);
                     }
                 }
-                let vb = &v_all[(bh * d.tk + k_lo) * hs..];
+                let vb = &v_all[(bh * tkp + k_lo) * hs..];
                 attn_kernels::accumulate_pv_any(&mut sc.o, &sc.s, KC, vb, nq, nk, hs); // O += P V
                 k_lo += nk;
             }
@@ -201,14 +217,7 @@ impl Scratch {
 /// Recomputes the attention probabilities of one (batch row, head) from q, k and the saved
 /// log-sum-exp: p[r, j] = exp(q_r . k_j * scale - lse_r), 0 where masked. For inspection
 /// (HF's `output_attentions`) and tests; O(T * Tk) memory.
-pub fn attention_probs(
-    q: SeqView,
-    k: SeqView,
-    lse: &[f32],
-    d: AttnDims,
-    b: usize,
-    h: usize,
-) -> Vec<f32> {
+pub fn attention_probs(q: SeqView, k: SeqView, lse: &[f32], d: AttnDims, b: usize, h: usize) -> Vec<f32> {
     let past = d.tk - d.t.min(d.tk);
     let mut p = vec![0f32; d.t * d.tk];
     for r in 0..d.t {
@@ -242,10 +251,7 @@ mod tests {
                     };
                     let n = if d.causal { r + 1 } else { d.t };
                     let s: Vec<f64> = (0..n)
-                        .map(|j| {
-                            (0..d.hs).map(|x| at(r, 0, x) * at(j, 1, x)).sum::<f64>()
-                                * d.scale as f64
-                        })
+                        .map(|j| (0..d.hs).map(|x| at(r, 0, x) * at(j, 1, x)).sum::<f64>() * d.scale as f64)
                         .collect();
                     let mx = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                     let e: Vec<f64> = s.iter().map(|v| (v - mx).exp()).collect();
@@ -268,30 +274,14 @@ mod tests {
         let mut rng = crate::rng::Rng::new(3);
         let qkv: Vec<f32> = (0..b * t * 3 * c).map(|_| rng.normal() as f32).collect();
         for causal in [true, false] {
-            let d = AttnDims {
-                b,
-                t,
-                tk: t,
-                nh,
-                hs,
-                causal,
-                scale: 1.0 / (hs as f32).sqrt(),
-            };
-            let view = |part: usize| SeqView {
-                data: &qkv,
-                offset: part * c,
-                batch_stride: t * 3 * c,
-                row_stride: 3 * c,
-            };
+            let d = AttnDims { b, t, tk: t, nh, hs, causal, scale: 1.0 / (hs as f32).sqrt() };
+            let view =
+                |part: usize| SeqView { data: &qkv, offset: part * c, batch_stride: t * 3 * c, row_stride: 3 * c };
             let mut out = vec![0f32; b * t * c];
             let mut lse = vec![0f32; b * nh * t];
             attention_forward(&mut out, &mut lse, view(0), view(1), view(2), d);
             let want = naive(&qkv, d);
-            let worst = out
-                .iter()
-                .zip(&want)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0f32, f32::max);
+            let worst = out.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
             assert!(worst < 2e-5, "causal={causal}: max diff {worst}");
             // probabilities recomputed from lse sum to one
             let p = attention_probs(view(0), view(1), &lse, d, 1, 2);

@@ -11,15 +11,7 @@ const ROWS: usize = 4;
 /// S (nq, KB) = Q (nq, hs) @ KT (hs, KB). Q rows are contiguous with stride hs; row d of
 /// KT starts at `kt[d * kt_stride]`; row r of S starts at `s[r * s_stride]`.
 #[inline(never)]
-pub fn scores(
-    s: &mut [f32],
-    s_stride: usize,
-    q: &[f32],
-    kt: &[f32],
-    kt_stride: usize,
-    nq: usize,
-    hs: usize,
-) {
+pub fn scores(s: &mut [f32], s_stride: usize, q: &[f32], kt: &[f32], kt_stride: usize, nq: usize, hs: usize) {
     let mut r = 0;
     while r + ROWS <= nq {
         let mut acc = [[0f32; KB]; ROWS];
@@ -53,14 +45,7 @@ pub fn scores(
 
 /// O (nq, HS) += P (nq, nk) @ V (nk, HS); row r of P starts at `p[r * ps]`.
 #[inline(never)]
-pub fn accumulate_pv<const HS: usize>(
-    o: &mut [f32],
-    p: &[f32],
-    ps: usize,
-    v: &[f32],
-    nq: usize,
-    nk: usize,
-) {
+pub fn accumulate_pv<const HS: usize>(o: &mut [f32], p: &[f32], ps: usize, v: &[f32], nq: usize, nk: usize) {
     let mut r = 0;
     while r + 4 <= nq {
         let mut acc = [[0f32; HS]; 4];
@@ -96,15 +81,7 @@ pub fn accumulate_pv<const HS: usize>(
 }
 
 /// The same for any head size (a slower loop; used when hs has no specialisation).
-pub fn accumulate_pv_dyn(
-    o: &mut [f32],
-    p: &[f32],
-    ps: usize,
-    v: &[f32],
-    nq: usize,
-    nk: usize,
-    hs: usize,
-) {
+pub fn accumulate_pv_dyn(o: &mut [f32], p: &[f32], ps: usize, v: &[f32], nq: usize, nk: usize, hs: usize) {
     for r in 0..nq {
         let orow = &mut o[r * hs..(r + 1) * hs];
         for j in 0..nk {
@@ -117,15 +94,7 @@ pub fn accumulate_pv_dyn(
 }
 
 /// Dispatches on the head size.
-pub fn accumulate_pv_any(
-    o: &mut [f32],
-    p: &[f32],
-    ps: usize,
-    v: &[f32],
-    nq: usize,
-    nk: usize,
-    hs: usize,
-) {
+pub fn accumulate_pv_any(o: &mut [f32], p: &[f32], ps: usize, v: &[f32], nq: usize, nk: usize, hs: usize) {
     match hs {
         8 => accumulate_pv::<8>(o, p, ps, v, nq, nk),
         16 => accumulate_pv::<16>(o, p, ps, v, nq, nk),

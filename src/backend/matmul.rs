@@ -45,10 +45,7 @@ pub fn matmul_forward(
     layout: WeightLayout,
     accumulate: bool,
 ) {
-    assert!(
-        out.len() >= m * n && inp.len() >= m * k && w.len() >= k * n,
-        "matmul_forward: buffers too small"
-    );
+    assert!(out.len() >= m * n && inp.len() >= m * k && w.len() >= k * n, "matmul_forward: buffers too small");
     let mut read_dst = accumulate;
     if let Some(b) = bias {
         assert_eq!(b.len(), n);
@@ -133,12 +130,7 @@ pub unsafe fn gemm_strided(
 mod tests {
     use super::*;
 
-    fn naive(
-        inp: &[f32],
-        w: &[f32],
-        (m, k, n): (usize, usize, usize),
-        layout: WeightLayout,
-    ) -> Vec<f32> {
+    fn naive(inp: &[f32], w: &[f32], (m, k, n): (usize, usize, usize), layout: WeightLayout) -> Vec<f32> {
         let mut out = vec![0f32; m * n];
         for i in 0..m {
             for j in 0..n {
@@ -159,12 +151,8 @@ mod tests {
     #[test]
     fn both_layouts_match_naive() {
         let (m, k, n) = (37, 45, 29);
-        let inp: Vec<f32> = (0..m * k)
-            .map(|i| ((i * 7 % 13) as f32 - 6.0) / 5.0)
-            .collect();
-        let w: Vec<f32> = (0..k * n)
-            .map(|i| ((i * 5 % 11) as f32 - 5.0) / 7.0)
-            .collect();
+        let inp: Vec<f32> = (0..m * k).map(|i| ((i * 7 % 13) as f32 - 6.0) / 5.0).collect();
+        let w: Vec<f32> = (0..k * n).map(|i| ((i * 5 % 11) as f32 - 5.0) / 7.0).collect();
         let bias: Vec<f32> = (0..n).map(|i| i as f32 * 0.1).collect();
         for layout in [WeightLayout::InOut, WeightLayout::OutIn] {
             let want = naive(&inp, &w, (m, k, n), layout);

@@ -8,18 +8,14 @@ use rayon::prelude::*;
 /// for the backward pass.
 pub fn rmsnorm_forward(out: &mut [f32], rstd: &mut [f32], inp: &[f32], w: &[f32], eps: f64) {
     let c = w.len();
-    out.par_chunks_mut(c)
-        .zip(rstd.par_iter_mut())
-        .zip(inp.par_chunks(c))
-        .with_min_len(64)
-        .for_each(|((o, r), x)| {
-            let ss: f64 = x.iter().map(|&v| (v as f64) * (v as f64)).sum();
-            let rs = (1.0 / (ss / c as f64 + eps).sqrt()) as f32;
-            *r = rs;
-            for ((o, &x), &w) in o.iter_mut().zip(x).zip(w) {
-                *o = x * rs * w;
-            }
-        });
+    out.par_chunks_mut(c).zip(rstd.par_iter_mut()).zip(inp.par_chunks(c)).with_min_len(64).for_each(|((o, r), x)| {
+        let ss: f64 = x.iter().map(|&v| (v as f64) * (v as f64)).sum();
+        let rs = (1.0 / (ss / c as f64 + eps).sqrt()) as f32;
+        *r = rs;
+        for ((o, &x), &w) in o.iter_mut().zip(x).zip(w) {
+            *o = x * rs * w;
+        }
+    });
 }
 
 #[cfg(test)]

@@ -16,15 +16,7 @@ pub enum Kernel {
     Other,
 }
 
-const NAMES: [&str; 7] = [
-    "embed",
-    "norm",
-    "matmul",
-    "attention",
-    "activation",
-    "lm_head",
-    "other",
-];
+const NAMES: [&str; 7] = ["embed", "norm", "matmul", "attention", "activation", "lm_head", "other"];
 static ENABLED: AtomicBool = AtomicBool::new(false);
 static NANOS: [AtomicU64; 7] = [const { AtomicU64::new(0) }; 7];
 static CALLS: [AtomicU64; 7] = [const { AtomicU64::new(0) }; 7];
@@ -57,12 +49,6 @@ pub fn timed<R>(k: Kernel, f: impl FnOnce() -> R) -> R {
 pub fn report() -> Vec<(&'static str, f64, u64)> {
     (0..NAMES.len())
         .filter(|&i| CALLS[i].load(Ordering::Relaxed) > 0)
-        .map(|i| {
-            (
-                NAMES[i],
-                NANOS[i].load(Ordering::Relaxed) as f64 * 1e-9,
-                CALLS[i].load(Ordering::Relaxed),
-            )
-        })
+        .map(|i| (NAMES[i], NANOS[i].load(Ordering::Relaxed) as f64 * 1e-9, CALLS[i].load(Ordering::Relaxed)))
         .collect()
 }

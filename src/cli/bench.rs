@@ -60,18 +60,13 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn forward(a: BenchArgs) -> Result<()> {
     super::init_threads(a.threads);
-    let cfg =
-        ImageGptConfig::with_shape(a.n_layer, a.n_embd, a.n_head).with_image(a.side, a.colors);
+    let cfg = ImageGptConfig::with_shape(a.n_layer, a.n_embd, a.n_head).with_image(a.side, a.colors);
     let model = ImageGpt::init_random(cfg, ModelKind::CausalLm, 0)?;
     let t = a.side * a.side;
     let mut rng = Rng::new(1);
     let sos = model.config.sos_token();
     let tokens: Vec<u32> = (0..a.batch)
-        .flat_map(|_| {
-            std::iter::once(sos)
-                .chain((1..t).map(|_| rng.below(a.colors as u64) as u32))
-                .collect::<Vec<_>>()
-        })
+        .flat_map(|_| std::iter::once(sos).chain((1..t).map(|_| rng.below(a.colors as u64) as u32)).collect::<Vec<_>>())
         .collect();
     let mut ws = Workspace::new();
     let mut times = Vec::new();
@@ -95,10 +90,8 @@ fn forward(a: BenchArgs) -> Result<()> {
 fn report(mode: &str, a: &BenchArgs, tok_s: f64, step_s: f64) -> Result<()> {
     let rss = super::peak_rss_mb();
     let prof = igpt::backend::profile::report();
-    let profile: serde_json::Map<String, serde_json::Value> = prof
-        .iter()
-        .map(|(n, s, _)| (n.to_string(), json!(s)))
-        .collect();
+    let profile: serde_json::Map<String, serde_json::Value> =
+        prof.iter().map(|(n, s, _)| (n.to_string(), json!(s))).collect();
     if a.json {
         return super::print_json(&json!({
             "mode": mode, "tok_s": tok_s, "step_s": step_s, "peak_rss_mb": rss,
@@ -120,11 +113,7 @@ fn report(mode: &str, a: &BenchArgs, tok_s: f64, step_s: f64) -> Result<()> {
         let total: f64 = prof.iter().map(|p| p.1).sum();
         println!("where the time goes ({} timed steps):", a.steps);
         for (name, secs, calls) in &prof {
-            println!(
-                "  {name:<12} {:>8.3} s  {:>5.1}%  {calls} calls",
-                secs,
-                100.0 * secs / total
-            );
+            println!("  {name:<12} {:>8.3} s  {:>5.1}%  {calls} calls", secs, 100.0 * secs / total);
         }
     }
     Ok(())

@@ -22,11 +22,6 @@ pub fn run(a: ConvertArgs) -> Result<()> {
         std::fs::copy(&palette, a.out.join("preprocessor_config.json"))
             .with_context(|| format!("copying {}", palette.display()))?;
     }
-    println!(
-        "wrote {} ({}, {} parameters)",
-        a.out.display(),
-        model.kind.hf_architecture(),
-        model.params.len()
-    );
+    println!("wrote {} ({}, {} parameters)", a.out.display(), model.kind.hf_architecture(), model.params.len());
     Ok(())
 }

@@ -23,24 +23,13 @@ pub fn run(a: EncodeArgs) -> Result<()> {
     let (h, w) = proc.hw();
     let encoded: Vec<Vec<u32>> = imgs.iter().map(|img| proc.encode(img)).collect();
     if a.json {
-        let items: Vec<_> = a
-            .images
-            .iter()
-            .zip(&encoded)
-            .map(|(p, t)| json!({"path": p, "tokens": t}))
-            .collect();
+        let items: Vec<_> = a.images.iter().zip(&encoded).map(|(p, t)| json!({"path": p, "tokens": t})).collect();
         return super::print_json(&json!({ "images": items }));
     }
     for (p, toks) in a.images.iter().zip(&encoded) {
         println!("{} ({}x{}, {} tokens)", p.display(), h, w, toks.len());
         for row in toks.chunks(w) {
-            println!(
-                "  {}",
-                row.iter()
-                    .map(|t| format!("{t:>3}"))
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            );
+            println!("  {}", row.iter().map(|t| format!("{t:>3}")).collect::<Vec<_>>().join(" "));
         }
     }
     Ok(())

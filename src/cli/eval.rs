@@ -54,18 +54,14 @@ pub fn run(a: EvalArgs) -> Result<()> {
     let v = model.config.n_colors();
     let mut ws = Workspace::new();
     let mut nlls = Vec::with_capacity(imgs.len());
-    let bar = indicatif::ProgressBar::new(imgs.len() as u64).with_style(
-        indicatif::ProgressStyle::with_template(
-            "eval {bar:30} {pos}/{len} images [{elapsed_precise}<{eta_precise}, {per_sec}]",
-        )?,
-    );
+    let bar = indicatif::ProgressBar::new(imgs.len() as u64).with_style(indicatif::ProgressStyle::with_template(
+        "eval {bar:30} {pos}/{len} images [{elapsed_precise}<{eta_precise}, {per_sec}]",
+    )?);
     for chunk in imgs.chunks(a.batch.max(1)) {
         let targets: Vec<Vec<u32>> = chunk.iter().map(|img| proc.encode(img)).collect();
         // input = [SOS] + tokens[:-1]; logits[:, i] predicts tokens[i]
-        let inputs: Vec<u32> = targets
-            .iter()
-            .flat_map(|tg| std::iter::once(sos).chain(tg[..t - 1].iter().copied()))
-            .collect();
+        let inputs: Vec<u32> =
+            targets.iter().flat_map(|tg| std::iter::once(sos).chain(tg[..t - 1].iter().copied())).collect();
         model.forward(&mut ws, &inputs, chunk.len(), t, Logits::All, false)?;
         for (i, tg) in targets.iter().enumerate() {
             let (nll, _) = cross_entropy(&ws.logits[i * t * v..(i + 1) * t * v], tg, v);
@@ -81,25 +77,13 @@ pub fn run(a: EvalArgs) -> Result<()> {
             .images
             .iter()
             .zip(&nlls)
-            .map(
-                |(p, n)| json!({"path": p, "nll": n, "bits_per_token": n / std::f64::consts::LN_2}),
-            )
+            .map(|(p, n)| json!({"path": p, "nll": n, "bits_per_token": n / std::f64::consts::LN_2}))
             .collect();
-        return super::print_json(
-            &json!({"images": items, "mean_nll": mean, "bits_per_token": bits}),
-        );
+        return super::print_json(&json!({"images": items, "mean_nll": mean, "bits_per_token": bits}));
     }
     for (p, n) in a.images.iter().zip(&nlls) {
-        println!(
-            "{:>9.5} nats/token  {:>8.5} bits/token  {}",
-            n,
-            n / std::f64::consts::LN_2,
-            p.display()
-        );
+        println!("{:>9.5} nats/token  {:>8.5} bits/token  {}", n, n / std::f64::consts::LN_2, p.display());
     }
-    println!(
-        "mean {mean:.5} nats/token = {bits:.5} bits/token over {} images",
-        nlls.len()
-    );
+    println!("mean {mean:.5} nats/token = {bits:.5} bits/token over {} images", nlls.len());
     Ok(())
 }

@@ -52,12 +52,7 @@ pub fn run(a: InfoArgs) -> Result<()> {
         c.scale_attn_weights, c.scale_attn_by_inverse_layer_idx
     );
     match palette {
-        Some(p) => println!(
-            "palette     {} colours, images {}x{} (H x W)",
-            p.n_clusters(),
-            h,
-            w
-        ),
+        Some(p) => println!("palette     {} colours, images {}x{} (H x W)", p.n_clusters(), h, w),
         None => println!("palette     none (no preprocessor_config.json)"),
     }
     Ok(())

@@ -35,19 +35,14 @@ pub fn open_images(paths: &[PathBuf]) -> Result<Vec<RgbImage>> {
     if paths.is_empty() {
         anyhow::bail!("no images given");
     }
-    paths
-        .iter()
-        .map(|p| RgbImage::open(p).map_err(anyhow::Error::from))
-        .collect()
+    paths.iter().map(|p| RgbImage::open(p).map_err(anyhow::Error::from)).collect()
 }
 
 /// Sets up the rayon pool once for the whole command (0 = all cores).
 pub fn init_threads(threads: usize) {
     if threads > 0 {
         // A second call fails harmlessly (the pool already exists).
-        let _ = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build_global();
+        let _ = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global();
     }
 }
 
@@ -56,9 +51,7 @@ pub fn peak_rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
         })
         .map_or(0.0, |kb| kb / 1024.0)
 }

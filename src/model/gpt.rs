@@ -12,15 +12,14 @@
 
 use std::ops::Range;
 
-use crate::backend::attention::{self, AttnDims, SeqView};
+use crate::backend::attention::{self, AttnDims, KvBlocks, SeqView};
 use crate::backend::profile::{Kernel, timed};
-use crate::backend::{
-    Activation, WeightLayout, act, add_inplace, embed, matmul::matmul_forward, norm,
-};
+use crate::backend::{Activation, WeightLayout, act, add_inplace, embed, matmul::matmul_forward, norm};
 use crate::config::ImageGptConfig;
 use crate::error::{Error, Result};
 use crate::rng::Rng;
 
+use super::kv_cache::KvCache;
 use super::params::{LayerOffsets, ModelKind, ParamLayout};
 
 /// An ImageGPT model: config, class, and all parameters in one arena.
@@ -113,13 +112,7 @@ impl ImageGpt {
         let act = Activation::from_hf(&config.activation_function)?;
         let layout = ParamLayout::new(&config, kind);
         let params = vec![0.0; layout.total];
-        Ok(ImageGpt {
-            config,
-            kind,
-            layout,
-            params,
-            act,
-        })
+        Ok(ImageGpt { config, kind, layout, params, act })
     }
 
     /// GPT-2 initialisation (nanoGPT `_init_weights`): matrices and embeddings ~ N(0, 0.02)
@@ -132,22 +125,13 @@ impl ImageGpt {
         let resid_std = std / (2.0 * m.config.n_layer as f64).sqrt();
         for e in m.layout.entries.clone() {
             let slice = &mut m.params[e.range.clone()];
-            if e.name.ends_with("ln_1.weight")
-                || e.name.ends_with("ln_2.weight")
-                || e.name.ends_with("ln_f.weight")
-            {
+            if e.name.ends_with("ln_1.weight") || e.name.ends_with("ln_2.weight") || e.name.ends_with("ln_f.weight") {
                 slice.fill(1.0);
             } else if e.name.ends_with(".bias") {
                 slice.fill(0.0);
             } else {
-                let s = if e.name.ends_with("c_proj.weight") {
-                    resid_std
-                } else {
-                    std
-                };
-                slice
-                    .iter_mut()
-                    .for_each(|w| *w = (rng.normal() * s) as f32);
+                let s = if e.name.ends_with("c_proj.weight") { resid_std } else { std };
+                slice.iter_mut().for_each(|w| *w = (rng.normal() * s) as f32);
             }
         }
         Ok(m)
@@ -172,10 +156,7 @@ impl ImageGpt {
     /// Checks tokens and sequence length before any buffer is touched.
     pub fn check_input(&self, tokens: &[u32], b: usize, t: usize, pos0: usize) -> Result<()> {
         if tokens.len() != b * t || t == 0 {
-            return Err(Error::Invalid(format!(
-                "expected {b} x {t} tokens, got {}",
-                tokens.len()
-            )));
+            return Err(Error::Invalid(format!("expected {b} x {t} tokens, got {}", tokens.len())));
         }
         if pos0 + t > self.config.n_positions {
             return Err(Error::Invalid(format!(
@@ -184,10 +165,7 @@ impl ImageGpt {
                 self.config.n_positions
             )));
         }
-        if let Some(&bad) = tokens
-            .iter()
-            .find(|&&x| x as usize >= self.config.vocab_size)
-        {
+        if let Some(&bad) = tokens.iter().find(|&&x| x as usize >= self.config.vocab_size) {
             return Err(Error::Invalid(format!(
                 "token id {bad} is out of range: vocab_size is {} (colours 0..{}, SOS {})",
                 self.config.vocab_size,
@@ -213,7 +191,40 @@ impl ImageGpt {
         logits: Logits,
         collect_hidden: bool,
     ) -> Result<()> {
-        self.check_input(tokens, b, t, 0)?;
+        self.run(ws, None, tokens, b, t, logits, collect_hidden)
+    }
+
+    /// Incremental forward: T new tokens per row at positions cache.len()..cache.len()+T,
+    /// attending to everything cached before them; their keys and values join the cache.
+    /// A prompt is one call (prefill); decoding is one call per token (T = 1).
+    ///
+    /// # Shapes
+    /// tokens: (B, T) with B = cache.batch(); outputs as [`ImageGpt::forward`].
+    pub fn forward_cached(
+        &self,
+        ws: &mut Workspace,
+        cache: &mut KvCache,
+        tokens: &[u32],
+        t: usize,
+        logits: Logits,
+    ) -> Result<()> {
+        let b = cache.batch();
+        self.run(ws, Some(cache), tokens, b, t, logits, false)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn run(
+        &self,
+        ws: &mut Workspace,
+        mut cache: Option<&mut KvCache>,
+        tokens: &[u32],
+        b: usize,
+        t: usize,
+        logits: Logits,
+        collect_hidden: bool,
+    ) -> Result<()> {
+        let pos0 = cache.as_ref().map_or(0, |c| c.len());
+        self.check_input(tokens, b, t, pos0)?;
         let cfg = &self.config;
         let (c, n) = (cfg.n_embd, b * t);
         ws.ensure(cfg, b, t);
@@ -222,21 +233,17 @@ impl ImageGpt {
 
         let x = &mut ws.x[..n * c];
         timed(Kernel::Embed, || {
-            embed::embed_forward(
-                x,
-                tokens,
-                self.param(&self.layout.wte),
-                self.param(&self.layout.wpe),
-                t,
-                0,
-                c,
-            )
+            embed::embed_forward(x, tokens, self.param(&self.layout.wte), self.param(&self.layout.wpe), t, pos0, c)
         });
         for (l, lo) in self.layout.layers.iter().enumerate() {
             if collect_hidden {
                 ws.hidden_states.push(ws.x[..n * c].to_vec());
             }
-            self.block_forward(ws, l, lo, b, t);
+            let kv = cache.as_mut().map(|c| (&mut c.layers[l], pos0));
+            self.block_forward(ws, l, lo, b, t, kv);
+        }
+        if let Some(c) = cache {
+            c.advance(t);
         }
         if collect_hidden {
             ws.last_block_output = ws.x[..n * c].to_vec();
@@ -258,14 +265,22 @@ impl ImageGpt {
     }
 
     /// One block: x = x + attn(ln_1(x)); x = x + mlp(ln_2(x)).
-    fn block_forward(&self, ws: &mut Workspace, l: usize, lo: &LayerOffsets, b: usize, t: usize) {
+    /// With `kv` = (this layer's cache, past length), the new keys and values are appended
+    /// to the cache and attention runs over past + new positions.
+    fn block_forward(
+        &self,
+        ws: &mut Workspace,
+        l: usize,
+        lo: &LayerOffsets,
+        b: usize,
+        t: usize,
+        kv: Option<(&mut KvBlocks, usize)>,
+    ) {
         let cfg = &self.config;
         let (c, inner, n, eps) = (cfg.n_embd, cfg.n_inner(), b * t, cfg.layer_norm_epsilon);
         let x = &mut ws.x[..n * c];
         let ln = &mut ws.ln[..n * c];
-        timed(Kernel::Norm, || {
-            norm::rmsnorm_forward(ln, &mut ws.rstd[..n], x, self.param(&lo.ln_1), eps)
-        });
+        timed(Kernel::Norm, || norm::rmsnorm_forward(ln, &mut ws.rstd[..n], x, self.param(&lo.ln_1), eps));
         let qkv = &mut ws.qkv[..n * 3 * c];
         timed(Kernel::Matmul, || {
             matmul_forward(
@@ -284,37 +299,27 @@ impl ImageGpt {
             batch_stride: t * 3 * c,
             row_stride: 3 * c,
         };
-        let dims = AttnDims {
-            b,
-            t,
-            tk: t,
-            nh: cfg.n_head,
-            hs: cfg.head_dim(),
-            causal: true,
-            scale: self.attn_scale(l),
-        };
-        timed(Kernel::Attention, || {
-            attention::attention_forward(
-                &mut ws.att[..n * c],
-                &mut ws.lse[..b * cfg.n_head * t],
-                view(0),
-                view(1),
-                view(2),
-                dims,
-            )
-        });
-        if ws.want_attentions {
+        let mut dims =
+            AttnDims { b, t, tk: t, nh: cfg.n_head, hs: cfg.head_dim(), causal: true, scale: self.attn_scale(l) };
+        let (att, lse) = (&mut ws.att[..n * c], &mut ws.lse[..b * cfg.n_head * t]);
+        let cached = kv.is_some();
+        match kv {
+            Some((blocks, past)) => {
+                dims.tk = past + t;
+                timed(Kernel::Attention, || {
+                    blocks.write(view(1), view(2), past, t);
+                    attention::attention_with_kv(att, lse, view(0), blocks, dims)
+                });
+            }
+            None => {
+                timed(Kernel::Attention, || attention::attention_forward(att, lse, view(0), view(1), view(2), dims))
+            }
+        }
+        if ws.want_attentions && !cached {
             let mut probs = Vec::with_capacity(b * cfg.n_head * t * t);
             for bi in 0..b {
                 for h in 0..cfg.n_head {
-                    probs.extend(attention::attention_probs(
-                        view(0),
-                        view(1),
-                        &ws.lse,
-                        dims,
-                        bi,
-                        h,
-                    ));
+                    probs.extend(attention::attention_probs(view(0), view(1), &ws.lse, dims, bi, h));
                 }
             }
             ws.attentions.push(probs);
@@ -331,9 +336,7 @@ impl ImageGpt {
                 true,
             )
         });
-        timed(Kernel::Norm, || {
-            norm::rmsnorm_forward(ln, &mut ws.rstd[..n], x, self.param(&lo.ln_2), eps)
-        });
+        timed(Kernel::Norm, || norm::rmsnorm_forward(ln, &mut ws.rstd[..n], x, self.param(&lo.ln_2), eps));
         let fc = &mut ws.fc[..n * inner];
         timed(Kernel::Matmul, || {
             matmul_forward(
@@ -384,22 +387,10 @@ impl ImageGpt {
             Logits::Last => {
                 // gather the last row of each sequence: (B, C)
                 let last: Vec<f32> = (0..b)
-                    .flat_map(|i| {
-                        ws.last_hidden[((i + 1) * t - 1) * c..(i + 1) * t * c]
-                            .iter()
-                            .copied()
-                    })
+                    .flat_map(|i| ws.last_hidden[((i + 1) * t - 1) * c..(i + 1) * t * c].iter().copied())
                     .collect();
                 ws.logits.resize(b * v, 0.0);
-                matmul_forward(
-                    &mut ws.logits,
-                    &last,
-                    self.param(head),
-                    None,
-                    (b, c, v),
-                    WeightLayout::OutIn,
-                    false,
-                );
+                matmul_forward(&mut ws.logits, &last, self.param(head), None, (b, c, v), WeightLayout::OutIn, false);
             }
         }
     }
@@ -413,10 +404,7 @@ impl ImageGpt {
         let mut out = vec![0f32; b * c];
         for i in 0..b {
             for r in 0..t {
-                add_inplace(
-                    &mut out[i * c..(i + 1) * c],
-                    &ws.last_hidden[(i * t + r) * c..(i * t + r + 1) * c],
-                );
+                add_inplace(&mut out[i * c..(i + 1) * c], &ws.last_hidden[(i * t + r) * c..(i * t + r + 1) * c]);
             }
         }
         out.iter_mut().for_each(|v| *v /= t as f32);
@@ -426,22 +414,12 @@ impl ImageGpt {
     /// Classifier logits from pooled features (B, C) -> (B, num_labels). Needs a `score` head.
     pub fn classify(&self, pooled: &[f32]) -> Result<Vec<f32>> {
         let (ModelKind::Classifier, Some(head)) = (self.kind, &self.layout.head) else {
-            return Err(Error::Invalid(
-                "this model has no classification head (`score.weight`)".into(),
-            ));
+            return Err(Error::Invalid("this model has no classification head (`score.weight`)".into()));
         };
         let (c, k) = (self.config.n_embd, self.config.num_labels());
         let b = pooled.len() / c;
         let mut out = vec![0f32; b * k];
-        matmul_forward(
-            &mut out,
-            pooled,
-            self.param(head),
-            None,
-            (b, c, k),
-            WeightLayout::OutIn,
-            false,
-        );
+        matmul_forward(&mut out, pooled, self.param(head), None, (b, c, k), WeightLayout::OutIn, false);
         Ok(out)
     }
 }

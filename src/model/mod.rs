@@ -8,11 +8,13 @@
 //! `lm_head.weight`; classifiers have `score.weight`; bare models drop `transformer.`.
 
 pub mod gpt;
+pub mod kv_cache;
 pub mod params;
 pub mod pickle;
 pub mod tensors;
 pub mod weights;
 
 pub use gpt::{ImageGpt, Logits, Workspace, cross_entropy};
+pub use kv_cache::KvCache;
 pub use params::{ModelKind, ParamLayout};
 pub use weights::{load_model, load_model_as, save_model};

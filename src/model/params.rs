@@ -40,11 +40,7 @@ impl ModelKind {
 
     /// Key prefix of the transformer's tensors.
     pub fn prefix(self) -> &'static str {
-        if self == ModelKind::Base {
-            ""
-        } else {
-            "transformer."
-        }
+        if self == ModelKind::Base { "" } else { "transformer." }
     }
 }
 
@@ -103,12 +99,7 @@ impl Builder {
         let n: usize = shape.iter().product();
         let range = self.total..self.total + n;
         self.total += n;
-        self.entries.push(ParamEntry {
-            name,
-            shape: shape.to_vec(),
-            range: range.clone(),
-            conv1d,
-        });
+        self.entries.push(ParamEntry { name, shape: shape.to_vec(), range: range.clone(), conv1d });
         range
     }
 }
@@ -117,10 +108,7 @@ impl ParamLayout {
     pub fn new(cfg: &ImageGptConfig, kind: ModelKind) -> Self {
         let (c, i, v) = (cfg.n_embd, cfg.n_inner(), cfg.vocab_size);
         let p = kind.prefix();
-        let mut b = Builder {
-            entries: Vec::new(),
-            total: 0,
-        };
+        let mut b = Builder { entries: Vec::new(), total: 0 };
         let wte = b.add(format!("{p}wte.weight"), &[v, c], false);
         let wpe = b.add(format!("{p}wpe.weight"), &[cfg.n_positions, c], false);
         let layers = (0..cfg.n_layer)
@@ -143,20 +131,10 @@ impl ParamLayout {
         let ln_f = b.add(format!("{p}ln_f.weight"), &[c], false);
         let head = match kind {
             ModelKind::CausalLm => Some(b.add("lm_head.weight".into(), &[v - 1, c], false)),
-            ModelKind::Classifier => {
-                Some(b.add("score.weight".into(), &[cfg.num_labels(), c], false))
-            }
+            ModelKind::Classifier => Some(b.add("score.weight".into(), &[cfg.num_labels(), c], false)),
             ModelKind::Base => None,
         };
-        ParamLayout {
-            entries: b.entries,
-            wte,
-            wpe,
-            layers,
-            ln_f,
-            head,
-            total: b.total,
-        }
+        ParamLayout { entries: b.entries, wte, wpe, layers, ln_f, head, total: b.total }
     }
 
     pub fn find(&self, name: &str) -> Option<&ParamEntry> {
@@ -174,10 +152,7 @@ mod tests {
         let l = ParamLayout::new(&cfg, ModelKind::CausalLm);
         assert_eq!(l.total, cfg.n_params(16));
         assert_eq!(l.entries.len(), 2 + 2 * 10 + 2);
-        assert_eq!(
-            l.find("transformer.h.1.mlp.c_fc.weight").unwrap().shape,
-            vec![32, 128]
-        );
+        assert_eq!(l.find("transformer.h.1.mlp.c_fc.weight").unwrap().shape, vec![32, 128]);
         assert_eq!(l.find("lm_head.weight").unwrap().shape, vec![16, 32]);
         let base = ParamLayout::new(&cfg, ModelKind::Base);
         assert!(base.find("h.0.ln_1.weight").is_some() && base.head.is_none());

@@ -28,25 +28,13 @@ enum Value {
     List(Vec<Value>),
     Dict(Vec<(Value, Value)>),
     Global(String, String),
-    Storage {
-        key: String,
-        dtype: Dtype,
-    },
-    Tensor {
-        key: String,
-        dtype: Dtype,
-        offset: usize,
-        shape: Vec<usize>,
-        stride: Vec<usize>,
-    },
+    Storage { key: String, dtype: Dtype },
+    Tensor { key: String, dtype: Dtype, offset: usize, shape: Vec<usize>, stride: Vec<usize> },
     Mark,
 }
 
-const ALLOWED_GLOBALS: &[(&str, &str)] = &[
-    ("collections", "OrderedDict"),
-    ("torch._utils", "_rebuild_tensor_v2"),
-    ("torch._utils", "_rebuild_parameter"),
-];
+const ALLOWED_GLOBALS: &[(&str, &str)] =
+    &[("collections", "OrderedDict"), ("torch._utils", "_rebuild_tensor_v2"), ("torch._utils", "_rebuild_parameter")];
 
 fn storage_dtype(module: &str, name: &str) -> Option<Dtype> {
     if module != "torch" {
@@ -75,14 +63,7 @@ struct Machine<'a> {
 
 impl<'a> Machine<'a> {
     fn err(&self, msg: impl Into<String>) -> Error {
-        Error::format(
-            self.path,
-            format!(
-                "pytorch_model.bin: {} (at byte {} of data.pkl)",
-                msg.into(),
-                self.pos
-            ),
-        )
+        Error::format(self.path, format!("pytorch_model.bin: {} (at byte {} of data.pkl)", msg.into(), self.pos))
     }
 
     fn take(&mut self, n: usize) -> Result<&'a [u8]> {
@@ -115,28 +96,20 @@ impl<'a> Machine<'a> {
     }
     fn string(&mut self, n: usize) -> Result<Value> {
         let b = self.take(n)?;
-        Ok(Value::Str(
-            String::from_utf8(b.to_vec()).map_err(|_| self.err("invalid UTF-8 string"))?,
-        ))
+        Ok(Value::Str(String::from_utf8(b.to_vec()).map_err(|_| self.err("invalid UTF-8 string"))?))
     }
     fn pop(&mut self) -> Result<Value> {
         self.stack.pop().ok_or_else(|| self.err("stack underflow"))
     }
     fn pop_mark(&mut self) -> Result<Vec<Value>> {
-        let at = self
-            .stack
-            .iter()
-            .rposition(|v| matches!(v, Value::Mark))
-            .ok_or_else(|| self.err("MARK not found"))?;
+        let at = self.stack.iter().rposition(|v| matches!(v, Value::Mark)).ok_or_else(|| self.err("MARK not found"))?;
         let items = self.stack.split_off(at + 1);
         self.stack.pop();
         Ok(items)
     }
     fn top(&mut self) -> Result<&mut Value> {
         let pos = self.pos;
-        self.stack
-            .last_mut()
-            .ok_or_else(|| Error::Invalid(format!("pickle stack underflow at byte {pos}")))
+        self.stack.last_mut().ok_or_else(|| Error::Invalid(format!("pickle stack underflow at byte {pos}")))
     }
 
     fn run(&mut self) -> Result<Value> {
@@ -236,9 +209,7 @@ impl<'a> Machine<'a> {
     }
 
     fn global(&mut self, module: String, name: String) -> Result<()> {
-        if ALLOWED_GLOBALS.contains(&(module.as_str(), name.as_str()))
-            || storage_dtype(&module, &name).is_some()
-        {
+        if ALLOWED_GLOBALS.contains(&(module.as_str(), name.as_str())) || storage_dtype(&module, &name).is_some() {
             self.stack.push(Value::Global(module, name));
             Ok(())
         } else {
@@ -255,10 +226,7 @@ impl<'a> Machine<'a> {
             && tag == "storage"
             && let Some(dtype) = storage_dtype(m, n)
         {
-            return Ok(Value::Storage {
-                key: key.clone(),
-                dtype,
-            });
+            return Ok(Value::Storage { key: key.clone(), dtype });
         }
         Err(self.err("unsupported persistent id (expected a torch storage)"))
     }
@@ -272,16 +240,9 @@ impl<'a> Machine<'a> {
         };
         let ints = |v: &Value| -> Option<Vec<usize>> {
             match v {
-                Value::Tuple(xs) => xs
-                    .iter()
-                    .map(|x| {
-                        if let Value::Int(i) = x {
-                            usize::try_from(*i).ok()
-                        } else {
-                            None
-                        }
-                    })
-                    .collect(),
+                Value::Tuple(xs) => {
+                    xs.iter().map(|x| if let Value::Int(i) = x { usize::try_from(*i).ok() } else { None }).collect()
+                }
                 _ => None,
             }
         };
@@ -289,13 +250,7 @@ impl<'a> Machine<'a> {
             ("collections", "OrderedDict") => Ok(Value::Dict(Vec::new())),
             ("torch._utils", "_rebuild_tensor_v2") => {
                 // (storage, storage_offset, size, stride, requires_grad, backward_hooks[, metadata])
-                if let [
-                    Value::Storage { key, dtype },
-                    Value::Int(offset),
-                    size,
-                    stride,
-                    ..,
-                ] = args.as_slice()
+                if let [Value::Storage { key, dtype }, Value::Int(offset), size, stride, ..] = args.as_slice()
                     && let (Some(shape), Some(stride)) = (ints(size), ints(stride))
                     && *offset >= 0
                 {
@@ -309,10 +264,9 @@ impl<'a> Machine<'a> {
                 }
                 Err(self.err("malformed _rebuild_tensor_v2 arguments"))
             }
-            ("torch._utils", "_rebuild_parameter") => args
-                .into_iter()
-                .next()
-                .ok_or_else(|| self.err("_rebuild_parameter without data")),
+            ("torch._utils", "_rebuild_parameter") => {
+                args.into_iter().next().ok_or_else(|| self.err("_rebuild_parameter without data"))
+            }
             _ => Err(self.err(format!("`{m}.{n}` cannot be called"))),
         }
     }
@@ -346,34 +300,15 @@ pub fn read_torch_file(path: &Path) -> Result<Vec<(String, Tensor)>> {
         .read_to_end(&mut pkl)
         .map_err(|e| Error::io(path, e))?;
 
-    let mut m = Machine {
-        data: &pkl,
-        pos: 0,
-        stack: Vec::new(),
-        memo: HashMap::new(),
-        path,
-    };
+    let mut m = Machine { data: &pkl, pos: 0, stack: Vec::new(), memo: HashMap::new(), path };
     let root = m.run()?;
     let Value::Dict(items) = root else {
-        return Err(Error::format(
-            path,
-            "the pickle is not a state dict (a dict of tensors)",
-        ));
+        return Err(Error::format(path, "the pickle is not a state dict (a dict of tensors)"));
     };
     let mut storages: HashMap<String, Vec<u8>> = HashMap::new();
     let mut out = Vec::new();
     for (k, v) in items {
-        let (
-            Value::Str(name),
-            Value::Tensor {
-                key,
-                dtype,
-                offset,
-                shape,
-                stride,
-            },
-        ) = (k, v)
-        else {
+        let (Value::Str(name), Value::Tensor { key, dtype, offset, shape, stride }) = (k, v) else {
             continue; // non-tensor entries (e.g. metadata) are not weights
         };
         if !matches!(dtype, Dtype::F32 | Dtype::F64 | Dtype::F16 | Dtype::BF16) {
@@ -396,10 +331,7 @@ pub fn read_torch_file(path: &Path) -> Result<Vec<(String, Tensor)>> {
         for _ in 0..n {
             let el = offset + idx.iter().zip(&stride).map(|(i, s)| i * s).sum::<usize>();
             let src = raw.get(el * es..(el + 1) * es).ok_or_else(|| {
-                Error::format(
-                    path,
-                    format!("tensor `{name}` reads past its storage; the file is corrupt"),
-                )
+                Error::format(path, format!("tensor `{name}` reads past its storage; the file is corrupt"))
             })?;
             bytes.extend_from_slice(src);
             for d in (0..shape.len()).rev() {

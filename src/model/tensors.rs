@@ -43,28 +43,16 @@ pub fn bf16_to_f32(bits: u16) -> f32 {
 /// Converts little-endian raw bytes of a floating dtype to f32.
 pub fn bytes_to_f32(bytes: &[u8], dtype: Dtype, path: &Path, name: &str) -> Result<Vec<f32>> {
     let out = match dtype {
-        Dtype::F32 => bytes
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect(),
-        Dtype::F64 => bytes
-            .chunks_exact(8)
-            .map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")) as f32)
-            .collect(),
-        Dtype::F16 => bytes
-            .chunks_exact(2)
-            .map(|b| f16_to_f32(u16::from_le_bytes([b[0], b[1]])))
-            .collect(),
-        Dtype::BF16 => bytes
-            .chunks_exact(2)
-            .map(|b| bf16_to_f32(u16::from_le_bytes([b[0], b[1]])))
-            .collect(),
+        Dtype::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+        Dtype::F64 => {
+            bytes.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")) as f32).collect()
+        }
+        Dtype::F16 => bytes.chunks_exact(2).map(|b| f16_to_f32(u16::from_le_bytes([b[0], b[1]]))).collect(),
+        Dtype::BF16 => bytes.chunks_exact(2).map(|b| bf16_to_f32(u16::from_le_bytes([b[0], b[1]]))).collect(),
         other => {
             return Err(Error::format(
                 path,
-                format!(
-                    "tensor `{name}` has dtype {other:?}; only F32, F64, F16 and BF16 weights are supported"
-                ),
+                format!("tensor `{name}` has dtype {other:?}; only F32, F64, F16 and BF16 weights are supported"),
             ));
         }
     };
@@ -80,27 +68,17 @@ fn read_file(path: &Path) -> Result<Vec<u8>> {
 pub fn read_safetensors(path: &Path, out: &mut TensorMap) -> Result<()> {
     let bytes = read_file(path)?;
     let st = SafeTensors::deserialize(&bytes).map_err(|e| {
-        Error::format(path, format!("not a valid safetensors file ({e}); the file may be truncated: download or save it again"))
+        Error::format(
+            path,
+            format!("not a valid safetensors file ({e}); the file may be truncated: download or save it again"),
+        )
     })?;
     for (name, view) in st.tensors() {
-        if matches!(
-            view.dtype(),
-            Dtype::BOOL | Dtype::U8 | Dtype::I64 | Dtype::I32
-        ) && is_buffer_key(&name)
-        {
+        if matches!(view.dtype(), Dtype::BOOL | Dtype::U8 | Dtype::I64 | Dtype::I32) && is_buffer_key(&name) {
             continue;
         }
         let data = bytes_to_f32(view.data(), view.dtype(), path, &name)?;
-        out.insert(
-            name,
-            (
-                Tensor {
-                    shape: view.shape().to_vec(),
-                    data,
-                },
-                path.to_path_buf(),
-            ),
-        );
+        out.insert(name, (Tensor { shape: view.shape().to_vec(), data }, path.to_path_buf()));
     }
     Ok(())
 }
@@ -108,8 +86,7 @@ pub fn read_safetensors(path: &Path, out: &mut TensorMap) -> Result<()> {
 /// Non-parameter buffers that older transformers versions saved (`attn.bias` causal mask,
 /// `attn.masked_bias`): never weights, always skipped.
 pub fn is_buffer_key(name: &str) -> bool {
-    name.ends_with("attn.masked_bias")
-        || (name.ends_with("attn.bias") && !name.ends_with("c_attn.bias"))
+    name.ends_with("attn.masked_bias") || (name.ends_with("attn.bias") && !name.ends_with("c_attn.bias"))
 }
 
 /// Reads the weights of an HF model directory: `model.safetensors`, else the sharded
@@ -123,8 +100,8 @@ pub fn read_model_dir(dir: &Path) -> Result<TensorMap> {
         read_safetensors(&single, &mut out)?;
     } else if index.exists() {
         let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
-        let json: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| Error::format(&index, format!("invalid JSON: {e}")))?;
+        let json: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| Error::format(&index, format!("invalid JSON: {e}")))?;
         let map = json
             .get("weight_map")
             .and_then(|m| m.as_object())
@@ -135,15 +112,9 @@ pub fn read_model_dir(dir: &Path) -> Result<TensorMap> {
         for shard in shards {
             read_safetensors(&dir.join(shard), &mut out)?;
         }
-        let missing: Vec<&String> = map
-            .keys()
-            .filter(|k| !out.contains_key(*k) && !is_buffer_key(k))
-            .collect();
+        let missing: Vec<&String> = map.keys().filter(|k| !out.contains_key(*k) && !is_buffer_key(k)).collect();
         if let Some(k) = missing.first() {
-            return Err(Error::MissingTensor {
-                path: index.clone(),
-                name: (*k).clone(),
-            });
+            return Err(Error::MissingTensor { path: index.clone(), name: (*k).clone() });
         }
     } else if bin.exists() {
         for (name, t) in super::pickle::read_torch_file(&bin)? {
@@ -165,13 +136,7 @@ pub fn read_model_dir(dir: &Path) -> Result<TensorMap> {
 pub fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>, &[f32])]) -> Result<()> {
     let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
         .iter()
-        .map(|(n, s, d)| {
-            (
-                n.clone(),
-                s.clone(),
-                d.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            )
-        })
+        .map(|(n, s, d)| (n.clone(), s.clone(), d.iter().flat_map(|v| v.to_le_bytes()).collect()))
         .collect();
     let views: Result<Vec<(String, safetensors::tensor::TensorView)>> = bytes
         .iter()
@@ -190,10 +155,7 @@ pub fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>, &[f32])]) 
 
 /// `dir/name.tmp-<pid>` next to the target, for write-then-rename.
 pub fn tmp_path(path: &Path) -> PathBuf {
-    let mut name = path
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_default();
+    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
     name.push(format!(".tmp-{}", std::process::id()));
     path.with_file_name(name)
 }

@@ -16,12 +16,7 @@ use crate::error::{Error, Result};
 
 /// Which class a checkpoint is: config.json's `architectures`, else its keys.
 fn infer_kind(cfg: &ImageGptConfig, tensors: &TensorMap) -> ModelKind {
-    if let Some(k) = cfg
-        .architectures
-        .iter()
-        .flatten()
-        .find_map(|a| ModelKind::from_hf_architecture(a))
-    {
+    if let Some(k) = cfg.architectures.iter().flatten().find_map(|a| ModelKind::from_hf_architecture(a)) {
         return k;
     }
     if tensors.contains_key("lm_head.weight") {
@@ -55,12 +50,7 @@ pub fn load_model_as(dir: &Path, kind: Option<ModelKind>) -> Result<ImageGpt> {
     Ok(model)
 }
 
-fn fill_params(
-    model: &mut ImageGpt,
-    tensors: TensorMap,
-    dir: &Path,
-    kind: ModelKind,
-) -> Result<()> {
+fn fill_params(model: &mut ImageGpt, tensors: TensorMap, dir: &Path, kind: ModelKind) -> Result<()> {
     let mut used = BTreeSet::new();
     for e in &model.layout.entries {
         // Accept the name with or without the transformer prefix (HF does the same).
@@ -69,16 +59,9 @@ fn fill_params(
             None if e.name.starts_with("lm_head") || e.name.starts_with("score") => e.name.clone(),
             None => format!("transformer.{}", e.name),
         };
-        let key = if tensors.contains_key(&e.name) {
-            &e.name
-        } else {
-            &alt
-        };
+        let key = if tensors.contains_key(&e.name) { &e.name } else { &alt };
         let Some((t, path)) = tensors.get(key) else {
-            return Err(Error::MissingTensor {
-                path: dir.to_path_buf(),
-                name: e.name.clone(),
-            });
+            return Err(Error::MissingTensor { path: dir.to_path_buf(), name: e.name.clone() });
         };
         if t.shape != e.shape {
             return Err(Error::ShapeMismatch {
@@ -99,10 +82,7 @@ fn fill_params(
         let other_head = (name == "lm_head.weight" && kind != ModelKind::CausalLm)
             || (name == "score.weight" && kind != ModelKind::Classifier);
         if !other_head {
-            return Err(Error::UnexpectedTensor {
-                path: path.clone(),
-                name: name.clone(),
-            });
+            return Err(Error::UnexpectedTensor { path: path.clone(), name: name.clone() });
         }
     }
     Ok(())
@@ -120,8 +100,7 @@ fn saved_config(model: &ImageGpt) -> ImageGptConfig {
 /// Each file is written to a temporary name and renamed.
 pub fn save_model(model: &ImageGpt, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let mut json =
-        serde_json::to_value(saved_config(model)).map_err(|e| Error::Invalid(e.to_string()))?;
+    let mut json = serde_json::to_value(saved_config(model)).map_err(|e| Error::Invalid(e.to_string()))?;
     if let Some(obj) = json.as_object_mut() {
         obj.insert("dtype".into(), "float32".into());
     }
@@ -131,13 +110,7 @@ pub fn save_model(model: &ImageGpt, dir: &Path) -> Result<()> {
         .layout
         .entries
         .iter()
-        .map(|e| {
-            (
-                e.name.clone(),
-                e.shape.clone(),
-                &model.params[e.range.clone()],
-            )
-        })
+        .map(|e| (e.name.clone(), e.shape.clone(), &model.params[e.range.clone()]))
         .collect();
     tensors::write_safetensors(&dir.join("model.safetensors"), &list)
 }

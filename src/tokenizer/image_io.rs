@@ -15,38 +15,21 @@ pub struct RgbImage {
 
 impl RgbImage {
     pub fn new(width: usize, height: usize, data: Vec<u8>) -> Self {
-        assert_eq!(
-            data.len(),
-            width * height * 3,
-            "RgbImage: data does not match its size"
-        );
-        RgbImage {
-            width,
-            height,
-            data,
-        }
+        assert_eq!(data.len(), width * height * 3, "RgbImage: data does not match its size");
+        RgbImage { width, height, data }
     }
 
     /// Decodes PNG or JPEG bytes; `path` names the source in errors.
     pub fn decode(bytes: &[u8], path: &Path) -> Result<Self> {
-        let img = image::load_from_memory(bytes).map_err(|e| Error::Image {
-            path: path.to_path_buf(),
-            msg: e.to_string(),
-        })?;
+        let img = image::load_from_memory(bytes)
+            .map_err(|e| Error::Image { path: path.to_path_buf(), msg: e.to_string() })?;
         // image's to_rgb8 drops alpha and replicates grey, as Pillow's convert("RGB").
         let rgb = img.to_rgb8();
         let (w, h) = (rgb.width() as usize, rgb.height() as usize);
         if w == 0 || h == 0 {
-            return Err(Error::Image {
-                path: path.to_path_buf(),
-                msg: "the image is empty".into(),
-            });
+            return Err(Error::Image { path: path.to_path_buf(), msg: "the image is empty".into() });
         }
-        Ok(RgbImage {
-            width: w,
-            height: h,
-            data: rgb.into_raw(),
-        })
+        Ok(RgbImage { width: w, height: h, data: rgb.into_raw() })
     }
 
     pub fn open(path: &Path) -> Result<Self> {
@@ -65,10 +48,7 @@ impl RgbImage {
             self.height as u32,
             image::ExtendedColorType::Rgb8,
         )
-        .map_err(|e| Error::Image {
-            path: path.to_path_buf(),
-            msg: e.to_string(),
-        })?;
+        .map_err(|e| Error::Image { path: path.to_path_buf(), msg: e.to_string() })?;
         crate::model::tensors::write_atomic(path, &buf)
     }
 }

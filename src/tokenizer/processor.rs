@@ -40,10 +40,7 @@ fn d_resample() -> u32 {
     2
 }
 fn d_size() -> SizeSpec {
-    SizeSpec::HeightWidth {
-        height: 256,
-        width: 256,
-    }
+    SizeSpec::HeightWidth { height: 256, width: 256 }
 }
 fn d_type() -> Option<String> {
     Some("ImageGPTImageProcessor".into())
@@ -80,8 +77,7 @@ pub struct ImageProcessorConfig {
 impl ImageProcessorConfig {
     /// A processor for `clusters` at height x width, HF defaults otherwise.
     pub fn new(clusters: Vec<[f64; 3]>, height: usize, width: usize) -> Self {
-        let mut c: ImageProcessorConfig =
-            serde_json::from_str(r#"{"clusters": []}"#).expect("defaults deserialise");
+        let mut c: ImageProcessorConfig = serde_json::from_str(r#"{"clusters": []}"#).expect("defaults deserialise");
         c.clusters = clusters;
         c.size = SizeSpec::HeightWidth { height, width };
         c
@@ -89,30 +85,20 @@ impl ImageProcessorConfig {
 
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let cfg: ImageProcessorConfig = serde_json::from_str(&text).map_err(|e| {
-            Error::format(
-                path,
-                format!("not a valid ImageGPT preprocessor_config.json: {e}"),
-            )
-        })?;
+        let cfg: ImageProcessorConfig = serde_json::from_str(&text)
+            .map_err(|e| Error::format(path, format!("not a valid ImageGPT preprocessor_config.json: {e}")))?;
         cfg.validate(path)?;
         Ok(cfg)
     }
 
     fn validate(&self, path: &Path) -> Result<()> {
         if self.clusters.is_empty() && self.do_color_quantize {
-            return Err(Error::format(
-                path,
-                "`clusters` is empty: a palette is needed to quantise colours",
-            ));
+            return Err(Error::format(path, "`clusters` is empty: a palette is needed to quantise colours"));
         }
         if self.resample != 2 && self.do_resize {
             return Err(Error::format(
                 path,
-                format!(
-                    "resample = {} is not supported; igpt implements Pillow BILINEAR (2)",
-                    self.resample
-                ),
+                format!("resample = {} is not supported; igpt implements Pillow BILINEAR (2)", self.resample),
             ));
         }
         let (h, w) = self.size.hw();
@@ -149,11 +135,7 @@ impl ImageProcessorConfig {
     pub fn normalize_pixel(&self, rgb: [u8; 3]) -> [f32; 3] {
         let mut out = [0f32; 3];
         for c in 0..3 {
-            let mut v = if self.do_rescale {
-                (rgb[c] as f64 * self.rescale_factor) as f32
-            } else {
-                rgb[c] as f32
-            };
+            let mut v = if self.do_rescale { (rgb[c] as f64 * self.rescale_factor) as f32 } else { rgb[c] as f32 };
             if self.do_normalize {
                 v = (v - self.image_mean[c] as f32) / self.image_std[c] as f32;
             }
@@ -181,19 +163,13 @@ impl ImageProcessorConfig {
 
     /// Token ids of an image (raster order, no SOS): HF's `input_ids`.
     pub fn encode(&self, img: &RgbImage) -> Vec<u32> {
-        self.resize(img)
-            .chunks_exact(3)
-            .map(|p| self.nearest(self.normalize_pixel([p[0], p[1], p[2]])))
-            .collect()
+        self.resize(img).chunks_exact(3).map(|p| self.nearest(self.normalize_pixel([p[0], p[1], p[2]]))).collect()
     }
 
     /// Normalised pixel values (H, W, 3) f32: HF's `pixel_values` with do_color_quantize = false
     /// (HF lays them out (3, H, W)).
     pub fn pixel_values(&self, img: &RgbImage) -> Vec<f32> {
-        self.resize(img)
-            .chunks_exact(3)
-            .flat_map(|p| self.normalize_pixel([p[0], p[1], p[2]]))
-            .collect()
+        self.resize(img).chunks_exact(3).flat_map(|p| self.normalize_pixel([p[0], p[1], p[2]])).collect()
     }
 
     /// Token ids back to RGB: rint(127.5 * (c + 1)) per channel. Ids outside the palette
@@ -215,14 +191,15 @@ mod tests {
 
     #[test]
     fn legacy_and_current_size() {
-        let legacy: ImageProcessorConfig = serde_json::from_str(r#"{"clusters": [[0,0,0]], "size": 32, "feature_extractor_type": "ImageGPTFeatureExtractor"}"#).unwrap();
+        let legacy: ImageProcessorConfig = serde_json::from_str(
+            r#"{"clusters": [[0,0,0]], "size": 32, "feature_extractor_type": "ImageGPTFeatureExtractor"}"#,
+        )
+        .unwrap();
         assert_eq!(legacy.hw(), (32, 32));
         let cur: ImageProcessorConfig =
-            serde_json::from_str(r#"{"clusters": [[0,0,0]], "size": {"height": 24, "width": 30}}"#)
-                .unwrap();
+            serde_json::from_str(r#"{"clusters": [[0,0,0]], "size": {"height": 24, "width": 30}}"#).unwrap();
         assert_eq!(cur.hw(), (24, 30));
-        let defaults: ImageProcessorConfig =
-            serde_json::from_str(r#"{"clusters": [[0,0,0]]}"#).unwrap();
+        let defaults: ImageProcessorConfig = serde_json::from_str(r#"{"clusters": [[0,0,0]]}"#).unwrap();
         assert_eq!(defaults.hw(), (256, 256));
         assert_eq!(defaults.rescale_factor, 1.0 / 255.0);
     }
@@ -235,9 +212,6 @@ mod tests {
         assert_eq!(p.nearest(p.normalize_pixel([255, 255, 255])), 2);
         // 128 -> 0.00392..: nearest is index 1, not its duplicate 3 (first index wins).
         assert_eq!(p.nearest(p.normalize_pixel([128, 128, 128])), 1);
-        assert_eq!(
-            p.decode(&[0, 1, 2]),
-            vec![0, 0, 0, 128, 128, 128, 255, 255, 255]
-        );
+        assert_eq!(p.decode(&[0, 1, 2]), vec![0, 0, 0, 128, 128, 128, 255, 255, 255]);
     }
 }

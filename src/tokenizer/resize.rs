@@ -28,24 +28,13 @@ fn precompute(in_size: usize, out_size: usize) -> Coeffs {
         let xmin = ((center - support + 0.5) as i64).max(0) as usize;
         let xmax = ((center + support + 0.5) as i64).min(in_size as i64) as usize;
         let n = xmax.saturating_sub(xmin);
-        let mut w: Vec<f64> = (0..n)
-            .map(|x| bilinear((x as f64 + xmin as f64 - center + 0.5) * ss))
-            .collect();
+        let mut w: Vec<f64> = (0..n).map(|x| bilinear((x as f64 + xmin as f64 - center + 0.5) * ss)).collect();
         let total: f64 = w.iter().sum();
         if total != 0.0 {
             w.iter_mut().for_each(|v| *v /= total);
         }
         let one = (1u64 << PRECISION_BITS) as f64;
-        let kk = w
-            .iter()
-            .map(|&v| {
-                if v < 0.0 {
-                    (v * one - 0.5) as i64
-                } else {
-                    (v * one + 0.5) as i64
-                }
-            })
-            .collect();
+        let kk = w.iter().map(|&v| if v < 0.0 { (v * one - 0.5) as i64 } else { (v * one + 0.5) as i64 }).collect();
         bounds.push((xmin, n));
         k.push(kk);
     }
@@ -67,17 +56,8 @@ fn clip8(v: i64) -> u8 {
 ///
 /// # Shapes
 /// src: (h, w, ch) row-major; returns (oh, ow, ch).
-pub fn resize_bilinear(
-    src: &[u8],
-    (w, h): (usize, usize),
-    (ow, oh): (usize, usize),
-    ch: usize,
-) -> Vec<u8> {
-    assert_eq!(
-        src.len(),
-        w * h * ch,
-        "resize_bilinear: buffer does not match its size"
-    );
+pub fn resize_bilinear(src: &[u8], (w, h): (usize, usize), (ow, oh): (usize, usize), ch: usize) -> Vec<u8> {
+    assert_eq!(src.len(), w * h * ch, "resize_bilinear: buffer does not match its size");
     let mut cur = src.to_vec();
     let (mut cw, ch_) = (w, h);
     if ow != w {
@@ -127,11 +107,7 @@ mod tests {
         // A constant image stays constant whatever the sizes.
         let flat = vec![123u8; 7 * 9 * 3];
         for (ow, oh) in [(3, 3), (20, 11), (7, 2)] {
-            assert!(
-                resize_bilinear(&flat, (7, 9), (ow, oh), 3)
-                    .iter()
-                    .all(|&v| v == 123)
-            );
+            assert!(resize_bilinear(&flat, (7, 9), (ow, oh), 3).iter().all(|&v| v == 123));
         }
     }
 }

@@ -6,9 +6,7 @@ use std::path::{Path, PathBuf};
 use safetensors::{Dtype, SafeTensors};
 
 pub fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/hf-imagegpt")
-        .join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf-imagegpt").join(name)
 }
 
 pub struct Refs {
@@ -21,47 +19,29 @@ impl Refs {
         let dir = fixture(name);
         let bytes = std::fs::read(dir.join("refs.safetensors")).expect("refs.safetensors");
         let tol = std::fs::read_to_string(dir.join("tolerances.json")).expect("tolerances.json");
-        Refs {
-            bytes,
-            tolerances: serde_json::from_str(&tol).unwrap(),
-        }
+        Refs { bytes, tolerances: serde_json::from_str(&tol).unwrap() }
     }
 
     fn view(&self, key: &str) -> (Dtype, Vec<usize>, Vec<u8>) {
         let st = SafeTensors::deserialize(&self.bytes).unwrap();
-        let v = st
-            .tensor(key)
-            .unwrap_or_else(|_| panic!("ref tensor {key} missing"));
+        let v = st.tensor(key).unwrap_or_else(|_| panic!("ref tensor {key} missing"));
         (v.dtype(), v.shape().to_vec(), v.data().to_vec())
     }
 
     pub fn has(&self, key: &str) -> bool {
-        SafeTensors::deserialize(&self.bytes)
-            .unwrap()
-            .names()
-            .contains(&key)
+        SafeTensors::deserialize(&self.bytes).unwrap().names().contains(&key)
     }
 
     pub fn f32(&self, key: &str) -> (Vec<usize>, Vec<f32>) {
         let (d, s, b) = self.view(key);
         assert_eq!(d, Dtype::F32, "{key}");
-        (
-            s,
-            b.chunks_exact(4)
-                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-                .collect(),
-        )
+        (s, b.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect())
     }
 
     pub fn i64(&self, key: &str) -> (Vec<usize>, Vec<u32>) {
         let (d, s, b) = self.view(key);
         assert_eq!(d, Dtype::I64, "{key}");
-        (
-            s,
-            b.chunks_exact(8)
-                .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u32)
-                .collect(),
-        )
+        (s, b.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u32).collect())
     }
 
     pub fn u8(&self, key: &str) -> (Vec<usize>, Vec<u8>) {
@@ -71,26 +51,17 @@ impl Refs {
     }
 
     pub fn atol(&self, key: &str) -> f32 {
-        self.tolerances["tensors"][key]["atol"]
-            .as_f64()
-            .unwrap_or_else(|| panic!("no atol for {key}")) as f32
+        self.tolerances["tensors"][key]["atol"].as_f64().unwrap_or_else(|| panic!("no atol for {key}")) as f32
     }
 
     /// Asserts max |ours - ref| <= atol for `key`; prints the margin for the record.
     pub fn check(&self, fixture: &str, key: &str, ours: &[f32]) -> f32 {
         let (_, want) = self.f32(key);
         assert_eq!(ours.len(), want.len(), "{fixture}/{key}: length");
-        let diff = ours
-            .iter()
-            .zip(&want)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
+        let diff = ours.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
         let atol = self.atol(key);
         eprintln!("{fixture:>10} {key:<28} max|diff| {diff:.3e}  atol {atol:.3e}");
-        assert!(
-            diff <= atol,
-            "{fixture}/{key}: max |diff| {diff:e} > atol {atol:e}"
-        );
+        assert!(diff <= atol, "{fixture}/{key}: max |diff| {diff:e} > atol {atol:e}");
         diff
     }
 }
