@@ -25,6 +25,7 @@ pub mod model;
 pub mod rng;
 pub mod sample;
 pub mod tokenizer;
+pub mod viz;
 
 pub use config::ImageGptConfig;
 pub use error::{Error, Result};

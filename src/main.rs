@@ -21,6 +21,10 @@ enum Command {
     Encode(cli::encode::EncodeArgs),
     /// NLL of images under a model (nats per pixel token, and bits per token).
     Eval(cli::eval::EvalArgs),
+    /// Sample images from a model ([SOS] -> full image), as a PNG grid.
+    Sample(cli::sample::SampleArgs),
+    /// Complete partial images (top rows kept, the rest sampled), as a PNG grid.
+    Complete(cli::complete::CompleteArgs),
     /// Re-save a model directory as config.json + model.safetensors (HF layout).
     Convert(cli::convert::ConvertArgs),
     /// Benchmarks of the engine (random weights).
@@ -34,6 +38,8 @@ fn main() {
         Command::Info(a) => cli::info::run(a),
         Command::Encode(a) => cli::encode::run(a),
         Command::Eval(a) => cli::eval::run(a),
+        Command::Sample(a) => cli::sample::run(a),
+        Command::Complete(a) => cli::complete::run(a),
         Command::Convert(a) => cli::convert::run(a),
         Command::Bench(b) => cli::bench::run(b),
     };

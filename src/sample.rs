@@ -110,7 +110,12 @@ impl Prompt {
 
     /// The first `keep` pixels of each image known (raster order).
     pub fn prefix(images: &[Vec<u32>], keep: usize) -> Self {
-        Prompt { known: images.iter().map(|im| im.iter().enumerate().map(|(i, &t)| (i < keep).then_some(t)).collect()).collect() }
+        Prompt {
+            known: images
+                .iter()
+                .map(|im| im.iter().enumerate().map(|(i, &t)| (i < keep).then_some(t)).collect())
+                .collect(),
+        }
     }
 
     /// Longest prefix known in every row.

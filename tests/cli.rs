@@ -150,3 +150,99 @@ fn convert_bin_to_safetensors() {
     assert!(a.params == b.params);
     assert!(out.join("preprocessor_config.json").exists());
 }
+
+#[test]
+fn sample_and_complete_write_grids_reproducibly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = fixture("tiny");
+    let d = dir.to_str().unwrap();
+    let p = |name: &str| tmp.path().join(name).to_string_lossy().into_owned();
+    let (ok, out, err) = igpt(&[
+        "sample",
+        "--model",
+        d,
+        "--num",
+        "5",
+        "--batch",
+        "2",
+        "--seed",
+        "3",
+        "--top-k",
+        "4",
+        "--out",
+        &p("a.png"),
+        "--tokens-out",
+        &p("a.json"),
+        "--save-each",
+        &p("each"),
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("5 images"));
+    let (ok, _, err) = igpt(&[
+        "sample",
+        "--model",
+        d,
+        "--num",
+        "5",
+        "--batch",
+        "2",
+        "--seed",
+        "3",
+        "--top-k",
+        "4",
+        "--out",
+        &p("b.png"),
+        "--tokens-out",
+        &p("b.json"),
+    ]);
+    assert!(ok, "{err}");
+    let a = json(&std::fs::read_to_string(p("a.json")).unwrap());
+    let b = json(&std::fs::read_to_string(p("b.json")).unwrap());
+    assert_eq!(a, b, "same seed, same images");
+    assert_eq!(a["images"].as_array().unwrap().len(), 5);
+    assert_eq!(std::fs::read(p("a.png")).unwrap(), std::fs::read(p("b.png")).unwrap());
+    let grid = igpt::tokenizer::RgbImage::open(std::path::Path::new(&p("a.png"))).unwrap();
+    assert_eq!((grid.width, grid.height), (3 * 8 * 4 + 4 * 2, 2 * 8 * 4 + 3 * 2)); // 3x2 tiles of 8px x4
+    assert_eq!(std::fs::read_dir(p("each")).unwrap().count(), 5);
+
+    let img = dir.join("test_image_2.png");
+    let (ok, out, err) = igpt(&[
+        "complete",
+        "--model",
+        d,
+        "--images",
+        img.to_str().unwrap(),
+        "--samples",
+        "3",
+        "--keep-rows",
+        "5",
+        "--out",
+        &p("c.png"),
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("3 completions"));
+    let grid = igpt::tokenizer::RgbImage::open(std::path::Path::new(&p("c.png"))).unwrap();
+    assert_eq!(grid.width, 5 * 8 * 4 + 6 * 2); // kept | 3 samples | original
+    // The kept rows of every completion equal the original's (tile 1 vs tile 4, top 5 rows).
+    let tile = |k: usize, x: usize, y: usize| {
+        let (x0, y0) = (2 + k * (32 + 2) + x, 2 + y);
+        grid.data[(y0 * grid.width + x0) * 3..][..3].to_vec()
+    };
+    for y in 0..5 * 4 {
+        for x in 0..32 {
+            assert_eq!(tile(1, x, y), tile(4, x, y));
+        }
+    }
+    let (ok, _, err) = igpt(&[
+        "complete",
+        "--model",
+        d,
+        "--images",
+        img.to_str().unwrap(),
+        "--keep-tokens",
+        "999",
+        "--out",
+        &p("d.png"),
+    ]);
+    assert!(!ok && err.contains("only 64"), "{err}");
+}

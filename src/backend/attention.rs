@@ -132,7 +132,7 @@ pub fn attention_with_kv(out: &mut [f32], lse: &mut [f32], q: SeqView, kv: &KvBl
     let lse_ptr = SendPtr(lse.as_mut_ptr());
     let (out_ptr, lse_ptr) = (&out_ptr, &lse_ptr);
     (0..d.b * d.nh * nqb).into_par_iter().for_each_init(
-        || Scratch::new(d.hs),
+        || Scratch::new(d.hs, BQ.min(d.t)),
         |sc, task| {
             let (bh, qb) = (task / nqb, task % nqb);
             let (b, h) = (bh / d.nh, bh % d.nh);
@@ -203,13 +203,13 @@ struct Scratch {
 }
 
 impl Scratch {
-    fn new(hs: usize) -> Self {
+    fn new(hs: usize, rows: usize) -> Self {
         Scratch {
-            q: vec![0.0; BQ * hs],
-            s: vec![0.0; BQ * KC],
-            o: vec![0.0; BQ * hs],
-            m: vec![0.0; BQ],
-            l: vec![0.0; BQ],
+            q: vec![0.0; rows * hs],
+            s: vec![0.0; rows * KC],
+            o: vec![0.0; rows * hs],
+            m: vec![0.0; rows],
+            l: vec![0.0; rows],
         }
     }
 }

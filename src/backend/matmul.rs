@@ -58,6 +58,12 @@ pub fn matmul_forward(
         }
         read_dst = true;
     }
+    if m <= SMALL_M && layout == WeightLayout::InOut && n % NC == 0 {
+        // Decoding: a few rows against a big matrix. gemm would repack the whole weight
+        // matrix on every call; streaming it once through registers is several times faster.
+        matmul_small_m(&mut out[..m * n], &inp[..m * k], &w[..k * n], (m, k, n), read_dst);
+        return;
+    }
     let (rhs_rs, rhs_cs) = rhs_strides(layout, k, n);
     // SAFETY: all three buffers were checked to hold the (m, n), (m, k), (k, n) matrices
     // addressed by these strides, and `out` does not alias the inputs (&mut borrow).
@@ -85,6 +91,60 @@ pub fn matmul_forward(
         );
     }
 }
+
+/// Row count up to which [`matmul_small_m`] is used.
+const SMALL_M: usize = 16;
+/// Columns of W per register block of the small-m kernel, and rows per pass.
+const NC: usize = 64;
+const MR: usize = 4;
+
+/// out (m, n) (+)= inp (m, k) @ W (k, n) for small m: each task streams a 32-column panel
+/// of W once per 4 input rows, with 4 x 64 accumulators held in registers.
+fn matmul_small_m(out: &mut [f32], inp: &[f32], w: &[f32], (m, k, n): (usize, usize, usize), accumulate: bool) {
+    use rayon::prelude::*;
+    let panels = n / NC;
+    let out_ptr = OutPtr(out.as_mut_ptr());
+    let out_ptr = &out_ptr;
+    (0..panels).into_par_iter().with_min_len(2).for_each(|p| {
+        let j0 = p * NC;
+        let mut r = 0;
+        while r < m {
+            let rows = MR.min(m - r);
+            // x (k, MR): this pass's input rows, transposed and zero-padded.
+            let mut x = vec![0f32; k * MR];
+            for i in 0..rows {
+                for kk in 0..k {
+                    x[kk * MR + i] = inp[(r + i) * k + kk];
+                }
+            }
+            let mut acc = [[0f32; NC]; MR];
+            for kk in 0..k {
+                let wr: &[f32; NC] = w[kk * n + j0..kk * n + j0 + NC].try_into().expect("NC columns");
+                let xr: &[f32; MR] = x[kk * MR..(kk + 1) * MR].try_into().expect("MR rows");
+                for i in 0..MR {
+                    let xv = xr[i];
+                    for j in 0..NC {
+                        acc[i][j] = xv.mul_add(wr[j], acc[i][j]);
+                    }
+                }
+            }
+            for i in 0..rows {
+                // SAFETY: panel p owns columns j0..j0+NC of every row; no other task writes them.
+                let dst = unsafe { std::slice::from_raw_parts_mut(out_ptr.0.add((r + i) * n + j0), NC) };
+                if accumulate {
+                    dst.iter_mut().zip(&acc[i]).for_each(|(d, a)| *d += a);
+                } else {
+                    dst.copy_from_slice(&acc[i]);
+                }
+            }
+            r += MR;
+        }
+    });
+}
+
+struct OutPtr(*mut f32);
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
 
 /// A general strided product for kernels (attention blocks): dst = alpha * dst + beta * lhs @ rhs.
 /// Each matrix is (pointer, row stride, col stride). Runs single-threaded: callers parallelise.
@@ -146,6 +206,20 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn small_m_matches_naive() {
+        for (m, k, n) in [(1, 40, 64), (5, 33, 192), (16, 8, 96), (11, 20, 32)] {
+            let inp: Vec<f32> = (0..m * k).map(|i| ((i * 7 % 13) as f32 - 6.0) / 5.0).collect();
+            let w: Vec<f32> = (0..k * n).map(|i| ((i * 5 % 11) as f32 - 5.0) / 7.0).collect();
+            let want = naive(&inp, &w, (m, k, n), WeightLayout::InOut);
+            let mut out = vec![1f32; m * n];
+            matmul_forward(&mut out, &inp, &w, None, (m, k, n), WeightLayout::InOut, true);
+            for i in 0..m * n {
+                assert!((out[i] - want[i] - 1.0).abs() < 1e-4, "({m},{k},{n}) at {i}");
+            }
+        }
     }
 
     #[test]

@@ -6,14 +6,17 @@ use std::time::Instant;
 use anyhow::Result;
 use clap::{Args, Subcommand};
 use igpt::ImageGptConfig;
-use igpt::model::{ImageGpt, Logits, ModelKind, Workspace};
+use igpt::model::{ImageGpt, KvCache, Logits, ModelKind, Workspace};
 use igpt::rng::Rng;
+use igpt::sample::{Sampler, Sampling};
 use serde_json::json;
 
 #[derive(Subcommand)]
 pub enum BenchCommand {
     /// Forward passes over full sequences (no gradients).
     Forward(BenchArgs),
+    /// KV-cached sampling of full images from [SOS] (default batch 8).
+    Sample(BenchArgs),
 }
 
 #[derive(Args, Clone)]
@@ -29,8 +32,9 @@ pub struct BenchArgs {
     side: usize,
     #[arg(long, default_value_t = 512)]
     colors: usize,
-    #[arg(long, default_value_t = 4)]
-    batch: usize,
+    /// Batch size (default 4 for forward/train, 8 for sample, as torch_ref.py).
+    #[arg(long)]
+    batch: Option<usize>,
     /// Timed steps (the median is reported).
     #[arg(long, default_value_t = 10)]
     steps: usize,
@@ -50,6 +54,7 @@ pub struct BenchArgs {
 pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Forward(a) => forward(a),
+        BenchCommand::Sample(a) => sample(a),
     }
 }
 
@@ -58,14 +63,16 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn forward(a: BenchArgs) -> Result<()> {
+fn forward(mut a: BenchArgs) -> Result<()> {
+    a.batch = Some(a.batch.unwrap_or(4));
+    let batch = a.batch.unwrap_or(4);
     super::init_threads(a.threads);
     let cfg = ImageGptConfig::with_shape(a.n_layer, a.n_embd, a.n_head).with_image(a.side, a.colors);
     let model = ImageGpt::init_random(cfg, ModelKind::CausalLm, 0)?;
     let t = a.side * a.side;
     let mut rng = Rng::new(1);
     let sos = model.config.sos_token();
-    let tokens: Vec<u32> = (0..a.batch)
+    let tokens: Vec<u32> = (0..batch)
         .flat_map(|_| std::iter::once(sos).chain((1..t).map(|_| rng.below(a.colors as u64) as u32)).collect::<Vec<_>>())
         .collect();
     let mut ws = Workspace::new();
@@ -76,15 +83,50 @@ fn forward(a: BenchArgs) -> Result<()> {
             igpt::backend::profile::enable(a.profile);
         }
         let t0 = Instant::now();
-        model.forward(&mut ws, &tokens, a.batch, t, Logits::All, false)?;
+        model.forward(&mut ws, &tokens, batch, t, Logits::All, false)?;
         std::hint::black_box(&ws.logits);
         if step >= a.warmup {
             times.push(t0.elapsed().as_secs_f64());
         }
     }
     let step_s = median(times);
-    let tok_s = (a.batch * t) as f64 / step_s;
+    let tok_s = (batch * t) as f64 / step_s;
     report("forward", &a, tok_s, step_s)
+}
+
+/// Like torch_ref.py `sample`: a 32-token warm-up, then one timed run of full images.
+fn sample(mut a: BenchArgs) -> Result<()> {
+    let batch = a.batch.unwrap_or(8);
+    a.batch = Some(batch);
+    super::init_threads(a.threads);
+    let cfg = ImageGptConfig::with_shape(a.n_layer, a.n_embd, a.n_head).with_image(a.side, a.colors);
+    let model = ImageGpt::init_random(cfg, ModelKind::CausalLm, 0)?;
+    let t = a.side * a.side;
+    let mut sampler = Sampler::new(2, Sampling::default());
+    let mut ws = Workspace::new();
+    let mut cache = KvCache::new(&model.config, batch);
+    let v = model.config.n_colors();
+    let mut dt = 0.0;
+    for (round, n) in [32.min(t), t].into_iter().enumerate() {
+        if round == 1 {
+            igpt::backend::profile::reset();
+            igpt::backend::profile::enable(a.profile);
+        }
+        cache.reset();
+        let mut tok = vec![model.config.sos_token(); batch];
+        let t0 = Instant::now();
+        for _ in 0..n {
+            model.forward_cached(&mut ws, &mut cache, &tok, 1, Logits::Last)?;
+            for (r, x) in tok.iter_mut().enumerate() {
+                *x = sampler.sample(&ws.logits[r * v..(r + 1) * v]);
+            }
+            if cache.len() == t {
+                break;
+            }
+        }
+        dt = t0.elapsed().as_secs_f64();
+    }
+    report("sample", &a, (batch * t) as f64 / dt, dt)
 }
 
 fn report(mode: &str, a: &BenchArgs, tok_s: f64, step_s: f64) -> Result<()> {
@@ -96,7 +138,7 @@ fn report(mode: &str, a: &BenchArgs, tok_s: f64, step_s: f64) -> Result<()> {
         return super::print_json(&json!({
             "mode": mode, "tok_s": tok_s, "step_s": step_s, "peak_rss_mb": rss,
             "n_embd": a.n_embd, "n_layer": a.n_layer, "n_head": a.n_head, "side": a.side,
-            "colors": a.colors, "batch": a.batch, "threads": a.threads, "steps": a.steps,
+            "colors": a.colors, "batch": a.batch.unwrap_or(0), "threads": a.threads, "steps": a.steps,
             "profile_s": profile,
         }));
     }
@@ -107,7 +149,7 @@ fn report(mode: &str, a: &BenchArgs, tok_s: f64, step_s: f64) -> Result<()> {
         a.n_head,
         a.side * a.side,
         a.colors,
-        a.batch
+        a.batch.unwrap_or(0)
     );
     if a.profile {
         let total: f64 = prof.iter().map(|p| p.1).sum();

@@ -2,10 +2,12 @@
 //! and a `run` function.
 
 pub mod bench;
+pub mod complete;
 pub mod convert;
 pub mod encode;
 pub mod eval;
 pub mod info;
+pub mod sample;
 
 use std::path::{Path, PathBuf};
 

@@ -1,0 +1,87 @@
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use igpt::sample::{Prompt, Sampler, generate};
+use igpt::tokenizer::RgbImage;
+
+use super::sample::{SamplingArgs, open_causal, pixel_bar};
+
+#[derive(Args)]
+pub struct CompleteArgs {
+    /// Model directory (weights + preprocessor_config.json).
+    #[arg(long)]
+    model: PathBuf,
+    /// Images to complete (resized and quantised with the model's palette).
+    #[arg(long, num_args = 1.., required = true)]
+    images: Vec<PathBuf>,
+    /// Rows kept from the top of each image (default: half).
+    #[arg(long)]
+    keep_rows: Option<usize>,
+    /// Pixels kept in raster order (overrides --keep-rows).
+    #[arg(long)]
+    keep_tokens: Option<usize>,
+    /// Keep the left half of every row and sample the right half (known pixels are forced
+    /// as the raster scan reaches them).
+    #[arg(long)]
+    mask_right: bool,
+    /// Completions per image.
+    #[arg(long, default_value_t = 4)]
+    samples: usize,
+    #[command(flatten)]
+    s: SamplingArgs,
+    /// Output PNG grid: per image, the kept part (rest greyed), the completions, the original.
+    #[arg(long, default_value = "completions.png")]
+    out: PathBuf,
+}
+
+pub fn run(a: CompleteArgs) -> Result<()> {
+    super::init_threads(a.s.threads);
+    let (model, proc) = open_causal(&a.model)?;
+    let (h, w) = proc.hw();
+    let n = h * w;
+    let imgs = super::open_images(&a.images)?;
+    let originals: Vec<Vec<u32>> = imgs.iter().map(|im| proc.encode(im)).collect();
+    let keep = match (a.keep_tokens, a.keep_rows) {
+        (Some(k), _) => k,
+        (None, Some(r)) => r * w,
+        (None, None) => (h / 2) * w,
+    };
+    if keep > n {
+        bail!("--keep-tokens/--keep-rows keeps {keep} pixels but images have only {n}");
+    }
+    let known_mask: Vec<bool> = (0..n).map(|i| if a.mask_right { i % w < w / 2 } else { i < keep }).collect();
+    // One prompt row per (image, sample).
+    let rows: Vec<Vec<Option<u32>>> = originals
+        .iter()
+        .flat_map(|o| {
+            let row: Vec<Option<u32>> = o.iter().zip(&known_mask).map(|(&t, &k)| k.then_some(t)).collect();
+            std::iter::repeat_n(row, a.samples.max(1))
+        })
+        .collect();
+    let mut sampler = Sampler::new(a.s.seed, a.s.sampling());
+    let bar = pixel_bar((rows.len() * n) as u64, "complete");
+    let mut done_rows = 0;
+    let mut completions: Vec<Vec<u32>> = Vec::with_capacity(rows.len());
+    for chunk in rows.chunks(a.s.batch.max(1)) {
+        let prompt = Prompt { known: chunk.to_vec() };
+        let b = chunk.len();
+        completions
+            .extend(generate(&model, &prompt, &mut sampler, |i, _| bar.set_position((done_rows * n + b * i) as u64))?);
+        done_rows += b;
+    }
+    bar.finish_and_clear();
+    let k = a.samples.max(1);
+    let mut tiles = Vec::new();
+    for (i, o) in originals.iter().enumerate() {
+        let orig = RgbImage::new(w, h, proc.decode(o));
+        tiles.push(igpt::viz::masked(&orig, &known_mask));
+        for c in &completions[i * k..(i + 1) * k] {
+            tiles.push(RgbImage::new(w, h, proc.decode(c)));
+        }
+        tiles.push(orig);
+    }
+    igpt::viz::save_grid(&a.out, &tiles, k + 2, a.s.scale).with_context(|| format!("writing {}", a.out.display()))?;
+    println!("{} images x {} completions -> {}", originals.len(), k, a.out.display());
+    Ok(())
+}

@@ -1,0 +1,133 @@
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use igpt::model::ModelKind;
+use igpt::sample::{Prompt, Sampler, Sampling, generate};
+use igpt::tokenizer::{ImageProcessorConfig, RgbImage};
+use serde_json::json;
+
+/// Flags shared by `sample` and `complete`.
+#[derive(Args, Clone)]
+pub struct SamplingArgs {
+    /// Random seed: the same seed gives the same images.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Softmax temperature (1 = the model's distribution).
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f64,
+    /// Sample only among the k most likely colours (0 = all).
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    /// Nucleus sampling: the smallest set of colours with probability >= p.
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f64,
+    /// Always take the most likely colour.
+    #[arg(long)]
+    pub greedy: bool,
+    /// Images generated together (one KV cache).
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// Pixel scale of the PNG grid.
+    #[arg(long, default_value_t = 4)]
+    pub scale: usize,
+    /// Worker threads (0 = all cores).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+}
+
+impl SamplingArgs {
+    pub fn sampling(&self) -> Sampling {
+        Sampling { temperature: self.temperature, top_k: self.top_k, top_p: self.top_p, greedy: self.greedy }
+    }
+}
+
+#[derive(Args)]
+pub struct SampleArgs {
+    /// Model directory (weights + preprocessor_config.json).
+    #[arg(long)]
+    model: PathBuf,
+    /// Number of images.
+    #[arg(long, default_value_t = 16)]
+    num: usize,
+    #[command(flatten)]
+    s: SamplingArgs,
+    /// Output PNG grid.
+    #[arg(long, default_value = "samples.png")]
+    out: PathBuf,
+    /// Also write the token ids as JSON: {"images":[[..]..]}.
+    #[arg(long)]
+    tokens_out: Option<PathBuf>,
+    /// Also write each image as DIR/sample_NNNN.png.
+    #[arg(long)]
+    save_each: Option<PathBuf>,
+}
+
+/// A pixel-step progress bar with tokens/s.
+pub fn pixel_bar(total_tokens: u64, what: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(total_tokens);
+    let style = indicatif::ProgressStyle::with_template(&format!(
+        "{what} {{bar:30}} {{pos}}/{{len}} tokens [{{elapsed_precise}}<{{eta_precise}}, {{per_sec}}]"
+    ))
+    .expect("valid template");
+    bar.set_style(style);
+    bar
+}
+
+pub fn open_causal(dir: &std::path::Path) -> Result<(igpt::model::ImageGpt, ImageProcessorConfig)> {
+    let model = super::open_model(dir)?;
+    if model.kind != ModelKind::CausalLm {
+        bail!(
+            "{}: sampling needs a causal model (ImageGPTForCausalImageModeling), this is {}",
+            dir.display(),
+            model.kind.hf_architecture()
+        );
+    }
+    let proc = super::open_processor(dir)?;
+    let (h, w) = proc.hw();
+    if h * w != model.config.n_positions || proc.n_clusters() != model.config.n_colors() {
+        bail!(
+            "{}: palette ({} colours, {h}x{w}) does not match the model ({} colours, {} positions)",
+            dir.display(),
+            proc.n_clusters(),
+            model.config.n_colors(),
+            model.config.n_positions
+        );
+    }
+    Ok((model, proc))
+}
+
+pub fn run(a: SampleArgs) -> Result<()> {
+    super::init_threads(a.s.threads);
+    let (model, proc) = open_causal(&a.model)?;
+    let (h, w) = proc.hw();
+    let n = model.config.n_positions;
+    let mut sampler = Sampler::new(a.s.seed, a.s.sampling());
+    let bar = pixel_bar((a.num * n) as u64, "sample");
+    let mut images: Vec<Vec<u32>> = Vec::with_capacity(a.num);
+    let t0 = std::time::Instant::now();
+    while images.len() < a.num {
+        let b = a.s.batch.max(1).min(a.num - images.len());
+        let done = images.len();
+        let batch =
+            generate(&model, &Prompt::empty(b, n), &mut sampler, |i, _| bar.set_position((done * n + b * i) as u64))?;
+        images.extend(batch);
+    }
+    bar.finish_and_clear();
+    let secs = t0.elapsed().as_secs_f64();
+    let tiles: Vec<RgbImage> = images.iter().map(|t| RgbImage::new(w, h, proc.decode(t))).collect();
+    let cols = (a.num as f64).sqrt().ceil() as usize;
+    igpt::viz::save_grid(&a.out, &tiles, cols, a.s.scale).with_context(|| format!("writing {}", a.out.display()))?;
+    if let Some(p) = &a.tokens_out {
+        std::fs::write(p, serde_json::to_string(&json!({ "images": images }))?)
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
+    if let Some(dir) = &a.save_each {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        for (i, t) in tiles.iter().enumerate() {
+            t.save_png(&dir.join(format!("sample_{i:04}.png")))?;
+        }
+    }
+    println!("{} images in {:.1} s ({:.0} tokens/s) -> {}", a.num, secs, (a.num * n) as f64 / secs, a.out.display());
+    Ok(())
+}
