@@ -19,6 +19,7 @@
 
 pub mod backend;
 pub mod config;
+pub mod data;
 pub mod error;
 pub mod generate;
 pub mod model;

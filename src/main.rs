@@ -21,6 +21,8 @@ enum Command {
     Encode(cli::encode::EncodeArgs),
     /// NLL of images under a model (nats per pixel token, and bits per token).
     Eval(cli::eval::EvalArgs),
+    /// Turn an image collection into a palette and token files for training.
+    Prepare(cli::prepare::PrepareArgs),
     /// Sample images from a model ([SOS] -> full image), as a PNG grid.
     Sample(cli::sample::SampleArgs),
     /// Complete partial images (top rows kept, the rest sampled), as a PNG grid.
@@ -38,6 +40,7 @@ fn main() {
         Command::Info(a) => cli::info::run(a),
         Command::Encode(a) => cli::encode::run(a),
         Command::Eval(a) => cli::eval::run(a),
+        Command::Prepare(a) => cli::prepare::run(a),
         Command::Sample(a) => cli::sample::run(a),
         Command::Complete(a) => cli::complete::run(a),
         Command::Convert(a) => cli::convert::run(a),

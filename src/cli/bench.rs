@@ -17,6 +17,25 @@ pub enum BenchCommand {
     Forward(BenchArgs),
     /// KV-cached sampling of full images from [SOS] (default batch 8).
     Sample(BenchArgs),
+    /// The k-means palette fit on emoji32's training pixels (as sklearn_kmeans.py).
+    Palette(PaletteArgs),
+}
+
+#[derive(Args, Clone)]
+pub struct PaletteArgs {
+    #[arg(long, default_value_t = 512)]
+    k: usize,
+    #[arg(long, default_value_t = 50)]
+    max_iter: usize,
+    /// Fit on this many pixels drawn with the seed (0 = all 2,818,048).
+    #[arg(long, default_value_t = 0)]
+    sample: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args, Clone)]
@@ -55,6 +74,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Forward(a) => forward(a),
         BenchCommand::Sample(a) => sample(a),
+        BenchCommand::Palette(a) => palette(a),
     }
 }
 
@@ -92,6 +112,54 @@ fn forward(mut a: BenchArgs) -> Result<()> {
     let step_s = median(times);
     let tok_s = (batch * t) as f64 / step_s;
     report("forward", &a, tok_s, step_s)
+}
+
+/// Like sklearn_kmeans.py: fit on (a sample of) all emoji32 training pixels; inertia per
+/// pixel over all of them, in HF's [-1, 1] space.
+fn palette(a: PaletteArgs) -> Result<()> {
+    use igpt::data::palette::{ColorCounts, KMeansConfig, assign, kmeans};
+    super::init_threads(a.threads);
+    let src = igpt::data::spec::DataSpec::Emoji32.load(&|| {})?;
+    let pixels: Vec<u8> = src.train.items.iter().flat_map(|i| i.image.data.iter().copied()).collect();
+    let n_px = pixels.len() / 3;
+    let all = ColorCounts::from_pixels(&pixels);
+    let fit_on = if a.sample == 0 || a.sample >= n_px {
+        all.clone()
+    } else {
+        let mut rng = Rng::new(a.seed);
+        ColorCounts::from_pixels(
+            &(0..a.sample)
+                .flat_map(|_| {
+                    let i = rng.below(n_px as u64) as usize;
+                    pixels[i * 3..i * 3 + 3].to_vec()
+                })
+                .collect::<Vec<_>>(),
+        )
+    };
+    // x / 127.5 - 1 as the reference script (equal to HF's normalisation up to 1 ulp).
+    let space = |c: &[u8; 3]| c.map(|v| v as f32 / 127.5 - 1.0);
+    let t0 = Instant::now();
+    let pts: Vec<[f32; 3]> = fit_on.colors.iter().map(space).collect();
+    let w: Vec<f64> = fit_on.counts.iter().map(|&n| n as f64).collect();
+    let fit = kmeans(&pts, &w, &KMeansConfig { k: a.k, max_iter: a.max_iter, tol: 1e-5, seed: a.seed }, |_, _| {})?;
+    let fit_s = t0.elapsed().as_secs_f64();
+    let all_pts: Vec<[f32; 3]> = all.colors.iter().map(space).collect();
+    let all_w: Vec<f64> = all.counts.iter().map(|&n| n as f64).collect();
+    let (inertia, _) = assign(&all_pts, &all_w, &fit.centers);
+    let per_px = inertia / n_px as f64;
+    if a.json {
+        return super::print_json(
+            &json!({"mode": "palette", "k": a.k, "pixels": fit_on.total(), "distinct_colors": fit_on.colors.len(), "iters": fit.iterations, "fit_s": fit_s, "inertia_per_pixel": per_px, "peak_rss_mb": super::peak_rss_mb()}),
+        );
+    }
+    println!(
+        "RESULT kmeans k={} pixels={} distinct={} iters={} fit_s={fit_s:.2} inertia_per_pixel={per_px:.6}",
+        a.k,
+        fit_on.total(),
+        fit_on.colors.len(),
+        fit.iterations
+    );
+    Ok(())
 }
 
 /// Like torch_ref.py `sample`: a 32-token warm-up, then one timed run of full images.

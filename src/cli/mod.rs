@@ -7,6 +7,7 @@ pub mod convert;
 pub mod encode;
 pub mod eval;
 pub mod info;
+pub mod prepare;
 pub mod sample;
 
 use std::path::{Path, PathBuf};

@@ -1,0 +1,213 @@
+//! `--data SPEC`: which data set to read.
+//!
+//! `emoji32` (bundled) | `fashion-mnist` | `mnist` | `cifar10` | `cifar100` | `folder:DIR` |
+//! `cifar:FILE[,FILE..]` | `idx:IMAGES,LABELS`. Named sets are looked up in their usual
+//! places (Fashion-MNIST: the Debian package `dataset-fashion-mnist`; all: the user's cache
+//! folder, `$IGPT_DATA` or `~/.cache/igpt/datasets/NAME`).
+
+use std::path::{Path, PathBuf};
+
+use super::{RawSplit, cifar, folder, idx};
+use crate::error::{Error, Result};
+
+/// The bundled emoji32 set (CIFAR-10 layout, gzipped; see data/emoji32/README.md).
+const EMOJI32_TRAIN: &[u8] = include_bytes!("../../data/emoji32/emoji32_train.bin.gz");
+const EMOJI32_TEST: &[u8] = include_bytes!("../../data/emoji32/emoji32_test.bin.gz");
+const EMOJI32_LABELS: &str = include_str!("../../data/emoji32/emoji32_labels.txt");
+
+const FASHION_CLASSES: [&str; 10] =
+    ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"];
+const CIFAR10_CLASSES: [&str; 10] =
+    ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"];
+
+/// A parsed `--data` value.
+#[derive(Clone, Debug, PartialEq)]
+pub enum DataSpec {
+    Emoji32,
+    FashionMnist,
+    Mnist,
+    Cifar10,
+    Cifar100,
+    Folder(PathBuf),
+    Cifar(Vec<PathBuf>),
+    Idx(PathBuf, PathBuf),
+}
+
+impl std::str::FromStr for DataSpec {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let paths = |v: &str| v.split(',').filter(|p| !p.is_empty()).map(PathBuf::from).collect::<Vec<_>>();
+        Ok(match s.split_once(':') {
+            None => match s {
+                "emoji32" => DataSpec::Emoji32,
+                "fashion-mnist" | "fashion_mnist" => DataSpec::FashionMnist,
+                "mnist" => DataSpec::Mnist,
+                "cifar10" => DataSpec::Cifar10,
+                "cifar100" => DataSpec::Cifar100,
+                other => {
+                    return Err(Error::Invalid(format!(
+                        "unknown data set `{other}`: use emoji32, fashion-mnist, mnist, cifar10, cifar100, folder:DIR, cifar:FILE[,FILE..] or idx:IMAGES,LABELS"
+                    )));
+                }
+            },
+            Some(("folder", d)) => DataSpec::Folder(PathBuf::from(d)),
+            Some(("cifar", f)) if !paths(f).is_empty() => DataSpec::Cifar(paths(f)),
+            Some(("idx", f)) if paths(f).len() == 2 => {
+                let p = paths(f);
+                DataSpec::Idx(p[0].clone(), p[1].clone())
+            }
+            _ => {
+                return Err(Error::Invalid(format!(
+                    "cannot parse --data `{s}`: use folder:DIR, cifar:FILE[,FILE..] or idx:IMAGES,LABELS"
+                )));
+            }
+        })
+    }
+}
+
+/// A data set as read: its train split, its own test split when it has one, class names.
+pub struct Source {
+    pub name: String,
+    pub train: RawSplit,
+    pub test: Option<RawSplit>,
+}
+
+/// The cache folder of a named data set: `$IGPT_DATA/NAME` or `~/.cache/igpt/datasets/NAME`.
+pub fn cache_dir(name: &str) -> PathBuf {
+    if let Some(d) = std::env::var_os("IGPT_DATA") {
+        return PathBuf::from(d).join(name);
+    }
+    let home = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")));
+    home.unwrap_or_else(|| PathBuf::from(".cache")).join("igpt/datasets").join(name)
+}
+
+fn find_idx(name: &str, dirs: &[PathBuf], files: [&str; 4]) -> Result<[PathBuf; 4]> {
+    for d in dirs {
+        let p = files.map(|f| d.join(f));
+        if p.iter().all(|f| f.exists()) {
+            return Ok(p);
+        }
+    }
+    let hint = if name == "fashion-mnist" {
+        " (install the Debian package: apt-get install dataset-fashion-mnist)"
+    } else {
+        ""
+    };
+    Err(Error::Invalid(format!(
+        "{name} not found: looked for {} in {}{hint}",
+        files.join(", "),
+        dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ")
+    )))
+}
+
+fn named(classes: &[&str]) -> Vec<String> {
+    classes.iter().map(|s| s.to_string()).collect()
+}
+
+impl DataSpec {
+    /// Reads the data set. `progress` is called once per decoded image (folders).
+    pub fn load(&self, progress: &(dyn Fn() + Sync)) -> Result<Source> {
+        let idx_files = [
+            "train-images-idx3-ubyte.gz",
+            "train-labels-idx1-ubyte.gz",
+            "t10k-images-idx3-ubyte.gz",
+            "t10k-labels-idx1-ubyte.gz",
+        ];
+        match self {
+            DataSpec::Emoji32 => {
+                let classes: Vec<String> = EMOJI32_LABELS.lines().map(str::to_string).collect();
+                let p = Path::new("<bundled emoji32>");
+                let train = cifar::parse(&super::gunzip(EMOJI32_TRAIN, p)?, 1, p)?;
+                let test = cifar::parse(&super::gunzip(EMOJI32_TEST, p)?, 1, p)?;
+                Ok(Source {
+                    name: "emoji32".into(),
+                    train: RawSplit { items: train, classes: classes.clone() },
+                    test: Some(RawSplit { items: test, classes }),
+                })
+            }
+            DataSpec::FashionMnist | DataSpec::Mnist => {
+                let (name, mut dirs) = match self {
+                    DataSpec::FashionMnist => {
+                        ("fashion-mnist", vec![PathBuf::from("/usr/share/datasets/fashion-mnist")])
+                    }
+                    _ => ("mnist", vec![]),
+                };
+                dirs.push(cache_dir(name));
+                let [ti, tl, vi, vl] = find_idx(name, &dirs, idx_files)?;
+                let classes =
+                    if name == "mnist" { (0..10).map(|d| d.to_string()).collect() } else { named(&FASHION_CLASSES) };
+                Ok(Source {
+                    name: name.into(),
+                    train: RawSplit { items: idx::read(&ti, Some(&tl))?, classes: classes.clone() },
+                    test: Some(RawSplit { items: idx::read(&vi, Some(&vl))?, classes }),
+                })
+            }
+            DataSpec::Cifar10 | DataSpec::Cifar100 => {
+                let (name, train_files, test_file, lb): (&str, Vec<String>, &str, usize) = match self {
+                    DataSpec::Cifar10 => {
+                        ("cifar10", (1..=5).map(|i| format!("data_batch_{i}.bin")).collect(), "test_batch.bin", 1)
+                    }
+                    _ => ("cifar100", vec!["train.bin".into()], "test.bin", 2),
+                };
+                let dir = cache_dir(name);
+                let mut train = Vec::new();
+                for f in &train_files {
+                    let p = dir.join(f);
+                    if !p.exists() {
+                        return Err(Error::Invalid(format!(
+                            "{name} not found: {} is missing (put the binary version's files in {})",
+                            p.display(),
+                            dir.display()
+                        )));
+                    }
+                    train.extend(cifar::read(&p, Some(lb))?);
+                }
+                let test = cifar::read(&dir.join(test_file), Some(lb))?;
+                let nclass = 1 + train.iter().filter_map(|i| i.label).max().unwrap_or(0) as usize;
+                let classes =
+                    if lb == 1 { named(&CIFAR10_CLASSES) } else { (0..nclass).map(|i| format!("class_{i}")).collect() };
+                Ok(Source {
+                    name: name.into(),
+                    train: RawSplit { items: train, classes: classes.clone() },
+                    test: Some(RawSplit { items: test, classes }),
+                })
+            }
+            DataSpec::Folder(dir) => {
+                Ok(Source { name: dir.display().to_string(), train: folder::read(dir, progress)?, test: None })
+            }
+            DataSpec::Cifar(files) => {
+                // Files named test* form the test split, the others the training split.
+                let (mut train, mut test) = (Vec::new(), Vec::new());
+                for f in files {
+                    let is_test = f.file_name().is_some_and(|n| n.to_string_lossy().starts_with("test"));
+                    let items = cifar::read(f, None)?;
+                    if is_test { test.extend(items) } else { train.extend(items) }
+                }
+                if train.is_empty() {
+                    return Err(Error::Invalid(
+                        "cifar: no training file given (files named test* form the test split)".into(),
+                    ));
+                }
+                let nclass = 1 + train.iter().chain(&test).filter_map(|i| i.label).max().unwrap_or(0) as usize;
+                let classes: Vec<String> = if nclass <= 10 {
+                    named(&CIFAR10_CLASSES[..nclass.max(1)])
+                } else {
+                    (0..nclass).map(|i| format!("class_{i}")).collect()
+                };
+                let test = (!test.is_empty()).then(|| RawSplit { items: test, classes: classes.clone() });
+                Ok(Source { name: "cifar".into(), train: RawSplit { items: train, classes }, test })
+            }
+            DataSpec::Idx(images, labels) => {
+                let items = idx::read(images, Some(labels))?;
+                let nclass = 1 + items.iter().filter_map(|i| i.label).max().unwrap_or(0) as usize;
+                Ok(Source {
+                    name: "idx".into(),
+                    train: RawSplit { items, classes: (0..nclass).map(|i| i.to_string()).collect() },
+                    test: None,
+                })
+            }
+        }
+    }
+}

@@ -1,0 +1,142 @@
+//! Token files: what `igpt prepare` writes and training reads, memory-mapped.
+//!
+//! Layout (little-endian): a 64-byte header — magic `IGPTTOK\0`, version u32, image count
+//! u64, height u32, width u32, colour count u32, has-labels u32, zero padding — then
+//! count x height x width u16 token ids (raster order, no SOS), then count u16 labels when
+//! has-labels is 1.
+
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+
+use crate::error::{Error, Result};
+
+pub const MAGIC: &[u8; 8] = b"IGPTTOK\0";
+pub const VERSION: u32 = 1;
+const HEADER: usize = 64;
+
+/// Writes a token file through a temporary file and a rename.
+pub fn write(path: &Path, tokens: &[u16], labels: Option<&[u16]>, (h, w): (usize, usize), colors: usize) -> Result<()> {
+    let n = tokens.len() / (h * w).max(1);
+    assert_eq!(n * h * w, tokens.len(), "token file: tokens are not whole images");
+    let mut out = Vec::with_capacity(HEADER + 2 * (tokens.len() + n));
+    out.extend(MAGIC);
+    out.extend(VERSION.to_le_bytes());
+    out.extend((n as u64).to_le_bytes());
+    out.extend((h as u32).to_le_bytes());
+    out.extend((w as u32).to_le_bytes());
+    out.extend((colors as u32).to_le_bytes());
+    out.extend((labels.is_some() as u32).to_le_bytes());
+    out.resize(HEADER, 0);
+    out.extend(tokens.iter().flat_map(|t| t.to_le_bytes()));
+    if let Some(l) = labels {
+        assert_eq!(l.len(), n, "token file: one label per image");
+        out.extend(l.iter().flat_map(|t| t.to_le_bytes()));
+    }
+    crate::model::tensors::write_atomic(path, &out)
+}
+
+/// A memory-mapped token file.
+pub struct TokenFile {
+    pub path: PathBuf,
+    map: Mmap,
+    pub count: usize,
+    pub height: usize,
+    pub width: usize,
+    pub colors: usize,
+    pub has_labels: bool,
+}
+
+impl TokenFile {
+    pub fn open(path: &Path) -> Result<Self> {
+        let regen = "regenerate it with `igpt prepare --data ... --out DIR`";
+        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        // SAFETY: the file is only read; igpt writes token files by rename, never in place.
+        let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        if map.len() < HEADER || &map[..8] != MAGIC {
+            return Err(Error::format(path, format!("not an igpt token file (bad magic); {regen}")));
+        }
+        let u32_at = |i: usize| u32::from_le_bytes(map[i..i + 4].try_into().expect("4 bytes")) as usize;
+        let version = u32_at(8) as u32;
+        if version != VERSION {
+            return Err(Error::format(
+                path,
+                format!("token file version {version}, this igpt reads version {VERSION}; {regen}"),
+            ));
+        }
+        let count = u64::from_le_bytes(map[12..20].try_into().expect("8 bytes")) as usize;
+        let (height, width, colors, has_labels) = (u32_at(20), u32_at(24), u32_at(28), u32_at(32) == 1);
+        let expect = HEADER + 2 * count * height * width + if has_labels { 2 * count } else { 0 };
+        if map.len() != expect {
+            return Err(Error::format(
+                path,
+                format!(
+                    "{} bytes, expected {expect} for {count} images of {height}x{width}: truncated or corrupt; {regen}",
+                    map.len()
+                ),
+            ));
+        }
+        Ok(TokenFile { path: path.to_path_buf(), map, count, height, width, colors, has_labels })
+    }
+
+    pub fn seq_len(&self) -> usize {
+        self.height * self.width
+    }
+
+    fn u16_at(&self, i: usize) -> u16 {
+        u16::from_le_bytes([self.map[i], self.map[i + 1]])
+    }
+
+    /// Tokens of image `i` (H*W ids).
+    pub fn image(&self, i: usize) -> Vec<u16> {
+        let t = self.seq_len();
+        let base = HEADER + 2 * i * t;
+        (0..t).map(|j| self.u16_at(base + 2 * j)).collect()
+    }
+
+    /// Tokens of image `i` written into `out` as u32.
+    pub fn image_into(&self, i: usize, out: &mut [u32]) {
+        let t = self.seq_len();
+        let bytes = &self.map[HEADER + 2 * i * t..HEADER + 2 * (i + 1) * t];
+        for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+            *o = u16::from_le_bytes([b[0], b[1]]) as u32;
+        }
+    }
+
+    pub fn label(&self, i: usize) -> Option<u16> {
+        self.has_labels.then(|| self.u16_at(HEADER + 2 * self.count * self.seq_len() + 2 * i))
+    }
+
+    pub fn labels(&self) -> Option<Vec<u16>> {
+        self.has_labels.then(|| (0..self.count).map(|i| self.label(i).expect("has labels")).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roundtrip_and_errors() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("train.tokens");
+        let toks: Vec<u16> = (0..3 * 4 * 2).map(|i| (i * 37 % 511) as u16).collect();
+        write(&p, &toks, Some(&[2, 0, 1]), (4, 2), 512).unwrap();
+        let f = TokenFile::open(&p).unwrap();
+        assert_eq!((f.count, f.height, f.width, f.colors, f.has_labels), (3, 4, 2, 512, true));
+        assert_eq!(f.image(1), toks[8..16]);
+        assert_eq!(f.labels().unwrap(), vec![2, 0, 1]);
+        let bytes = std::fs::read(&p).unwrap();
+        std::fs::write(&p, &bytes[..bytes.len() - 3]).unwrap();
+        let err = TokenFile::open(&p).err().unwrap().to_string();
+        assert!(err.contains("truncated") && err.contains("igpt prepare"), "{err}");
+        let mut bad = bytes.clone();
+        bad[0] = b'X';
+        std::fs::write(&p, &bad).unwrap();
+        assert!(TokenFile::open(&p).err().unwrap().to_string().contains("bad magic"));
+        let mut v2 = bytes;
+        v2[8] = 9;
+        std::fs::write(&p, &v2).unwrap();
+        assert!(TokenFile::open(&p).err().unwrap().to_string().contains("version 9"));
+    }
+}
