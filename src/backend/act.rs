@@ -73,3 +73,31 @@ mod tests {
         assert_eq!(Activation::QuickGelu.apply(200.0), 200.0);
     }
 }
+
+impl Activation {
+    /// d act(x) / dx.
+    #[inline(always)]
+    pub fn derivative(self, x: f32) -> f32 {
+        match self {
+            Activation::QuickGelu => {
+                let s = 1.0 / (1.0 + exp(-1.702 * x));
+                s + 1.702 * x * s * (1.0 - s)
+            }
+            Activation::GeluTanh => {
+                let u = 0.797_884_6 * (x + 0.044_715 * x * x * x);
+                let t = 1.0 - 2.0 / (exp(2.0 * u) + 1.0);
+                0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * 0.797_884_6 * (1.0 + 3.0 * 0.044_715 * x * x)
+            }
+            Activation::Relu => (x > 0.0) as u8 as f32,
+        }
+    }
+}
+
+/// dinp = dout * act'(inp) (overwrites `dinp`).
+pub fn act_backward(act: Activation, dinp: &mut [f32], dout: &[f32], inp: &[f32]) {
+    dinp.par_chunks_mut(4096).zip(dout.par_chunks(4096)).zip(inp.par_chunks(4096)).for_each(|((d, g), x)| {
+        for ((d, &g), &x) in d.iter_mut().zip(g).zip(x) {
+            *d = g * act.derivative(x);
+        }
+    });
+}

@@ -38,7 +38,7 @@ impl<'a> SeqView<'a> {
     }
 
     #[inline]
-    fn ptr(&self, b: usize, row: usize, col: usize) -> *const f32 {
+    pub(crate) fn ptr(&self, b: usize, row: usize, col: usize) -> *const f32 {
         let i = self.offset + b * self.batch_stride + row * self.row_stride + col;
         debug_assert!(i < self.data.len());
         self.data[i..].as_ptr()

@@ -17,3 +17,23 @@ pub fn embed_forward(out: &mut [f32], tokens: &[u32], wte: &[f32], wpe: &[f32], 
         }
     });
 }
+
+/// Backward of [`embed_forward`] (position 0 start), with an optional per-token multiplier
+/// on the token embedding (BERT: 0 for masked positions).
+///
+/// # Shapes
+/// dout: (B, T, C); tokens: (B, T); dwte: (V + 1, C); dwpe: (n_positions, C).
+pub fn embed_backward(dwte: &mut [f32], dwpe: &mut [f32], dout: &[f32], tokens: &[u32], token_scale: Option<&[f32]>, t: usize, c: usize) {
+    for (i, (g, &tok)) in dout.chunks_exact(c).zip(tokens).enumerate() {
+        let s = token_scale.map_or(1.0, |m| m[i]);
+        let pos = i % t;
+        if s != 0.0 {
+            for (d, &gv) in dwte[tok as usize * c..][..c].iter_mut().zip(g) {
+                *d += s * gv;
+            }
+        }
+        for (d, &gv) in dwpe[pos * c..][..c].iter_mut().zip(g) {
+            *d += gv;
+        }
+    }
+}

@@ -243,3 +243,39 @@ mod tests {
         }
     }
 }
+
+/// dW (k, n) += x^T (k, m) @ dy (m, n): the weight gradient of y = x @ W.
+///
+/// # Shapes
+/// x: (m, k); dy: (m, n); dw: (k, n), all row-major.
+pub fn matmul_backward_weight(dw: &mut [f32], x: &[f32], dy: &[f32], (m, k, n): (usize, usize, usize)) {
+    assert!(dw.len() >= k * n && x.len() >= m * k && dy.len() >= m * n);
+    // SAFETY: the buffers hold the matrices these strides address; dw does not alias x or dy.
+    unsafe {
+        gemm(
+            k, n, m,
+            dw.as_mut_ptr(), 1, n as isize, true,
+            x.as_ptr(), k as isize, 1, // x^T: element [i, p] = x[p * k + i]
+            dy.as_ptr(), 1, n as isize,
+            1.0, 1.0, false, false, false,
+            parallelism(k, n, m),
+        );
+    }
+}
+
+/// db (n) += column sums of dy (m, n).
+pub fn bias_backward(db: &mut [f32], dy: &[f32], n: usize) {
+    use rayon::prelude::*;
+    let sums = dy
+        .par_chunks(n)
+        .with_min_len(64)
+        .fold(|| vec![0f32; n], |mut acc, row| {
+            acc.iter_mut().zip(row).for_each(|(a, &g)| *a += g);
+            acc
+        })
+        .reduce(|| vec![0f32; n], |mut a, b| {
+            a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+            a
+        });
+    db.iter_mut().zip(sums).for_each(|(d, s)| *d += s);
+}

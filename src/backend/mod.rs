@@ -8,8 +8,10 @@
 
 pub mod act;
 pub mod attention;
+pub mod attention_backward;
 pub mod attn_kernels;
 pub mod embed;
+pub mod loss;
 pub mod math;
 pub mod matmul;
 pub mod norm;

@@ -35,3 +35,35 @@ mod tests {
         }
     }
 }
+
+/// Backward of [`rmsnorm_forward`]: with y = x * r * w and r = (mean(x^2) + eps)^-1/2,
+/// dx_j = r * w_j * dy_j - x_j * r^3 / C * sum_i(dy_i * w_i * x_i), and dw += sum_rows dy * x * r.
+///
+/// # Shapes
+/// dout, inp, dinp: (N, C); rstd: (N); w, dw: (C). `dinp` is accumulated into (+=).
+pub fn rmsnorm_backward(dinp: &mut [f32], dw: &mut [f32], dout: &[f32], inp: &[f32], rstd: &[f32], w: &[f32]) {
+    let c = w.len();
+    let partial = dinp
+        .par_chunks_mut(c)
+        .zip(dout.par_chunks(c))
+        .zip(inp.par_chunks(c))
+        .zip(rstd.par_iter())
+        .with_min_len(64)
+        .fold(
+            || vec![0f64; c],
+            |mut acc, (((dx, dy), x), &r)| {
+                let dot: f64 = dy.iter().zip(w).zip(x).map(|((&g, &w), &x)| (g * w) as f64 * x as f64).sum();
+                let k = (dot * (r as f64).powi(3) / c as f64) as f32;
+                for j in 0..c {
+                    dx[j] += r * w[j] * dy[j] - x[j] * k;
+                    acc[j] += (dy[j] * x[j] * r) as f64;
+                }
+                acc
+            },
+        )
+        .reduce(|| vec![0f64; c], |mut a, b| {
+            a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+            a
+        });
+    dw.iter_mut().zip(partial).for_each(|(d, p)| *d += p as f32);
+}

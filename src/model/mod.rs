@@ -11,6 +11,7 @@ pub mod gpt;
 pub mod kv_cache;
 pub mod params;
 pub mod pickle;
+pub mod train_graph;
 pub mod tensors;
 pub mod weights;
 

@@ -1,0 +1,52 @@
+//! Cross-entropy fused with its gradient: the logits buffer is turned into dlogits in place,
+//! so a (B*T, V) probability matrix is never stored twice.
+
+use rayon::prelude::*;
+
+/// For each row r with weight w_r > 0: loss_r = logsumexp(row) - row[target_r], and the row
+/// becomes w_r * (softmax(row) - onehot(target_r)). Rows with weight 0 become 0. Returns
+/// sum_r w_r * loss_r (the weighted mean when the weights are 1/count).
+///
+/// # Shapes
+/// logits: (N, V) in, dlogits out; targets, weights: (N).
+pub fn cross_entropy_fused(logits: &mut [f32], targets: &[u32], weights: &[f32], v: usize) -> f64 {
+    logits
+        .par_chunks_mut(v)
+        .zip(targets.par_iter())
+        .zip(weights.par_iter())
+        .map(|((row, &tg), &w)| {
+            if w == 0.0 {
+                row.fill(0.0);
+                return 0.0;
+            }
+            let mx = super::math::max(row);
+            let mut z = 0f64;
+            for x in row.iter_mut() {
+                let e = ((*x - mx) as f64).exp();
+                z += e;
+                *x = e as f32;
+            }
+            let target_p = row[tg as usize] as f64 / z;
+            let inv = (1.0 / z) as f32;
+            row.iter_mut().for_each(|x| *x *= inv * w);
+            row[tg as usize] -= w;
+            -(target_p.ln()) * w as f64
+        })
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn loss_and_gradient() {
+        // torch: F.cross_entropy(tensor([[1., 2., 0.5]]), tensor([1])) = 0.46436879
+        // grad = softmax - onehot = [0.2312239, -0.3714683, 0.1402444]
+        let mut l = vec![1.0, 2.0, 0.5, 3.0, 3.0, 3.0];
+        let loss = super::cross_entropy_fused(&mut l, &[1, 0], &[1.0, 0.0], 3);
+        assert!((loss - 0.464_368_79).abs() < 1e-6, "{loss}");
+        let want = [0.231_223_9, -0.371_468_3, 0.140_244_4, 0.0, 0.0, 0.0];
+        for (a, b) in l.iter().zip(want) {
+            assert!((a - b).abs() < 1e-6, "{l:?}");
+        }
+    }
+}

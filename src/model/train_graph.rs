@@ -1,0 +1,239 @@
+//! The training pass: a forward that keeps every activation the backward needs (llm.c's
+//! `ActivationTensors`), the fused loss, and the backward written out kernel by kernel in
+//! reverse order. Gradients land in a flat arena with the parameters' layout.
+//!
+//! Objectives (paper, section 2.2):
+//! - GPT: input [SOS] + tokens[:-1], causal attention, mean cross-entropy over all tokens.
+//! - BERT: input = tokens with the token embedding of masked positions multiplied by 0
+//!   (position embedding kept), no SOS, bidirectional attention, cross-entropy over the
+//!   masked positions only.
+
+use crate::backend::attention::{self, AttnDims, SeqView};
+use crate::backend::attention_backward::attention_backward;
+use crate::backend::matmul::{bias_backward, matmul_backward_weight, matmul_forward};
+use crate::backend::profile::{Kernel, timed};
+use crate::backend::{WeightLayout, act, embed, loss, norm};
+use crate::error::{Error, Result};
+
+use super::gpt::ImageGpt;
+use super::params::ModelKind;
+
+/// Which pretraining objective.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Objective {
+    Gpt,
+    Bert,
+}
+
+/// Saved activations of one block.
+#[derive(Default)]
+struct LayerActs {
+    x_in: Vec<f32>,  // (N, C) block input (residual stream)
+    ln1: Vec<f32>,   // (N, C)
+    rstd1: Vec<f32>, // (N)
+    qkv: Vec<f32>,   // (N, 3C)
+    att: Vec<f32>,   // (N, C) attention output before c_proj
+    lse: Vec<f32>,   // (B, nh, T)
+    x_mid: Vec<f32>, // (N, C) residual after attention
+    ln2: Vec<f32>,   // (N, C)
+    rstd2: Vec<f32>, // (N)
+    fc: Vec<f32>,    // (N, I) before the activation
+    fc_act: Vec<f32>, // (N, I) after it
+}
+
+/// Everything one training step allocates, reused between steps of the same size.
+#[derive(Default)]
+pub struct TrainActs {
+    b: usize,
+    t: usize,
+    layers: Vec<LayerActs>,
+    input: Vec<u32>,
+    token_scale: Vec<f32>,
+    weights: Vec<f32>,
+    x: Vec<f32>,      // (N, C) running residual, then the last block's output
+    lnf: Vec<f32>,    // (N, C)
+    rstd_f: Vec<f32>, // (N)
+    logits: Vec<f32>, // (N, V-1), becomes dlogits
+    // backward scratch
+    dx: Vec<f32>,
+    dln: Vec<f32>,
+    datt: Vec<f32>,
+    dqkv: Vec<f32>,
+    dfc_act: Vec<f32>,
+    dfc: Vec<f32>,
+}
+
+fn sized(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
+    v.resize(n, 0.0);
+    &mut v[..n]
+}
+
+impl TrainActs {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl ImageGpt {
+    /// One forward and backward pass. Adds the gradient of the mean loss to `grads` (same
+    /// layout as `params`) and returns the loss (nats per predicted token).
+    ///
+    /// # Shapes
+    /// tokens: (B, T) image tokens; mask (BERT only): (B, T), true = masked and predicted.
+    pub fn forward_backward(&self, acts: &mut TrainActs, grads: &mut [f32], tokens: &[u32], b: usize, t: usize, objective: Objective, mask: Option<&[bool]>) -> Result<f64> {
+        if self.kind != ModelKind::CausalLm {
+            return Err(Error::Invalid("training needs a model with an lm_head (ImageGPTForCausalImageModeling)".into()));
+        }
+        if grads.len() != self.params.len() {
+            return Err(Error::Invalid("gradient buffer does not match the parameters".into()));
+        }
+        let n = b * t;
+        let sos = self.config.sos_token();
+        // Inputs, token-embedding multipliers and loss weights of the objective.
+        acts.input.clear();
+        acts.token_scale.clear();
+        acts.weights.clear();
+        match objective {
+            Objective::Gpt => {
+                for row in tokens.chunks(t) {
+                    acts.input.push(sos);
+                    acts.input.extend_from_slice(&row[..t - 1]);
+                }
+                acts.token_scale.resize(n, 1.0);
+                acts.weights.resize(n, 1.0 / n as f32);
+            }
+            Objective::Bert => {
+                let m = mask.ok_or_else(|| Error::Invalid("the BERT objective needs a mask".into()))?;
+                let count = m.iter().filter(|&&x| x).count();
+                if count == 0 {
+                    return Err(Error::Invalid("BERT batch with no masked position".into()));
+                }
+                acts.input.extend_from_slice(tokens);
+                acts.token_scale.extend(m.iter().map(|&x| if x { 0.0 } else { 1.0 }));
+                acts.weights.extend(m.iter().map(|&x| if x { 1.0 / count as f32 } else { 0.0 }));
+            }
+        }
+        if tokens.iter().any(|&x| x >= sos) {
+            return Err(Error::Invalid(format!("training tokens must be colours 0..{}", sos - 1)));
+        }
+        self.check_input(&acts.input, b, t, 0)?;
+        acts.b = b;
+        acts.t = t;
+        let causal = objective == Objective::Gpt;
+        self.train_forward(acts, causal);
+        let v = self.config.n_colors();
+        let loss = timed(Kernel::Head, || loss::cross_entropy_fused(&mut acts.logits, tokens, &acts.weights, v));
+        self.train_backward(acts, grads, causal);
+        Ok(loss)
+    }
+
+    fn train_forward(&self, a: &mut TrainActs, causal: bool) {
+        let cfg = &self.config;
+        let (b, t, c, inner, nh) = (a.b, a.t, cfg.n_embd, cfg.n_inner(), cfg.n_head);
+        let (n, eps) = (b * t, cfg.layer_norm_epsilon);
+        a.layers.resize_with(cfg.n_layer, LayerActs::default);
+        // x = wte[input] * scale + wpe[pos]
+        let x = sized(&mut a.x, n * c);
+        let (wte, wpe) = (self.param(&self.layout.wte), self.param(&self.layout.wpe));
+        timed(Kernel::Embed, || {
+            embed::embed_forward(x, &a.input, wte, wpe, t, 0, c);
+            for (i, row) in x.chunks_exact_mut(c).enumerate() {
+                let s = a.token_scale[i];
+                if s != 1.0 {
+                    // BERT mask: x = s * wte[token] + wpe[pos]
+                    let te = &wte[a.input[i] as usize * c..][..c];
+                    let pe = &wpe[(i % t) * c..][..c];
+                    row.iter_mut().zip(te).zip(pe).for_each(|((x, &w), &p)| *x = s * w + p);
+                }
+            }
+        });
+        for (l, lo) in self.layout.layers.iter().enumerate() {
+            let la = &mut a.layers[l];
+            sized(&mut la.x_in, n * c).copy_from_slice(&a.x[..n * c]);
+            let x = &mut a.x[..n * c];
+            timed(Kernel::Norm, || norm::rmsnorm_forward(sized(&mut la.ln1, n * c), sized(&mut la.rstd1, n), x, self.param(&lo.ln_1), eps));
+            let qkv = sized(&mut la.qkv, n * 3 * c);
+            timed(Kernel::Matmul, || matmul_forward(qkv, &la.ln1, self.param(&lo.c_attn_w), Some(self.param(&lo.c_attn_b)), (n, c, 3 * c), WeightLayout::InOut, false));
+            let view = |part: usize| SeqView { data: &la.qkv, offset: part * c, batch_stride: t * 3 * c, row_stride: 3 * c };
+            let dims = AttnDims { b, t, tk: t, nh, hs: cfg.head_dim(), causal, scale: self.attn_scale(l) };
+            let (att, lse) = (sized(&mut la.att, n * c), sized(&mut la.lse, b * nh * t));
+            timed(Kernel::Attention, || attention::attention_forward(att, lse, view(0), view(1), view(2), dims));
+            timed(Kernel::Matmul, || matmul_forward(x, &la.att, self.param(&lo.c_proj_w), Some(self.param(&lo.c_proj_b)), (n, c, c), WeightLayout::InOut, true));
+            sized(&mut la.x_mid, n * c).copy_from_slice(x);
+            timed(Kernel::Norm, || norm::rmsnorm_forward(sized(&mut la.ln2, n * c), sized(&mut la.rstd2, n), x, self.param(&lo.ln_2), eps));
+            let fc = sized(&mut la.fc, n * inner);
+            timed(Kernel::Matmul, || matmul_forward(fc, &la.ln2, self.param(&lo.c_fc_w), Some(self.param(&lo.c_fc_b)), (n, c, inner), WeightLayout::InOut, false));
+            let fc_act = sized(&mut la.fc_act, n * inner);
+            timed(Kernel::Act, || act::act_forward(self.act, fc_act, &la.fc));
+            timed(Kernel::Matmul, || matmul_forward(x, &la.fc_act, self.param(&lo.mlp_proj_w), Some(self.param(&lo.mlp_proj_b)), (n, inner, c), WeightLayout::InOut, true));
+        }
+        let lnf = sized(&mut a.lnf, n * c);
+        timed(Kernel::Norm, || norm::rmsnorm_forward(lnf, sized(&mut a.rstd_f, n), &a.x[..n * c], self.param(&self.layout.ln_f), eps));
+        let v = cfg.n_colors();
+        let head = self.layout.head.as_ref().expect("causal model has lm_head");
+        let logits = sized(&mut a.logits, n * v);
+        timed(Kernel::Head, || matmul_forward(logits, &a.lnf, self.param(head), None, (n, c, v), WeightLayout::OutIn, false));
+    }
+
+    fn train_backward(&self, a: &mut TrainActs, grads: &mut [f32], causal: bool) {
+        let cfg = &self.config;
+        let (b, t, c, inner, nh) = (a.b, a.t, cfg.n_embd, cfg.n_inner(), cfg.n_head);
+        let (n, v) = (b * t, cfg.n_colors());
+        let head = self.layout.head.clone().expect("causal model has lm_head");
+        // Head: logits = lnf @ W^T, W (V, C). dlnf = dlogits @ W; dW += dlogits^T @ lnf.
+        let dln = sized(&mut a.dln, n * c);
+        timed(Kernel::Head, || {
+            matmul_forward(dln, &a.logits, self.param(&head), None, (n, v, c), WeightLayout::InOut, false);
+            matmul_backward_weight(&mut grads[head.clone()], &a.logits, &a.lnf, (n, v, c));
+        });
+        let dx = sized(&mut a.dx, n * c);
+        dx.fill(0.0);
+        timed(Kernel::Norm, || norm::rmsnorm_backward(dx, &mut grads[self.layout.ln_f.clone()], &a.dln, &a.x[..n * c], &a.rstd_f, self.param(&self.layout.ln_f)));
+        for (l, lo) in self.layout.layers.iter().enumerate().rev() {
+            let la = &a.layers[l];
+            // MLP: x_out = x_mid + act(ln2 @ Wfc + bfc) @ Wp + bp
+            let dfc_act = sized(&mut a.dfc_act, n * inner);
+            timed(Kernel::Matmul, || {
+                matmul_forward(dfc_act, &a.dx, self.param(&lo.mlp_proj_w), None, (n, c, inner), WeightLayout::OutIn, false);
+                matmul_backward_weight(&mut grads[lo.mlp_proj_w.clone()], &la.fc_act, &a.dx, (n, inner, c));
+                bias_backward(&mut grads[lo.mlp_proj_b.clone()], &a.dx, c);
+            });
+            let dfc = sized(&mut a.dfc, n * inner);
+            timed(Kernel::Act, || act::act_backward(self.act, dfc, &a.dfc_act, &la.fc));
+            let dln = sized(&mut a.dln, n * c);
+            timed(Kernel::Matmul, || {
+                matmul_forward(dln, &a.dfc, self.param(&lo.c_fc_w), None, (n, inner, c), WeightLayout::OutIn, false);
+                matmul_backward_weight(&mut grads[lo.c_fc_w.clone()], &la.ln2, &a.dfc, (n, c, inner));
+                bias_backward(&mut grads[lo.c_fc_b.clone()], &a.dfc, inner);
+            });
+            timed(Kernel::Norm, || norm::rmsnorm_backward(&mut a.dx[..n * c], &mut grads[lo.ln_2.clone()], &a.dln, &la.x_mid, &la.rstd2, self.param(&lo.ln_2)));
+            // Attention: x_mid = x_in + attn(ln1 @ Wqkv + bqkv) @ Wo + bo
+            let datt = sized(&mut a.datt, n * c);
+            timed(Kernel::Matmul, || {
+                matmul_forward(datt, &a.dx, self.param(&lo.c_proj_w), None, (n, c, c), WeightLayout::OutIn, false);
+                matmul_backward_weight(&mut grads[lo.c_proj_w.clone()], &la.att, &a.dx, (n, c, c));
+                bias_backward(&mut grads[lo.c_proj_b.clone()], &a.dx, c);
+            });
+            let view = |part: usize| SeqView { data: &la.qkv, offset: part * c, batch_stride: t * 3 * c, row_stride: 3 * c };
+            let dims = AttnDims { b, t, tk: t, nh, hs: cfg.head_dim(), causal, scale: self.attn_scale(l) };
+            let dqkv = sized(&mut a.dqkv, n * 3 * c);
+            timed(Kernel::Attention, || attention_backward(dqkv, &a.datt, &la.att, &la.lse, view(0), view(1), view(2), dims));
+            let dln = sized(&mut a.dln, n * c);
+            timed(Kernel::Matmul, || {
+                matmul_forward(dln, &a.dqkv, self.param(&lo.c_attn_w), None, (n, 3 * c, c), WeightLayout::OutIn, false);
+                matmul_backward_weight(&mut grads[lo.c_attn_w.clone()], &la.ln1, &a.dqkv, (n, c, 3 * c));
+                bias_backward(&mut grads[lo.c_attn_b.clone()], &a.dqkv, 3 * c);
+            });
+            timed(Kernel::Norm, || norm::rmsnorm_backward(&mut a.dx[..n * c], &mut grads[lo.ln_1.clone()], &a.dln, &la.x_in, &la.rstd1, self.param(&lo.ln_1)));
+        }
+        let (wte, wpe) = (self.layout.wte.clone(), self.layout.wpe.clone());
+        let (gw, gp) = if wte.end <= wpe.start {
+            let (lo, hi) = grads.split_at_mut(wpe.start);
+            (&mut lo[wte], &mut hi[..wpe.end - wpe.start])
+        } else {
+            unreachable!("wte precedes wpe in the layout")
+        };
+        timed(Kernel::Embed, || embed::embed_backward(gw, gp, &a.dx[..n * c], &a.input, Some(&a.token_scale), t, c));
+    }
+}
