@@ -26,6 +26,7 @@ pub mod model;
 pub mod rng;
 pub mod sample;
 pub mod tokenizer;
+pub mod train;
 pub mod viz;
 
 pub use config::ImageGptConfig;

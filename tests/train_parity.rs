@@ -57,3 +57,37 @@ fn step0_gradients_match_pytorch() {
         assert!(worst.0 <= 1e-6, "{key}: gradient of {} differs by {:e}", worst.1, worst.0);
     }
 }
+
+/// 10 GPT steps and 3 BERT steps of AdamW (lr 1e-3, betas 0.9/0.95, clip 1.0) from the tiny
+/// fixture: every loss, every pre-clip gradient norm and the final weights.
+#[test]
+fn adamw_trajectory_matches_pytorch() {
+    use igpt::train::optim::{AdamW, AdamWConfig, clip_grad_norm};
+    let refj: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(train_fixture().join("reference.json")).unwrap()).unwrap();
+    for (obj, key, steps) in [(Objective::Gpt, "gpt", 10), (Objective::Bert, "bert", 3)] {
+        let mut model = load_model(&common::fixture("tiny")).unwrap();
+        let mut opt = AdamW::new(AdamWConfig::default(), &model.layout);
+        let mut acts = TrainActs::new();
+        let mut grads = vec![0f32; model.params.len()];
+        for s in 0..steps {
+            let (tokens, shape) = batch(if obj == Objective::Gpt { "gpt_tokens" } else { "bert_tokens" }, s);
+            let mask: Option<Vec<bool>> = (obj == Objective::Bert).then(|| batch("bert_mask", s).0.iter().map(|&m| m == 1).collect());
+            grads.fill(0.0);
+            let loss = model.forward_backward(&mut acts, &mut grads, &tokens, shape[1], shape[2], obj, mask.as_deref()).unwrap();
+            let norm = clip_grad_norm(&mut grads, 1.0);
+            opt.update(&mut model.params, &grads, 1e-3);
+            let want_loss = refj["results"][key]["losses_f64"][s].as_f64().unwrap();
+            let want_norm = refj["results"][key]["grad_norms_f64"][s].as_f64().unwrap();
+            assert!((loss - want_loss).abs() < 1e-5, "{key} step {s}: loss {loss} vs {want_loss}");
+            assert!(((norm - want_norm) / want_norm).abs() < 1e-4, "{key} step {s}: grad norm {norm} vs {want_norm}");
+        }
+        let mut worst = 0f32;
+        for (name, _, data, _) in read_all(&train_fixture().join(format!("final_{key}.safetensors"))) {
+            let want: Vec<f32> = data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+            let e = model.layout.find(&name).unwrap();
+            worst = model.params[e.range.clone()].iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(worst, f32::max);
+        }
+        eprintln!("{key}: final weights max |diff| {worst:.2e} (tolerance 5e-3)");
+        assert!(worst <= 5e-3, "{key}: final weights differ by {worst}");
+    }
+}

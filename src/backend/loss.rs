@@ -32,7 +32,9 @@ pub fn cross_entropy_fused(logits: &mut [f32], targets: &[u32], weights: &[f32],
             row[tg as usize] -= w;
             -(target_p.ln()) * w as f64
         })
-        .sum()
+        .collect::<Vec<f64>>()
+        .iter()
+        .sum() // in row order: deterministic
 }
 
 #[cfg(test)]

@@ -266,16 +266,20 @@ pub fn matmul_backward_weight(dw: &mut [f32], x: &[f32], dy: &[f32], (m, k, n): 
 /// db (n) += column sums of dy (m, n).
 pub fn bias_backward(db: &mut [f32], dy: &[f32], n: usize) {
     use rayon::prelude::*;
-    let sums = dy
-        .par_chunks(n)
-        .with_min_len(64)
-        .fold(|| vec![0f32; n], |mut acc, row| {
-            acc.iter_mut().zip(row).for_each(|(a, &g)| *a += g);
+    // Fixed chunks summed in order: deterministic whatever the scheduling.
+    let partials: Vec<Vec<f32>> = dy
+        .par_chunks(n * 64)
+        .map(|rows| {
+            let mut acc = vec![0f32; n];
+            for row in rows.chunks(n) {
+                acc.iter_mut().zip(row).for_each(|(a, &g)| *a += g);
+            }
             acc
         })
-        .reduce(|| vec![0f32; n], |mut a, b| {
-            a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
-            a
-        });
+        .collect();
+    let mut sums = vec![0f32; n];
+    for p in partials {
+        sums.iter_mut().zip(p).for_each(|(a, b)| *a += b);
+    }
     db.iter_mut().zip(sums).for_each(|(d, s)| *d += s);
 }

@@ -43,27 +43,30 @@ mod tests {
 /// dout, inp, dinp: (N, C); rstd: (N); w, dw: (C). `dinp` is accumulated into (+=).
 pub fn rmsnorm_backward(dinp: &mut [f32], dw: &mut [f32], dout: &[f32], inp: &[f32], rstd: &[f32], w: &[f32]) {
     let c = w.len();
-    let partial = dinp
-        .par_chunks_mut(c)
-        .zip(dout.par_chunks(c))
-        .zip(inp.par_chunks(c))
-        .zip(rstd.par_iter())
-        .with_min_len(64)
-        .fold(
-            || vec![0f64; c],
-            |mut acc, (((dx, dy), x), &r)| {
+    // Fixed chunks of rows, summed in order: the result does not depend on scheduling,
+    // so training is bit-for-bit reproducible for a given thread count.
+    const ROWS: usize = 64;
+    let partials: Vec<Vec<f64>> = dinp
+        .par_chunks_mut(c * ROWS)
+        .zip(dout.par_chunks(c * ROWS))
+        .zip(inp.par_chunks(c * ROWS))
+        .zip(rstd.par_chunks(ROWS))
+        .map(|(((dxs, dys), xs), rs)| {
+            let mut acc = vec![0f64; c];
+            for (((dx, dy), x), &r) in dxs.chunks_mut(c).zip(dys.chunks(c)).zip(xs.chunks(c)).zip(rs) {
                 let dot: f64 = dy.iter().zip(w).zip(x).map(|((&g, &w), &x)| (g * w) as f64 * x as f64).sum();
                 let k = (dot * (r as f64).powi(3) / c as f64) as f32;
                 for j in 0..c {
                     dx[j] += r * w[j] * dy[j] - x[j] * k;
                     acc[j] += (dy[j] * x[j] * r) as f64;
                 }
-                acc
-            },
-        )
-        .reduce(|| vec![0f64; c], |mut a, b| {
-            a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
-            a
-        });
+            }
+            acc
+        })
+        .collect();
+    let mut partial = vec![0f64; c];
+    for p in partials {
+        partial.iter_mut().zip(p).for_each(|(a, b)| *a += b);
+    }
     dw.iter_mut().zip(partial).for_each(|(d, p)| *d += p as f32);
 }

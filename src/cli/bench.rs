@@ -15,6 +15,8 @@ use serde_json::json;
 pub enum BenchCommand {
     /// Forward passes over full sequences (no gradients).
     Forward(BenchArgs),
+    /// Training steps: forward, backward, AdamW (default batch 4).
+    Train(BenchArgs),
     /// KV-cached sampling of full images from [SOS] (default batch 8).
     Sample(BenchArgs),
     /// The k-means palette fit on emoji32's training pixels (as sklearn_kmeans.py).
@@ -73,6 +75,7 @@ pub struct BenchArgs {
 pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Forward(a) => forward(a),
+        BenchCommand::Train(a) => train(a),
         BenchCommand::Sample(a) => sample(a),
         BenchCommand::Palette(a) => palette(a),
     }
@@ -112,6 +115,40 @@ fn forward(mut a: BenchArgs) -> Result<()> {
     let step_s = median(times);
     let tok_s = (batch * t) as f64 / step_s;
     report("forward", &a, tok_s, step_s)
+}
+
+/// Like torch_ref.py `train`: GPT loss, backward, AdamW (lr 1e-3, betas 0.9/0.95), median step.
+fn train(mut a: BenchArgs) -> Result<()> {
+    use igpt::model::train_graph::{Objective, TrainActs};
+    use igpt::train::optim::{AdamW, AdamWConfig};
+    let batch = a.batch.unwrap_or(4);
+    a.batch = Some(batch);
+    super::init_threads(a.threads);
+    let cfg = ImageGptConfig::with_shape(a.n_layer, a.n_embd, a.n_head).with_image(a.side, a.colors);
+    let mut model = ImageGpt::init_random(cfg, ModelKind::CausalLm, 0)?;
+    let t = a.side * a.side;
+    let mut rng = Rng::new(1);
+    let tokens: Vec<u32> = (0..batch * t).map(|_| rng.below(a.colors as u64) as u32).collect();
+    let mut opt = AdamW::new(AdamWConfig::default(), &model.layout);
+    let mut acts = TrainActs::new();
+    let mut grads = vec![0f32; model.params.len()];
+    let mut times = Vec::new();
+    for step in 0..a.warmup + a.steps.max(1) {
+        if step == a.warmup {
+            igpt::backend::profile::reset();
+            igpt::backend::profile::enable(a.profile);
+        }
+        let t0 = Instant::now();
+        grads.fill(0.0);
+        let loss = model.forward_backward(&mut acts, &mut grads, &tokens, batch, t, Objective::Gpt, None)?;
+        opt.update(&mut model.params, &grads, 1e-3);
+        std::hint::black_box(loss);
+        if step >= a.warmup {
+            times.push(t0.elapsed().as_secs_f64());
+        }
+    }
+    let step_s = median(times);
+    report("train", &a, (batch * t) as f64 / step_s, step_s)
 }
 
 /// Like sklearn_kmeans.py: fit on (a sample of) all emoji32 training pixels; inertia per

@@ -1,0 +1,3 @@
+//! Training: optimizer, schedule, checkpoints and the training loop.
+
+pub mod optim;

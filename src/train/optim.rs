@@ -1,0 +1,132 @@
+//! AdamW written out (PyTorch's `torch.optim.AdamW`, single-tensor path, operation for
+//! operation), global gradient-norm clipping, and the learning-rate schedule.
+//!
+//! Weight decay, when > 0, applies to matrices only (dim >= 2: attention/MLP weights,
+//! `wte`, `wpe`, `lm_head`), never to norm gains or biases (nanoGPT's rule).
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::model::ParamLayout;
+
+/// AdamW hyper-parameters (defaults: the paper's betas 0.9 / 0.95, eps 1e-8, no decay).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AdamWConfig {
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+}
+
+impl Default for AdamWConfig {
+    fn default() -> Self {
+        AdamWConfig { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.0 }
+    }
+}
+
+/// Optimizer state: first and second moments in the parameters' layout, and the step count.
+#[derive(Clone, Debug)]
+pub struct AdamW {
+    pub cfg: AdamWConfig,
+    pub m: Vec<f32>,
+    pub v: Vec<f32>,
+    pub step: u64,
+    /// Per element: does weight decay apply (matrices only)?
+    decay_ranges: Vec<std::ops::Range<usize>>,
+}
+
+impl AdamW {
+    pub fn new(cfg: AdamWConfig, layout: &ParamLayout) -> Self {
+        let decay_ranges = layout.entries.iter().filter(|e| e.is_matrix()).map(|e| e.range.clone()).collect();
+        AdamW { cfg, m: vec![0.0; layout.total], v: vec![0.0; layout.total], step: 0, decay_ranges }
+    }
+
+    /// Numbers of decayed and non-decayed parameters (printed at start, as nanoGPT).
+    pub fn decay_counts(&self) -> (usize, usize) {
+        let d: usize = self.decay_ranges.iter().map(|r| r.len()).sum();
+        (d, self.m.len() - d)
+    }
+
+    /// One update with learning rate `lr`.
+    pub fn update(&mut self, params: &mut [f32], grads: &[f32], lr: f64) {
+        self.step += 1;
+        let c = &self.cfg;
+        let bc1 = 1.0 - c.beta1.powi(self.step as i32);
+        let bc2_sqrt = (1.0 - c.beta2.powi(self.step as i32)).sqrt();
+        let step_size = (lr / bc1) as f32;
+        let (b1, b2, eps) = (c.beta1 as f32, c.beta2 as f32, c.eps as f32);
+        let bc2_sqrt = bc2_sqrt as f32;
+        if c.weight_decay > 0.0 {
+            let f = (1.0 - lr * c.weight_decay) as f32;
+            for r in &self.decay_ranges {
+                params[r.clone()].iter_mut().for_each(|p| *p *= f);
+            }
+        }
+        params.par_chunks_mut(4096).zip(grads.par_chunks(4096)).zip(self.m.par_chunks_mut(4096)).zip(self.v.par_chunks_mut(4096)).for_each(
+            |(((p, g), m), v)| {
+                for i in 0..p.len() {
+                    let gi = g[i];
+                    m[i] += (gi - m[i]) * (1.0 - b1); // exp_avg.lerp_(grad, 1 - beta1)
+                    v[i] = v[i] * b2 + (1.0 - b2) * gi * gi;
+                    let denom = v[i].sqrt() / bc2_sqrt + eps;
+                    p[i] -= step_size * m[i] / denom;
+                }
+            },
+        );
+    }
+}
+
+/// Global L2 norm of the gradients (computed in f64, in a fixed order).
+pub fn grad_norm(grads: &[f32]) -> f64 {
+    let parts: Vec<f64> = grads.par_chunks(1 << 16).map(|c| c.iter().map(|&g| (g as f64) * (g as f64)).sum::<f64>()).collect();
+    parts.iter().sum::<f64>().sqrt()
+}
+
+/// Clips the gradients to a global norm of `max_norm` (torch `clip_grad_norm_`); returns the
+/// norm before clipping.
+pub fn clip_grad_norm(grads: &mut [f32], max_norm: f64) -> f64 {
+    let norm = grad_norm(grads);
+    let coef = max_norm / (norm + 1e-6);
+    if max_norm > 0.0 && coef < 1.0 {
+        let f = coef as f32;
+        grads.par_iter_mut().for_each(|g| *g *= f);
+    }
+    norm
+}
+
+/// Linear warmup from 0 to `lr` over `warmup` steps, then cosine decay to `min_lr` at
+/// `total` steps (nanoGPT `get_lr`). `step` counts from 0.
+pub fn lr_at(step: u64, lr: f64, min_lr: f64, warmup: u64, total: u64) -> f64 {
+    if step < warmup {
+        return lr * (step + 1) as f64 / warmup as f64;
+    }
+    if step >= total || total <= warmup {
+        return min_lr;
+    }
+    let ratio = (step - warmup) as f64 / (total - warmup) as f64;
+    min_lr + 0.5 * (1.0 + (std::f64::consts::PI * ratio).cos()) * (lr - min_lr)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedule_shape() {
+        assert!((lr_at(0, 1e-3, 1e-4, 10, 100) - 1e-4).abs() < 1e-12);
+        assert!((lr_at(9, 1e-3, 1e-4, 10, 100) - 1e-3).abs() < 1e-12);
+        assert!((lr_at(55, 1e-3, 1e-4, 10, 100) - 5.5e-4).abs() < 1e-12); // halfway: mean of lr and min_lr
+        assert!((lr_at(100, 1e-3, 1e-4, 10, 100) - 1e-4).abs() < 1e-12);
+        assert!((lr_at(0, 1e-3, 0.0, 0, 100) - 1e-3).abs() < 1e-12);
+    }
+
+    #[test]
+    fn clipping() {
+        let mut g = vec![3.0f32, 4.0];
+        assert_eq!(clip_grad_norm(&mut g, 1.0), 5.0);
+        assert!((g[0] - 0.6).abs() < 1e-6 && (g[1] - 0.8).abs() < 1e-6);
+        let mut g = vec![0.3f32, 0.4];
+        clip_grad_norm(&mut g, 1.0);
+        assert_eq!(g, vec![0.3, 0.4]);
+    }
+}
