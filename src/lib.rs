@@ -23,6 +23,7 @@ pub mod data;
 pub mod error;
 pub mod generate;
 pub mod model;
+pub mod plot;
 pub mod rng;
 pub mod sample;
 pub mod tokenizer;

@@ -23,6 +23,8 @@ enum Command {
     Eval(cli::eval::EvalArgs),
     /// Turn an image collection into a palette and token files for training.
     Prepare(cli::prepare::PrepareArgs),
+    /// Train a model on prepared data (GPT or BERT objective).
+    Train(cli::train::TrainArgs),
     /// Sample images from a model ([SOS] -> full image), as a PNG grid.
     Sample(cli::sample::SampleArgs),
     /// Complete partial images (top rows kept, the rest sampled), as a PNG grid.
@@ -41,6 +43,7 @@ fn main() {
         Command::Encode(a) => cli::encode::run(a),
         Command::Eval(a) => cli::eval::run(a),
         Command::Prepare(a) => cli::prepare::run(a),
+        Command::Train(a) => cli::train::run_cmd(a),
         Command::Sample(a) => cli::sample::run(a),
         Command::Complete(a) => cli::complete::run(a),
         Command::Convert(a) => cli::convert::run(a),

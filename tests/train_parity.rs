@@ -24,7 +24,9 @@ fn batch(name: &str, step: usize) -> (Vec<u32>, Vec<usize>) {
     let (_, shape, data, dtype) = all.into_iter().find(|t| t.0 == name).unwrap();
     let per = shape[1] * shape[2];
     let vals: Vec<u32> = match dtype {
-        safetensors::Dtype::I64 => data.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u32).collect(),
+        safetensors::Dtype::I64 => {
+            data.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u32).collect()
+        }
         _ => data.iter().map(|&b| b as u32).collect(),
     };
     (vals[step * per..(step + 1) * per].to_vec(), shape)
@@ -33,13 +35,18 @@ fn batch(name: &str, step: usize) -> (Vec<u32>, Vec<usize>) {
 #[test]
 fn step0_gradients_match_pytorch() {
     let model = load_model(&common::fixture("tiny")).unwrap();
-    for (obj, file) in [(Objective::Gpt, "grads_step0_gpt.safetensors"), (Objective::Bert, "grads_step0_bert.safetensors")] {
+    for (obj, file) in
+        [(Objective::Gpt, "grads_step0_gpt.safetensors"), (Objective::Bert, "grads_step0_bert.safetensors")]
+    {
         let (tokens, shape) = batch(if obj == Objective::Gpt { "gpt_tokens" } else { "bert_tokens" }, 0);
-        let mask: Option<Vec<bool>> = (obj == Objective::Bert).then(|| batch("bert_mask", 0).0.iter().map(|&m| m == 1).collect());
+        let mask: Option<Vec<bool>> =
+            (obj == Objective::Bert).then(|| batch("bert_mask", 0).0.iter().map(|&m| m == 1).collect());
         let mut grads = vec![0f32; model.params.len()];
         let mut acts = TrainActs::new();
-        let loss = model.forward_backward(&mut acts, &mut grads, &tokens, shape[1], shape[2], obj, mask.as_deref()).unwrap();
-        let refj: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(train_fixture().join("reference.json")).unwrap()).unwrap();
+        let loss =
+            model.forward_backward(&mut acts, &mut grads, &tokens, shape[1], shape[2], obj, mask.as_deref()).unwrap();
+        let refj: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(train_fixture().join("reference.json")).unwrap()).unwrap();
         let key = if obj == Objective::Gpt { "gpt" } else { "bert" };
         let want_loss = refj["results"][key]["losses_f64"][0].as_f64().unwrap();
         assert!((loss - want_loss).abs() < 1e-5, "{key}: loss {loss} vs {want_loss}");
@@ -63,7 +70,8 @@ fn step0_gradients_match_pytorch() {
 #[test]
 fn adamw_trajectory_matches_pytorch() {
     use igpt::train::optim::{AdamW, AdamWConfig, clip_grad_norm};
-    let refj: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(train_fixture().join("reference.json")).unwrap()).unwrap();
+    let refj: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(train_fixture().join("reference.json")).unwrap()).unwrap();
     for (obj, key, steps) in [(Objective::Gpt, "gpt", 10), (Objective::Bert, "bert", 3)] {
         let mut model = load_model(&common::fixture("tiny")).unwrap();
         let mut opt = AdamW::new(AdamWConfig::default(), &model.layout);
@@ -71,9 +79,12 @@ fn adamw_trajectory_matches_pytorch() {
         let mut grads = vec![0f32; model.params.len()];
         for s in 0..steps {
             let (tokens, shape) = batch(if obj == Objective::Gpt { "gpt_tokens" } else { "bert_tokens" }, s);
-            let mask: Option<Vec<bool>> = (obj == Objective::Bert).then(|| batch("bert_mask", s).0.iter().map(|&m| m == 1).collect());
+            let mask: Option<Vec<bool>> =
+                (obj == Objective::Bert).then(|| batch("bert_mask", s).0.iter().map(|&m| m == 1).collect());
             grads.fill(0.0);
-            let loss = model.forward_backward(&mut acts, &mut grads, &tokens, shape[1], shape[2], obj, mask.as_deref()).unwrap();
+            let loss = model
+                .forward_backward(&mut acts, &mut grads, &tokens, shape[1], shape[2], obj, mask.as_deref())
+                .unwrap();
             let norm = clip_grad_norm(&mut grads, 1.0);
             opt.update(&mut model.params, &grads, 1e-3);
             let want_loss = refj["results"][key]["losses_f64"][s].as_f64().unwrap();

@@ -21,7 +21,16 @@ unsafe impl Sync for SendPtr {}
 /// q, k, v: (B, T, C) views into the layer's qkv; out, dout: (B, T, C) contiguous;
 /// lse: (B, nh, T); dqkv: (B, T, 3C), written (not accumulated) in the [q | k | v] layout.
 #[allow(clippy::too_many_arguments)]
-pub fn attention_backward(dqkv: &mut [f32], dout: &[f32], out: &[f32], lse: &[f32], q: SeqView, k: SeqView, v: SeqView, d: AttnDims) {
+pub fn attention_backward(
+    dqkv: &mut [f32],
+    dout: &[f32],
+    out: &[f32],
+    lse: &[f32],
+    q: SeqView,
+    k: SeqView,
+    v: SeqView,
+    d: AttnDims,
+) {
     let (t, hs, nh) = (d.t, d.hs, d.nh);
     let c = nh * hs;
     assert_eq!(d.tk, t, "attention_backward: no cache in training");
@@ -53,7 +62,14 @@ pub fn attention_backward(dqkv: &mut [f32], dout: &[f32], out: &[f32], lse: &[f3
                 // dq, dk, dv hold t*hs and do not alias the inputs.
                 unsafe {
                     // S = Q K^T (nq, nk)
-                    gemm_strided((nq, nk, hs), (p.as_mut_ptr(), nk as isize, 1), (q.ptr(b, q_lo, col), q.row_stride as isize, 1), (k.ptr(b, k_lo, col), 1, k.row_stride as isize), false, 1.0);
+                    gemm_strided(
+                        (nq, nk, hs),
+                        (p.as_mut_ptr(), nk as isize, 1),
+                        (q.ptr(b, q_lo, col), q.row_stride as isize, 1),
+                        (k.ptr(b, k_lo, col), 1, k.row_stride as isize),
+                        false,
+                        1.0,
+                    );
                 }
                 for r in 0..nq {
                     let l = lse[(b * nh + h) * t + q_lo + r];
@@ -65,9 +81,23 @@ pub fn attention_backward(dqkv: &mut [f32], dout: &[f32], out: &[f32], lse: &[f3
                 }
                 unsafe {
                     // dV (nk, hs) += P^T dO
-                    gemm_strided((nk, hs, nq), (dv[k_lo * hs..].as_mut_ptr(), hs as isize, 1), (p.as_ptr(), 1, nk as isize), (dout_ptr(q_lo), c as isize, 1), true, 1.0);
+                    gemm_strided(
+                        (nk, hs, nq),
+                        (dv[k_lo * hs..].as_mut_ptr(), hs as isize, 1),
+                        (p.as_ptr(), 1, nk as isize),
+                        (dout_ptr(q_lo), c as isize, 1),
+                        true,
+                        1.0,
+                    );
                     // dP (nq, nk) = dO V^T
-                    gemm_strided((nq, nk, hs), (dp.as_mut_ptr(), nk as isize, 1), (dout_ptr(q_lo), c as isize, 1), (v.ptr(b, k_lo, col), 1, v.row_stride as isize), false, 1.0);
+                    gemm_strided(
+                        (nq, nk, hs),
+                        (dp.as_mut_ptr(), nk as isize, 1),
+                        (dout_ptr(q_lo), c as isize, 1),
+                        (v.ptr(b, k_lo, col), 1, v.row_stride as isize),
+                        false,
+                        1.0,
+                    );
                 }
                 // dS = P * (dP - D) * scale, into dp
                 for r in 0..nq {
@@ -79,9 +109,23 @@ pub fn attention_backward(dqkv: &mut [f32], dout: &[f32], out: &[f32], lse: &[f3
                 }
                 unsafe {
                     // dQ (nq, hs) += dS K
-                    gemm_strided((nq, hs, nk), (dq[q_lo * hs..].as_mut_ptr(), hs as isize, 1), (dp.as_ptr(), nk as isize, 1), (k.ptr(b, k_lo, col), k.row_stride as isize, 1), true, 1.0);
+                    gemm_strided(
+                        (nq, hs, nk),
+                        (dq[q_lo * hs..].as_mut_ptr(), hs as isize, 1),
+                        (dp.as_ptr(), nk as isize, 1),
+                        (k.ptr(b, k_lo, col), k.row_stride as isize, 1),
+                        true,
+                        1.0,
+                    );
                     // dK (nk, hs) += dS^T Q
-                    gemm_strided((nk, hs, nq), (dk[k_lo * hs..].as_mut_ptr(), hs as isize, 1), (dp.as_ptr(), 1, nk as isize), (q.ptr(b, q_lo, col), q.row_stride as isize, 1), true, 1.0);
+                    gemm_strided(
+                        (nk, hs, nq),
+                        (dk[k_lo * hs..].as_mut_ptr(), hs as isize, 1),
+                        (dp.as_ptr(), 1, nk as isize),
+                        (q.ptr(b, q_lo, col), q.row_stride as isize, 1),
+                        true,
+                        1.0,
+                    );
                 }
             }
         }

@@ -23,7 +23,15 @@ pub fn embed_forward(out: &mut [f32], tokens: &[u32], wte: &[f32], wpe: &[f32], 
 ///
 /// # Shapes
 /// dout: (B, T, C); tokens: (B, T); dwte: (V + 1, C); dwpe: (n_positions, C).
-pub fn embed_backward(dwte: &mut [f32], dwpe: &mut [f32], dout: &[f32], tokens: &[u32], token_scale: Option<&[f32]>, t: usize, c: usize) {
+pub fn embed_backward(
+    dwte: &mut [f32],
+    dwpe: &mut [f32],
+    dout: &[f32],
+    tokens: &[u32],
+    token_scale: Option<&[f32]>,
+    t: usize,
+    c: usize,
+) {
     for (i, (g, &tok)) in dout.chunks_exact(c).zip(tokens).enumerate() {
         let s = token_scale.map_or(1.0, |m| m[i]);
         let pos = i % t;

@@ -253,11 +253,24 @@ pub fn matmul_backward_weight(dw: &mut [f32], x: &[f32], dy: &[f32], (m, k, n): 
     // SAFETY: the buffers hold the matrices these strides address; dw does not alias x or dy.
     unsafe {
         gemm(
-            k, n, m,
-            dw.as_mut_ptr(), 1, n as isize, true,
-            x.as_ptr(), k as isize, 1, // x^T: element [i, p] = x[p * k + i]
-            dy.as_ptr(), 1, n as isize,
-            1.0, 1.0, false, false, false,
+            k,
+            n,
+            m,
+            dw.as_mut_ptr(),
+            1,
+            n as isize,
+            true,
+            x.as_ptr(),
+            k as isize,
+            1, // x^T: element [i, p] = x[p * k + i]
+            dy.as_ptr(),
+            1,
+            n as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
             parallelism(k, n, m),
         );
     }

@@ -9,6 +9,7 @@ pub mod eval;
 pub mod info;
 pub mod prepare;
 pub mod sample;
+pub mod train;
 
 use std::path::{Path, PathBuf};
 

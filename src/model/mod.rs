@@ -11,8 +11,8 @@ pub mod gpt;
 pub mod kv_cache;
 pub mod params;
 pub mod pickle;
-pub mod train_graph;
 pub mod tensors;
+pub mod train_graph;
 pub mod weights;
 
 pub use gpt::{ImageGpt, Logits, Workspace, cross_entropy};

@@ -29,16 +29,16 @@ pub enum Objective {
 /// Saved activations of one block.
 #[derive(Default)]
 struct LayerActs {
-    x_in: Vec<f32>,  // (N, C) block input (residual stream)
-    ln1: Vec<f32>,   // (N, C)
-    rstd1: Vec<f32>, // (N)
-    qkv: Vec<f32>,   // (N, 3C)
-    att: Vec<f32>,   // (N, C) attention output before c_proj
-    lse: Vec<f32>,   // (B, nh, T)
-    x_mid: Vec<f32>, // (N, C) residual after attention
-    ln2: Vec<f32>,   // (N, C)
-    rstd2: Vec<f32>, // (N)
-    fc: Vec<f32>,    // (N, I) before the activation
+    x_in: Vec<f32>,   // (N, C) block input (residual stream)
+    ln1: Vec<f32>,    // (N, C)
+    rstd1: Vec<f32>,  // (N)
+    qkv: Vec<f32>,    // (N, 3C)
+    att: Vec<f32>,    // (N, C) attention output before c_proj
+    lse: Vec<f32>,    // (B, nh, T)
+    x_mid: Vec<f32>,  // (N, C) residual after attention
+    ln2: Vec<f32>,    // (N, C)
+    rstd2: Vec<f32>,  // (N)
+    fc: Vec<f32>,     // (N, I) before the activation
     fc_act: Vec<f32>, // (N, I) after it
 }
 
@@ -81,12 +81,53 @@ impl ImageGpt {
     ///
     /// # Shapes
     /// tokens: (B, T) image tokens; mask (BERT only): (B, T), true = masked and predicted.
-    pub fn forward_backward(&self, acts: &mut TrainActs, grads: &mut [f32], tokens: &[u32], b: usize, t: usize, objective: Objective, mask: Option<&[bool]>) -> Result<f64> {
+    pub fn forward_backward(
+        &self,
+        acts: &mut TrainActs,
+        grads: &mut [f32],
+        tokens: &[u32],
+        b: usize,
+        t: usize,
+        objective: Objective,
+        mask: Option<&[bool]>,
+    ) -> Result<f64> {
+        self.train_pass(acts, Some(grads), tokens, b, t, objective, mask)
+    }
+
+    /// The loss alone (evaluation): the training forward without the backward.
+    pub fn loss(
+        &self,
+        acts: &mut TrainActs,
+        tokens: &[u32],
+        b: usize,
+        t: usize,
+        objective: Objective,
+        mask: Option<&[bool]>,
+    ) -> Result<f64> {
+        self.train_pass(acts, None, tokens, b, t, objective, mask)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn train_pass(
+        &self,
+        acts: &mut TrainActs,
+        grads: Option<&mut [f32]>,
+        tokens: &[u32],
+        b: usize,
+        t: usize,
+        objective: Objective,
+        mask: Option<&[bool]>,
+    ) -> Result<f64> {
         if self.kind != ModelKind::CausalLm {
-            return Err(Error::Invalid("training needs a model with an lm_head (ImageGPTForCausalImageModeling)".into()));
+            return Err(Error::Invalid(
+                "training needs a model with an lm_head (ImageGPTForCausalImageModeling)".into(),
+            ));
         }
-        if grads.len() != self.params.len() {
+        if grads.as_ref().is_some_and(|g| g.len() != self.params.len()) {
             return Err(Error::Invalid("gradient buffer does not match the parameters".into()));
+        }
+        if tokens.len() != b * t {
+            return Err(Error::Invalid(format!("expected {b} x {t} tokens, got {}", tokens.len())));
         }
         let n = b * t;
         let sos = self.config.sos_token();
@@ -124,7 +165,9 @@ impl ImageGpt {
         self.train_forward(acts, causal);
         let v = self.config.n_colors();
         let loss = timed(Kernel::Head, || loss::cross_entropy_fused(&mut acts.logits, tokens, &acts.weights, v));
-        self.train_backward(acts, grads, causal);
+        if let Some(g) = grads {
+            self.train_backward(acts, g, causal);
+        }
         Ok(loss)
     }
 
@@ -152,28 +195,77 @@ impl ImageGpt {
             let la = &mut a.layers[l];
             sized(&mut la.x_in, n * c).copy_from_slice(&a.x[..n * c]);
             let x = &mut a.x[..n * c];
-            timed(Kernel::Norm, || norm::rmsnorm_forward(sized(&mut la.ln1, n * c), sized(&mut la.rstd1, n), x, self.param(&lo.ln_1), eps));
+            timed(Kernel::Norm, || {
+                norm::rmsnorm_forward(sized(&mut la.ln1, n * c), sized(&mut la.rstd1, n), x, self.param(&lo.ln_1), eps)
+            });
             let qkv = sized(&mut la.qkv, n * 3 * c);
-            timed(Kernel::Matmul, || matmul_forward(qkv, &la.ln1, self.param(&lo.c_attn_w), Some(self.param(&lo.c_attn_b)), (n, c, 3 * c), WeightLayout::InOut, false));
-            let view = |part: usize| SeqView { data: &la.qkv, offset: part * c, batch_stride: t * 3 * c, row_stride: 3 * c };
+            timed(Kernel::Matmul, || {
+                matmul_forward(
+                    qkv,
+                    &la.ln1,
+                    self.param(&lo.c_attn_w),
+                    Some(self.param(&lo.c_attn_b)),
+                    (n, c, 3 * c),
+                    WeightLayout::InOut,
+                    false,
+                )
+            });
+            let view =
+                |part: usize| SeqView { data: &la.qkv, offset: part * c, batch_stride: t * 3 * c, row_stride: 3 * c };
             let dims = AttnDims { b, t, tk: t, nh, hs: cfg.head_dim(), causal, scale: self.attn_scale(l) };
             let (att, lse) = (sized(&mut la.att, n * c), sized(&mut la.lse, b * nh * t));
             timed(Kernel::Attention, || attention::attention_forward(att, lse, view(0), view(1), view(2), dims));
-            timed(Kernel::Matmul, || matmul_forward(x, &la.att, self.param(&lo.c_proj_w), Some(self.param(&lo.c_proj_b)), (n, c, c), WeightLayout::InOut, true));
+            timed(Kernel::Matmul, || {
+                matmul_forward(
+                    x,
+                    &la.att,
+                    self.param(&lo.c_proj_w),
+                    Some(self.param(&lo.c_proj_b)),
+                    (n, c, c),
+                    WeightLayout::InOut,
+                    true,
+                )
+            });
             sized(&mut la.x_mid, n * c).copy_from_slice(x);
-            timed(Kernel::Norm, || norm::rmsnorm_forward(sized(&mut la.ln2, n * c), sized(&mut la.rstd2, n), x, self.param(&lo.ln_2), eps));
+            timed(Kernel::Norm, || {
+                norm::rmsnorm_forward(sized(&mut la.ln2, n * c), sized(&mut la.rstd2, n), x, self.param(&lo.ln_2), eps)
+            });
             let fc = sized(&mut la.fc, n * inner);
-            timed(Kernel::Matmul, || matmul_forward(fc, &la.ln2, self.param(&lo.c_fc_w), Some(self.param(&lo.c_fc_b)), (n, c, inner), WeightLayout::InOut, false));
+            timed(Kernel::Matmul, || {
+                matmul_forward(
+                    fc,
+                    &la.ln2,
+                    self.param(&lo.c_fc_w),
+                    Some(self.param(&lo.c_fc_b)),
+                    (n, c, inner),
+                    WeightLayout::InOut,
+                    false,
+                )
+            });
             let fc_act = sized(&mut la.fc_act, n * inner);
             timed(Kernel::Act, || act::act_forward(self.act, fc_act, &la.fc));
-            timed(Kernel::Matmul, || matmul_forward(x, &la.fc_act, self.param(&lo.mlp_proj_w), Some(self.param(&lo.mlp_proj_b)), (n, inner, c), WeightLayout::InOut, true));
+            timed(Kernel::Matmul, || {
+                matmul_forward(
+                    x,
+                    &la.fc_act,
+                    self.param(&lo.mlp_proj_w),
+                    Some(self.param(&lo.mlp_proj_b)),
+                    (n, inner, c),
+                    WeightLayout::InOut,
+                    true,
+                )
+            });
         }
         let lnf = sized(&mut a.lnf, n * c);
-        timed(Kernel::Norm, || norm::rmsnorm_forward(lnf, sized(&mut a.rstd_f, n), &a.x[..n * c], self.param(&self.layout.ln_f), eps));
+        timed(Kernel::Norm, || {
+            norm::rmsnorm_forward(lnf, sized(&mut a.rstd_f, n), &a.x[..n * c], self.param(&self.layout.ln_f), eps)
+        });
         let v = cfg.n_colors();
         let head = self.layout.head.as_ref().expect("causal model has lm_head");
         let logits = sized(&mut a.logits, n * v);
-        timed(Kernel::Head, || matmul_forward(logits, &a.lnf, self.param(head), None, (n, c, v), WeightLayout::OutIn, false));
+        timed(Kernel::Head, || {
+            matmul_forward(logits, &a.lnf, self.param(head), None, (n, c, v), WeightLayout::OutIn, false)
+        });
     }
 
     fn train_backward(&self, a: &mut TrainActs, grads: &mut [f32], causal: bool) {
@@ -189,13 +281,30 @@ impl ImageGpt {
         });
         let dx = sized(&mut a.dx, n * c);
         dx.fill(0.0);
-        timed(Kernel::Norm, || norm::rmsnorm_backward(dx, &mut grads[self.layout.ln_f.clone()], &a.dln, &a.x[..n * c], &a.rstd_f, self.param(&self.layout.ln_f)));
+        timed(Kernel::Norm, || {
+            norm::rmsnorm_backward(
+                dx,
+                &mut grads[self.layout.ln_f.clone()],
+                &a.dln,
+                &a.x[..n * c],
+                &a.rstd_f,
+                self.param(&self.layout.ln_f),
+            )
+        });
         for (l, lo) in self.layout.layers.iter().enumerate().rev() {
             let la = &a.layers[l];
             // MLP: x_out = x_mid + act(ln2 @ Wfc + bfc) @ Wp + bp
             let dfc_act = sized(&mut a.dfc_act, n * inner);
             timed(Kernel::Matmul, || {
-                matmul_forward(dfc_act, &a.dx, self.param(&lo.mlp_proj_w), None, (n, c, inner), WeightLayout::OutIn, false);
+                matmul_forward(
+                    dfc_act,
+                    &a.dx,
+                    self.param(&lo.mlp_proj_w),
+                    None,
+                    (n, c, inner),
+                    WeightLayout::OutIn,
+                    false,
+                );
                 matmul_backward_weight(&mut grads[lo.mlp_proj_w.clone()], &la.fc_act, &a.dx, (n, inner, c));
                 bias_backward(&mut grads[lo.mlp_proj_b.clone()], &a.dx, c);
             });
@@ -207,7 +316,16 @@ impl ImageGpt {
                 matmul_backward_weight(&mut grads[lo.c_fc_w.clone()], &la.ln2, &a.dfc, (n, c, inner));
                 bias_backward(&mut grads[lo.c_fc_b.clone()], &a.dfc, inner);
             });
-            timed(Kernel::Norm, || norm::rmsnorm_backward(&mut a.dx[..n * c], &mut grads[lo.ln_2.clone()], &a.dln, &la.x_mid, &la.rstd2, self.param(&lo.ln_2)));
+            timed(Kernel::Norm, || {
+                norm::rmsnorm_backward(
+                    &mut a.dx[..n * c],
+                    &mut grads[lo.ln_2.clone()],
+                    &a.dln,
+                    &la.x_mid,
+                    &la.rstd2,
+                    self.param(&lo.ln_2),
+                )
+            });
             // Attention: x_mid = x_in + attn(ln1 @ Wqkv + bqkv) @ Wo + bo
             let datt = sized(&mut a.datt, n * c);
             timed(Kernel::Matmul, || {
@@ -215,17 +333,29 @@ impl ImageGpt {
                 matmul_backward_weight(&mut grads[lo.c_proj_w.clone()], &la.att, &a.dx, (n, c, c));
                 bias_backward(&mut grads[lo.c_proj_b.clone()], &a.dx, c);
             });
-            let view = |part: usize| SeqView { data: &la.qkv, offset: part * c, batch_stride: t * 3 * c, row_stride: 3 * c };
+            let view =
+                |part: usize| SeqView { data: &la.qkv, offset: part * c, batch_stride: t * 3 * c, row_stride: 3 * c };
             let dims = AttnDims { b, t, tk: t, nh, hs: cfg.head_dim(), causal, scale: self.attn_scale(l) };
             let dqkv = sized(&mut a.dqkv, n * 3 * c);
-            timed(Kernel::Attention, || attention_backward(dqkv, &a.datt, &la.att, &la.lse, view(0), view(1), view(2), dims));
+            timed(Kernel::Attention, || {
+                attention_backward(dqkv, &a.datt, &la.att, &la.lse, view(0), view(1), view(2), dims)
+            });
             let dln = sized(&mut a.dln, n * c);
             timed(Kernel::Matmul, || {
                 matmul_forward(dln, &a.dqkv, self.param(&lo.c_attn_w), None, (n, 3 * c, c), WeightLayout::OutIn, false);
                 matmul_backward_weight(&mut grads[lo.c_attn_w.clone()], &la.ln1, &a.dqkv, (n, c, 3 * c));
                 bias_backward(&mut grads[lo.c_attn_b.clone()], &a.dqkv, 3 * c);
             });
-            timed(Kernel::Norm, || norm::rmsnorm_backward(&mut a.dx[..n * c], &mut grads[lo.ln_1.clone()], &a.dln, &la.x_in, &la.rstd1, self.param(&lo.ln_1)));
+            timed(Kernel::Norm, || {
+                norm::rmsnorm_backward(
+                    &mut a.dx[..n * c],
+                    &mut grads[lo.ln_1.clone()],
+                    &a.dln,
+                    &la.x_in,
+                    &la.rstd1,
+                    self.param(&lo.ln_1),
+                )
+            });
         }
         let (wte, wpe) = (self.layout.wte.clone(), self.layout.wpe.clone());
         let (gw, gp) = if wte.end <= wpe.start {

@@ -62,8 +62,12 @@ impl AdamW {
                 params[r.clone()].iter_mut().for_each(|p| *p *= f);
             }
         }
-        params.par_chunks_mut(4096).zip(grads.par_chunks(4096)).zip(self.m.par_chunks_mut(4096)).zip(self.v.par_chunks_mut(4096)).for_each(
-            |(((p, g), m), v)| {
+        params
+            .par_chunks_mut(4096)
+            .zip(grads.par_chunks(4096))
+            .zip(self.m.par_chunks_mut(4096))
+            .zip(self.v.par_chunks_mut(4096))
+            .for_each(|(((p, g), m), v)| {
                 for i in 0..p.len() {
                     let gi = g[i];
                     m[i] += (gi - m[i]) * (1.0 - b1); // exp_avg.lerp_(grad, 1 - beta1)
@@ -71,14 +75,14 @@ impl AdamW {
                     let denom = v[i].sqrt() / bc2_sqrt + eps;
                     p[i] -= step_size * m[i] / denom;
                 }
-            },
-        );
+            });
     }
 }
 
 /// Global L2 norm of the gradients (computed in f64, in a fixed order).
 pub fn grad_norm(grads: &[f32]) -> f64 {
-    let parts: Vec<f64> = grads.par_chunks(1 << 16).map(|c| c.iter().map(|&g| (g as f64) * (g as f64)).sum::<f64>()).collect();
+    let parts: Vec<f64> =
+        grads.par_chunks(1 << 16).map(|c| c.iter().map(|&g| (g as f64) * (g as f64)).sum::<f64>()).collect();
     parts.iter().sum::<f64>().sqrt()
 }
 

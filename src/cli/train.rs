@@ -1,0 +1,256 @@
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use igpt::model::train_graph::Objective;
+use igpt::train::{EvalLog, RunInfo, StepLog, TrainConfig, TrainObserver, run};
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ObjectiveArg {
+    Gpt,
+    Bert,
+}
+
+/// Every flag is optional: unset flags keep the value of --config FILE, else the default.
+#[derive(Args)]
+pub struct TrainArgs {
+    /// Prepared data folder (from `igpt prepare`).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Run folder (checkpoints, metrics.jsonl, loss.png, train.json).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// JSON file with TrainConfig fields; flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Model shape: tiny | s | m | l [default: tiny].
+    #[arg(long)]
+    preset: Option<String>,
+    #[arg(long)]
+    n_layer: Option<usize>,
+    #[arg(long)]
+    n_embd: Option<usize>,
+    #[arg(long)]
+    n_head: Option<usize>,
+    /// Continue from a model directory (HF or igpt checkpoint).
+    #[arg(long)]
+    init: Option<PathBuf>,
+    #[arg(long, value_enum)]
+    objective: Option<ObjectiveArg>,
+    /// BERT: probability that a position is masked [default: 0.15].
+    #[arg(long)]
+    mask_prob: Option<f64>,
+    /// Images per micro-batch [default: 8].
+    #[arg(long)]
+    batch: Option<usize>,
+    #[arg(long)]
+    grad_accum: Option<usize>,
+    /// Optimizer steps.
+    #[arg(long)]
+    steps: Option<u64>,
+    /// Epochs over the training split (used when --steps is not given).
+    #[arg(long)]
+    epochs: Option<f64>,
+    /// Peak learning rate [default: 3e-3].
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Linear warm-up steps [default: 100].
+    #[arg(long)]
+    warmup: Option<u64>,
+    /// Final learning rate of the cosine decay [default: 3e-4].
+    #[arg(long)]
+    min_lr: Option<f64>,
+    /// AdamW weight decay on matrices [default: 0].
+    #[arg(long)]
+    weight_decay: Option<f64>,
+    /// Global gradient-norm clip, 0 = off [default: 1].
+    #[arg(long)]
+    clip: Option<f64>,
+    #[arg(long)]
+    eval_every: Option<u64>,
+    #[arg(long)]
+    eval_batches: Option<usize>,
+    #[arg(long)]
+    log_every: Option<u64>,
+    /// Random horizontal flips.
+    #[arg(long)]
+    hflip: bool,
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Continue the run in --out from its latest checkpoint.
+    #[arg(long)]
+    resume: bool,
+    /// Worker threads (0 = all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Step checkpoints kept besides best/ [default: 2].
+    #[arg(long)]
+    keep: Option<usize>,
+    /// Stop after this step as if interrupted (the schedule still spans --steps).
+    #[arg(long)]
+    stop_after: Option<u64>,
+    /// Print the summary as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+fn resolve(a: &TrainArgs) -> Result<TrainConfig> {
+    let mut c = match &a.config {
+        Some(p) => {
+            serde_json::from_str(&std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?)
+                .with_context(|| format!("{}: not a valid train config", p.display()))?
+        }
+        None => TrainConfig::default(),
+    };
+    macro_rules! set {
+        ($($f:ident),*) => { $( if let Some(v) = a.$f.clone() { c.$f = v; } )* };
+    }
+    set!(
+        data,
+        out,
+        preset,
+        batch,
+        grad_accum,
+        lr,
+        warmup,
+        min_lr,
+        clip,
+        eval_every,
+        eval_batches,
+        log_every,
+        seed,
+        threads,
+        keep,
+        mask_prob
+    );
+    for (dst, src) in [(&mut c.n_layer, a.n_layer), (&mut c.n_embd, a.n_embd), (&mut c.n_head, a.n_head)] {
+        if src.is_some() {
+            *dst = src;
+        }
+    }
+    if a.init.is_some() {
+        c.init = a.init.clone();
+    }
+    if a.steps.is_some() {
+        c.steps = a.steps;
+    }
+    if a.epochs.is_some() {
+        c.epochs = a.epochs;
+        if a.steps.is_none() {
+            c.steps = None;
+        }
+    }
+    if a.stop_after.is_some() {
+        c.stop_after = a.stop_after;
+    }
+    if let Some(wd) = a.weight_decay {
+        c.adamw.weight_decay = wd;
+    }
+    if let Some(o) = a.objective {
+        c.objective = match o {
+            ObjectiveArg::Gpt => Objective::Gpt,
+            ObjectiveArg::Bert => Objective::Bert,
+        };
+    }
+    c.hflip |= a.hflip;
+    Ok(c)
+}
+
+/// Progress bar (step, loss, lr, tokens/s, ETA) and one line per logged step, on stderr.
+pub struct Console {
+    bar: Option<indicatif::ProgressBar>,
+    quiet: bool,
+}
+
+impl Console {
+    pub fn new(quiet: bool) -> Self {
+        Console { bar: None, quiet }
+    }
+    fn println(&self, s: String) {
+        match &self.bar {
+            Some(b) if !b.is_hidden() => b.println(s),
+            _ => eprintln!("{s}"),
+        }
+    }
+}
+
+impl TrainObserver for Console {
+    fn start(&mut self, i: &RunInfo) {
+        let m = &i.model;
+        self.println(format!(
+            "model: {} layers, n_embd {}, {} heads, {} positions, {} colours: {} parameters ({} decayed, {} not)",
+            m.n_layer,
+            m.n_embd,
+            m.n_head,
+            m.n_positions,
+            m.n_colors(),
+            i.n_params,
+            i.decayed,
+            i.not_decayed
+        ));
+        self.println(format!(
+            "data: {} train / {} val images; steps {}..{}",
+            i.train_images, i.val_images, i.start_step, i.total_steps
+        ));
+        let bar = indicatif::ProgressBar::new(i.total_steps).with_style(
+            indicatif::ProgressStyle::with_template(
+                "train {bar:30} {pos}/{len} steps [{elapsed_precise}<{eta_precise}] {msg}",
+            )
+            .expect("valid template"),
+        );
+        bar.set_position(i.start_step);
+        if self.quiet {
+            bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+        }
+        self.bar = Some(bar);
+    }
+    fn step(&mut self, l: &StepLog, _total: u64) {
+        if let Some(b) = &self.bar {
+            b.set_position(l.step);
+            b.set_message(format!("loss {:.4} lr {:.2e} {:.0} tok/s", l.loss, l.lr, l.tok_s));
+        }
+    }
+    fn log(&mut self, l: &StepLog) {
+        self.println(format!(
+            "step {}: loss {:.4} ({:.4} bits) lr {:.2e} |g| {:.3} {:.0} tok/s",
+            l.step,
+            l.loss,
+            l.loss / std::f64::consts::LN_2,
+            l.lr,
+            l.grad_norm,
+            l.tok_s
+        ));
+    }
+    fn eval(&mut self, e: &EvalLog) {
+        self.println(format!(
+            "step {}: val loss {:.4} ({:.4} bits/token){}",
+            e.step,
+            e.val_loss,
+            e.val_bits,
+            if e.best { " (best)" } else { "" }
+        ));
+    }
+}
+
+pub fn run_cmd(a: TrainArgs) -> Result<()> {
+    let cfg = resolve(&a)?;
+    super::init_threads(cfg.threads);
+    let mut console = Console::new(false);
+    let s = run(&cfg, a.resume, &mut console).with_context(|| format!("training into {}", cfg.out.display()))?;
+    if let Some(b) = &console.bar {
+        b.finish_and_clear();
+    }
+    if a.json {
+        return super::print_json(&serde_json::to_value(&s)?);
+    }
+    println!(
+        "{} steps in {:.1} s: train loss {:.4}, val loss {}, best {} -> {}",
+        s.steps,
+        s.seconds,
+        s.final_train_loss,
+        s.final_val_loss.map_or("-".into(), |v| format!("{v:.4}")),
+        s.best_val_loss.map_or("-".into(), |v| format!("{v:.4} ({:.4} bits/token)", v / std::f64::consts::LN_2)),
+        s.best_dir.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,82 @@
+//! `TrainConfig`: every hyper-parameter of a run, written to RUN/train.json. The model
+//! config is resolved from the preset (or explicit shape) plus the prepared data (image
+//! size -> n_positions, palette -> vocab_size).
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::optim::AdamWConfig;
+use crate::model::train_graph::Objective;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TrainConfig {
+    /// Prepared data folder (train.tokens, val.tokens, preprocessor_config.json).
+    pub data: PathBuf,
+    /// Run folder.
+    pub out: PathBuf,
+    /// tiny | s | m | l (ignored for the shape when n_layer/n_embd/n_head are all set).
+    pub preset: String,
+    pub n_layer: Option<usize>,
+    pub n_embd: Option<usize>,
+    pub n_head: Option<usize>,
+    /// Start from this model directory instead of random weights.
+    pub init: Option<PathBuf>,
+    pub objective: Objective,
+    pub mask_prob: f64,
+    pub batch: usize,
+    pub grad_accum: usize,
+    /// Optimizer steps (overrides `epochs`).
+    pub steps: Option<u64>,
+    pub epochs: Option<f64>,
+    pub lr: f64,
+    pub warmup: u64,
+    pub min_lr: f64,
+    pub adamw: AdamWConfig,
+    /// Global gradient-norm clip (0 = off).
+    pub clip: f64,
+    pub eval_every: u64,
+    pub eval_batches: usize,
+    pub log_every: u64,
+    pub hflip: bool,
+    pub seed: u64,
+    pub threads: usize,
+    /// Checkpoints kept besides best/.
+    pub keep: usize,
+    /// Stop (as if interrupted) after this step, without changing the schedule.
+    pub stop_after: Option<u64>,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            data: PathBuf::from("data"),
+            out: PathBuf::from("runs/train"),
+            preset: "tiny".into(),
+            n_layer: None,
+            n_embd: None,
+            n_head: None,
+            init: None,
+            objective: Objective::Gpt,
+            mask_prob: 0.15,
+            batch: 8,
+            grad_accum: 1,
+            steps: None,
+            epochs: None,
+            lr: 3e-3,
+            warmup: 100,
+            min_lr: 3e-4,
+            adamw: AdamWConfig::default(),
+            clip: 1.0,
+            eval_every: 200,
+            eval_batches: 8,
+            log_every: 10,
+            hflip: false,
+            seed: 0,
+            threads: 0,
+            keep: 2,
+            stop_after: None,
+        }
+    }
+}
