@@ -8,10 +8,11 @@
 use rayon::prelude::*;
 
 use super::attention::{AttnDims, SeqView};
+use super::attn_kernels::{KB, accumulate_pv, accumulate_pv_any, scores};
 use super::math::exp;
-use super::matmul::gemm_strided;
 
-const BB: usize = 64;
+/// Rows per block (queries and keys alike: the score kernel's width).
+const BB: usize = KB;
 
 struct SendPtr(*mut f32);
 unsafe impl Send for SendPtr {}
@@ -40,95 +41,77 @@ pub fn attention_backward(
     (0..d.b * nh).into_par_iter().for_each(|bh| {
         let (b, h) = (bh / nh, bh % nh);
         let col = h * hs;
+        // Per-head copies: rows of q, k, v, dO (T, hs), and q, k, dO transposed per block
+        // (T/BB, hs, BB), zero-padded, so that every block product below is one of the
+        // register-blocked kernels and no block is ever transposed.
+        let nblk = t.div_ceil(BB);
+        let rows = || vec![0f32; t * hs];
+        let blocks = || vec![0f32; nblk * hs * BB];
+        let (mut qh, mut kh, mut vh, mut goh) = (rows(), rows(), rows(), rows());
+        let (mut qt, mut kt, mut got) = (blocks(), blocks(), blocks());
+        for r in 0..t {
+            qh[r * hs..(r + 1) * hs].copy_from_slice(q.row(b, r, col, hs));
+            kh[r * hs..(r + 1) * hs].copy_from_slice(k.row(b, r, col, hs));
+            vh[r * hs..(r + 1) * hs].copy_from_slice(v.row(b, r, col, hs));
+            goh[r * hs..(r + 1) * hs].copy_from_slice(&dout[(b * t + r) * c + col..][..hs]);
+            let blk = (r / BB) * hs * BB;
+            for x in 0..hs {
+                qt[blk + x * BB + r % BB] = qh[r * hs + x];
+                kt[blk + x * BB + r % BB] = kh[r * hs + x];
+                got[blk + x * BB + r % BB] = goh[r * hs + x];
+            }
+        }
         // D_r = dO_r . O_r
         let dd: Vec<f32> = (0..t)
             .map(|r| {
                 let o = &out[(b * t + r) * c + col..][..hs];
-                let g = &dout[(b * t + r) * c + col..][..hs];
-                o.iter().zip(g).map(|(a, b)| a * b).sum()
+                o.iter().zip(&goh[r * hs..(r + 1) * hs]).map(|(a, b)| a * b).sum()
             })
             .collect();
-        let (mut dq, mut dk, mut dv) = (vec![0f32; t * hs], vec![0f32; t * hs], vec![0f32; t * hs]);
-        let mut p = vec![0f32; BB * BB];
-        let mut dp = vec![0f32; BB * BB];
-        let dout_ptr = |r: usize| dout[(b * t + r) * c + col..].as_ptr();
-        for q_lo in (0..t).step_by(BB) {
-            let nq = BB.min(t - q_lo);
-            let kmax = if d.causal { q_lo + nq } else { t };
-            for k_lo in (0..kmax).step_by(BB) {
-                let nk = BB.min(kmax - k_lo);
-                // SAFETY (all gemm calls below): every (pointer, row stride, col stride) triple
-                // addresses an (nq|nk, hs) block inside its buffer; p, dp hold BB*BB; the local
-                // dq, dk, dv hold t*hs and do not alias the inputs.
-                unsafe {
-                    // S = Q K^T (nq, nk)
-                    gemm_strided(
-                        (nq, nk, hs),
-                        (p.as_mut_ptr(), nk as isize, 1),
-                        (q.ptr(b, q_lo, col), q.row_stride as isize, 1),
-                        (k.ptr(b, k_lo, col), 1, k.row_stride as isize),
-                        false,
-                        1.0,
-                    );
-                }
-                for r in 0..nq {
-                    let l = lse[(b * nh + h) * t + q_lo + r];
-                    let valid = if d.causal { (q_lo + r + 1).saturating_sub(k_lo).min(nk) } else { nk };
-                    let row = &mut p[r * nk..(r + 1) * nk];
-                    for (j, x) in row.iter_mut().enumerate() {
-                        *x = if j < valid { exp(*x * d.scale - l) } else { 0.0 };
+        let lse_h = &lse[(b * nh + h) * t..(b * nh + h + 1) * t];
+        let (mut dk, mut dv, mut dqt) = (rows(), rows(), blocks());
+        let (mut pt, mut dst_t) = (vec![0f32; KB * BB], vec![0f32; KB * BB]);
+        for k_lo in (0..t).step_by(KB) {
+            let nk = KB.min(t - k_lo);
+            let q_start = if d.causal { k_lo } else { 0 };
+            for q_lo in (q_start..t).step_by(BB) {
+                let nq = BB.min(t - q_lo);
+                let qblk = (q_lo / BB) * hs * BB;
+                // S^T (nk, BB) = K Q^T and dP^T = V dO^T
+                scores(&mut pt, BB, &kh[k_lo * hs..], &qt[qblk..], BB, nk, hs);
+                scores(&mut dst_t, BB, &vh[k_lo * hs..], &got[qblk..], BB, nk, hs);
+                // This query block's lse and D, padded (padding rows are zeroed below).
+                let mut lb = [0f32; BB];
+                let mut db = [0f32; BB];
+                lb[..nq].copy_from_slice(&lse_h[q_lo..q_lo + nq]);
+                db[..nq].copy_from_slice(&dd[q_lo..q_lo + nq]);
+                for j in 0..nk {
+                    let pr: &mut [f32; BB] = (&mut pt[j * BB..(j + 1) * BB]).try_into().expect("BB columns");
+                    let dr: &mut [f32; BB] = (&mut dst_t[j * BB..(j + 1) * BB]).try_into().expect("BB columns");
+                    for r in 0..BB {
+                        let p = exp(pr[r] * d.scale - lb[r]);
+                        pr[r] = p;
+                        dr[r] = p * (dr[r] - db[r]) * d.scale; // dS^T, score scale folded in
                     }
+                    // query r sees key k_lo + j when q_lo + r >= k_lo + j (causal); rows past nq are padding
+                    let lo = if d.causal { (k_lo + j).saturating_sub(q_lo).min(BB) } else { 0 };
+                    pr[..lo].fill(0.0);
+                    dr[..lo].fill(0.0);
+                    pr[nq..].fill(0.0);
+                    dr[nq..].fill(0.0);
                 }
-                unsafe {
-                    // dV (nk, hs) += P^T dO
-                    gemm_strided(
-                        (nk, hs, nq),
-                        (dv[k_lo * hs..].as_mut_ptr(), hs as isize, 1),
-                        (p.as_ptr(), 1, nk as isize),
-                        (dout_ptr(q_lo), c as isize, 1),
-                        true,
-                        1.0,
-                    );
-                    // dP (nq, nk) = dO V^T
-                    gemm_strided(
-                        (nq, nk, hs),
-                        (dp.as_mut_ptr(), nk as isize, 1),
-                        (dout_ptr(q_lo), c as isize, 1),
-                        (v.ptr(b, k_lo, col), 1, v.row_stride as isize),
-                        false,
-                        1.0,
-                    );
-                }
-                // dS = P * (dP - D) * scale, into dp
-                for r in 0..nq {
-                    let dr = dd[q_lo + r];
-                    for j in 0..nk {
-                        let i = r * nk + j;
-                        dp[i] = p[i] * (dp[i] - dr) * d.scale;
-                    }
-                }
-                unsafe {
-                    // dQ (nq, hs) += dS K
-                    gemm_strided(
-                        (nq, hs, nk),
-                        (dq[q_lo * hs..].as_mut_ptr(), hs as isize, 1),
-                        (dp.as_ptr(), nk as isize, 1),
-                        (k.ptr(b, k_lo, col), k.row_stride as isize, 1),
-                        true,
-                        1.0,
-                    );
-                    // dK (nk, hs) += dS^T Q
-                    gemm_strided(
-                        (nk, hs, nq),
-                        (dk[k_lo * hs..].as_mut_ptr(), hs as isize, 1),
-                        (dp.as_ptr(), 1, nk as isize),
-                        (q.ptr(b, q_lo, col), q.row_stride as isize, 1),
-                        true,
-                        1.0,
-                    );
-                }
+                // dV += P^T dO, dK += dS^T Q, dQ^T += K^T dS^T
+                accumulate_pv_any(&mut dv[k_lo * hs..], &pt, BB, &goh[q_lo * hs..], nk, nq, hs);
+                accumulate_pv_any(&mut dk[k_lo * hs..], &dst_t, BB, &qh[q_lo * hs..], nk, nq, hs);
+                accumulate_pv::<BB>(&mut dqt[qblk..], &kt[(k_lo / BB) * hs * BB..], BB, &dst_t, hs, nk);
             }
         }
+        let dq: Vec<f32> = (0..t * hs)
+            .map(|i| {
+                let (r, x) = (i / hs, i % hs);
+                dqt[(r / BB) * hs * BB + x * BB + r % BB]
+            })
+            .collect();
         // SAFETY: task (b, h) owns columns col..col+hs of the q, k and v parts of rows b*t..(b+1)*t.
         unsafe {
             for r in 0..t {
