@@ -25,6 +25,12 @@ enum Command {
     Prepare(cli::prepare::PrepareArgs),
     /// Train a model on prepared data (GPT or BERT objective).
     Train(cli::train::TrainArgs),
+    /// Linear probes of every layer's features (and a raw-pixel baseline).
+    Probe(cli::probe::ProbeArgs),
+    /// Fine-tune a pretrained model into a classifier (generative + classification loss).
+    Finetune(cli::finetune::FinetuneArgs),
+    /// Accuracy of a classifier on a prepared split.
+    EvalCls(cli::finetune::EvalClsArgs),
     /// Sample images from a model ([SOS] -> full image), as a PNG grid.
     Sample(cli::sample::SampleArgs),
     /// Complete partial images (top rows kept, the rest sampled), as a PNG grid.
@@ -44,6 +50,9 @@ fn main() {
         Command::Eval(a) => cli::eval::run(a),
         Command::Prepare(a) => cli::prepare::run(a),
         Command::Train(a) => cli::train::run_cmd(a),
+        Command::Probe(a) => cli::probe::run(a),
+        Command::Finetune(a) => cli::finetune::run(a),
+        Command::EvalCls(a) => cli::finetune::eval_cls(a),
         Command::Sample(a) => cli::sample::run(a),
         Command::Complete(a) => cli::complete::run(a),
         Command::Convert(a) => cli::convert::run(a),

@@ -5,9 +5,11 @@ pub mod bench;
 pub mod complete;
 pub mod convert;
 pub mod encode;
+pub mod finetune;
 pub mod eval;
 pub mod info;
 pub mod prepare;
+pub mod probe;
 pub mod sample;
 pub mod train;
 

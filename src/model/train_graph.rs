@@ -166,9 +166,68 @@ impl ImageGpt {
         let v = self.config.n_colors();
         let loss = timed(Kernel::Head, || loss::cross_entropy_fused(&mut acts.logits, tokens, &acts.weights, v));
         if let Some(g) = grads {
-            self.train_backward(acts, g, causal);
+            self.train_backward(acts, g, causal, None);
         }
         Ok(loss)
+    }
+
+    /// Fine-tuning step (paper, section 3.4): one causal pass over the image tokens (no SOS,
+    /// as HF's `ImageGPTForImageClassification` sees them) gives both losses:
+    /// `gen_weight` x next-pixel cross-entropy (positions 0..T-1 predict 1..T) plus the
+    /// cross-entropy of `score` over the mean-pooled ln_f output. Adds both gradients to
+    /// `grads` and `dscore` (num_labels, C); returns (gen loss, class loss, correct count).
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_backward_classify(&self, acts: &mut TrainActs, grads: &mut [f32], score: &[f32], dscore: &mut [f32], tokens: &[u32], labels: &[u16], b: usize, t: usize, gen_weight: f64) -> Result<(f64, f64, usize)> {
+        if self.kind != ModelKind::CausalLm || t < 2 || tokens.len() != b * t || labels.len() != b {
+            return Err(Error::Invalid("fine-tuning needs a causal model and (B, T >= 2) tokens with B labels".into()));
+        }
+        let (n, c, v) = (b * t, self.config.n_embd, self.config.n_colors());
+        let k = score.len() / c;
+        if tokens.iter().any(|&x| x as usize >= v) || labels.iter().any(|&l| l as usize >= k) {
+            return Err(Error::Invalid(format!("tokens must be < {v} and labels < {k}")));
+        }
+        acts.input.clear();
+        acts.input.extend_from_slice(tokens);
+        acts.token_scale.clear();
+        acts.token_scale.resize(n, 1.0);
+        acts.weights.clear();
+        let wgen = (gen_weight / (b * (t - 1)) as f64) as f32;
+        acts.weights.extend((0..n).map(|i| if i % t < t - 1 { wgen } else { 0.0 }));
+        let targets: Vec<u32> = (0..n).map(|i| if i % t < t - 1 { tokens[i + 1] } else { 0 }).collect();
+        acts.b = b;
+        acts.t = t;
+        self.train_forward(acts, true);
+        let gen_loss = if gen_weight > 0.0 { loss::cross_entropy_fused(&mut acts.logits, &targets, &acts.weights, v) / gen_weight } else {
+            acts.logits.iter_mut().for_each(|x| *x = 0.0);
+            0.0
+        };
+        // pooled (B, C) = mean_t ln_f(x); class logits (B, K) = pooled @ score^T
+        let mut pooled = vec![0f32; b * c];
+        for i in 0..b {
+            for r in 0..t {
+                crate::backend::add_inplace(&mut pooled[i * c..(i + 1) * c], &acts.lnf[(i * t + r) * c..(i * t + r + 1) * c]);
+            }
+        }
+        pooled.iter_mut().for_each(|x| *x /= t as f32);
+        let mut cl = vec![0f32; b * k];
+        matmul_forward(&mut cl, &pooled, score, None, (b, c, k), WeightLayout::OutIn, false);
+        let correct = cl.chunks_exact(k).zip(labels).filter(|(row, l)| crate::generate::argmax(row) as u16 == **l).count();
+        let lab: Vec<u32> = labels.iter().map(|&l| l as u32).collect();
+        let clf = loss::cross_entropy_fused(&mut cl, &lab, &vec![1.0 / b as f32; b], k); // cl -> dclf
+        // dscore += dclf^T @ pooled; dpooled = dclf @ score; each position gets dpooled / T
+        matmul_backward_weight(dscore, &cl, &pooled, (b, k, c));
+        let mut dpooled = vec![0f32; b * c];
+        matmul_forward(&mut dpooled, &cl, score, None, (b, k, c), WeightLayout::InOut, false);
+        let mut extra = vec![0f32; n * c];
+        for i in 0..b {
+            for r in 0..t {
+                for j in 0..c {
+                    extra[(i * t + r) * c + j] = dpooled[i * c + j] / t as f32;
+                }
+            }
+        }
+        self.train_backward(acts, grads, true, Some(&extra));
+        Ok((gen_loss, clf, correct))
     }
 
     fn train_forward(&self, a: &mut TrainActs, causal: bool) {
@@ -268,7 +327,8 @@ impl ImageGpt {
         });
     }
 
-    fn train_backward(&self, a: &mut TrainActs, grads: &mut [f32], causal: bool) {
+    /// `extra_dlnf` (N, C): a further gradient on ln_f's output (the classification head).
+    fn train_backward(&self, a: &mut TrainActs, grads: &mut [f32], causal: bool, extra_dlnf: Option<&[f32]>) {
         let cfg = &self.config;
         let (b, t, c, inner, nh) = (a.b, a.t, cfg.n_embd, cfg.n_inner(), cfg.n_head);
         let (n, v) = (b * t, cfg.n_colors());
@@ -279,6 +339,9 @@ impl ImageGpt {
             matmul_forward(dln, &a.logits, self.param(&head), None, (n, v, c), WeightLayout::InOut, false);
             matmul_backward_weight(&mut grads[head.clone()], &a.logits, &a.lnf, (n, v, c));
         });
+        if let Some(extra) = extra_dlnf {
+            crate::backend::add_inplace(&mut a.dln[..n * c], extra);
+        }
         let dx = sized(&mut a.dx, n * c);
         dx.fill(0.0);
         timed(Kernel::Norm, || {

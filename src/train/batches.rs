@@ -23,7 +23,8 @@ pub fn epoch_order(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
     idx
 }
 
-/// Fills `tokens` (B, T) with the next `b` images and advances the cursor.
+/// Fills `tokens` (B, T) with the next `b` images, advances the cursor, and returns the
+/// images' indices in the file (for their labels).
 pub fn next_batch(
     data: &TokenFile,
     cursor: &mut Cursor,
@@ -31,21 +32,25 @@ pub fn next_batch(
     seed: u64,
     b: usize,
     tokens: &mut Vec<u32>,
-) {
+) -> Vec<usize> {
     let t = data.seq_len();
     tokens.resize(b * t, 0);
     if order.len() != data.count {
         *order = epoch_order(data.count, seed, cursor.epoch);
     }
+    let mut picked = Vec::with_capacity(b);
     for i in 0..b {
         if cursor.pos >= data.count {
             cursor.epoch += 1;
             cursor.pos = 0;
             *order = epoch_order(data.count, seed, cursor.epoch);
         }
-        data.image_into(order[cursor.pos], &mut tokens[i * t..(i + 1) * t]);
+        let idx = order[cursor.pos];
+        data.image_into(idx, &mut tokens[i * t..(i + 1) * t]);
+        picked.push(idx);
         cursor.pos += 1;
     }
+    picked
 }
 
 /// Mirrors each image left-right with probability 1/2.

@@ -307,7 +307,7 @@ pub fn run(cfg: &TrainConfig, resume: bool, obs: &mut dyn TrainObserver) -> Resu
         grads.fill(0.0);
         let mut loss = 0.0;
         for _ in 0..cfg.grad_accum {
-            batches::next_batch(&train, &mut state.cursor, &mut order, cfg.seed, cfg.batch, &mut tokens);
+            let _ = batches::next_batch(&train, &mut state.cursor, &mut order, cfg.seed, cfg.batch, &mut tokens);
             if cfg.hflip {
                 batches::hflip(&mut tokens, train.width, train.height, &mut state.rng);
             }

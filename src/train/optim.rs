@@ -41,6 +41,11 @@ impl AdamW {
         AdamW { cfg, m: vec![0.0; layout.total], v: vec![0.0; layout.total], step: 0, decay_ranges }
     }
 
+    /// An optimizer for a single extra tensor (e.g. a classification head), decayed or not.
+    pub fn for_tensor(cfg: AdamWConfig, n: usize, decay: bool) -> Self {
+        AdamW { cfg, m: vec![0.0; n], v: vec![0.0; n], step: 0, decay_ranges: if decay { vec![0..n] } else { vec![] } }
+    }
+
     /// Numbers of decayed and non-decayed parameters (printed at start, as nanoGPT).
     pub fn decay_counts(&self) -> (usize, usize) {
         let d: usize = self.decay_ranges.iter().map(|r| r.len()).sum();

@@ -1,0 +1,102 @@
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use igpt::finetune::{FinetuneConfig, accuracy, finetune};
+use igpt::model::{ModelKind, load_model_as};
+use serde_json::json;
+
+#[derive(Args)]
+pub struct FinetuneArgs {
+    /// Pretrained (causal) model directory.
+    #[arg(long)]
+    model: PathBuf,
+    /// Prepared, labelled data folder.
+    #[arg(long)]
+    data: PathBuf,
+    /// Run folder: best/ and last/ (ImageGPTForImageClassification), metrics.jsonl, finetune.json.
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value_t = 500)]
+    steps: u64,
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f64,
+    #[arg(long, default_value_t = 20)]
+    warmup: u64,
+    #[arg(long, default_value_t = 1e-4)]
+    min_lr: f64,
+    #[arg(long, default_value_t = 1.0)]
+    clip: f64,
+    /// Weight of the generative loss (paper: 1; 0 = classification only).
+    #[arg(long, default_value_t = 1.0)]
+    gen_weight: f64,
+    #[arg(long, default_value_t = 50)]
+    eval_every: u64,
+    /// Evaluations without improvement before stopping.
+    #[arg(long, default_value_t = 5)]
+    patience: usize,
+    #[arg(long)]
+    hflip: bool,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(a: FinetuneArgs) -> Result<()> {
+    super::init_threads(a.threads);
+    let cfg = FinetuneConfig {
+        data: a.data.clone(), model: a.model.clone(), out: a.out.clone(), steps: a.steps, batch: a.batch, lr: a.lr, warmup: a.warmup,
+        min_lr: a.min_lr, clip: a.clip, gen_weight: a.gen_weight, eval_every: a.eval_every, patience: a.patience, hflip: a.hflip, seed: a.seed,
+    };
+    let bar = indicatif::ProgressBar::new(a.steps).with_style(indicatif::ProgressStyle::with_template("finetune {bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}")?);
+    let s = finetune(&cfg, &mut |step, _, g, l, acc| {
+        bar.set_position(step);
+        bar.set_message(format!("gen {g:.3} clf {l:.3} batch acc {:.0}%", acc * 100.0));
+    })
+    .with_context(|| format!("fine-tuning {}", a.model.display()))?;
+    bar.finish_and_clear();
+    if a.json {
+        return super::print_json(&serde_json::to_value(&s)?);
+    }
+    println!(
+        "{} steps in {:.1} s{}: best val accuracy {:.2}% at step {}, test accuracy {} -> {}",
+        s.steps, s.seconds, if s.stopped_early { " (early stop)" } else { "" }, 100.0 * s.best_val_acc, s.best_step,
+        s.test_acc.map_or("-".into(), |v| format!("{:.2}%", 100.0 * v)), s.best_dir.display()
+    );
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct EvalClsArgs {
+    /// Classifier directory (ImageGPTForImageClassification).
+    #[arg(long)]
+    model: PathBuf,
+    /// Prepared, labelled data folder.
+    #[arg(long)]
+    data: PathBuf,
+    /// Which split: train | val | test.
+    #[arg(long, default_value = "test")]
+    split: String,
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// Print {"accuracy","n","split"} on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn eval_cls(a: EvalClsArgs) -> Result<()> {
+    super::init_threads(a.threads);
+    let model = load_model_as(&a.model, Some(ModelKind::Classifier)).with_context(|| format!("loading classifier {}", a.model.display()))?;
+    let file = igpt::data::tokens::TokenFile::open(&a.data.join(format!("{}.tokens", a.split)))?;
+    let acc = accuracy(&model, &file, 32)?;
+    if a.json {
+        return super::print_json(&json!({"accuracy": acc, "n": file.count, "split": a.split, "model": a.model}));
+    }
+    println!("{}: accuracy {:.2}% on {} {} images", a.model.display(), 100.0 * acc, file.count, a.split);
+    Ok(())
+}

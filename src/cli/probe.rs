@@ -1,0 +1,89 @@
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use igpt::probe::{ProbeProgress, run_probe};
+
+#[derive(Args)]
+pub struct ProbeArgs {
+    /// Model directory.
+    #[arg(long)]
+    model: PathBuf,
+    /// Prepared, labelled data folder (train/val[/test].tokens).
+    #[arg(long)]
+    data: PathBuf,
+    /// `all`, or a comma-separated list of layers (0 = embeddings, n_layer = last block).
+    #[arg(long, default_value = "all")]
+    layers: String,
+    /// Report folder: probe.json, probe.png.
+    #[arg(long)]
+    out: PathBuf,
+    /// L-BFGS iterations per fit.
+    #[arg(long, default_value_t = 300)]
+    max_iter: usize,
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// Print probe.json on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+pub struct Bar(Option<indicatif::ProgressBar>);
+
+impl Bar {
+    pub fn new() -> Self {
+        Bar(None)
+    }
+}
+
+impl ProbeProgress for Bar {
+    fn stage(&mut self, name: &str, total: u64) {
+        if let Some(b) = self.0.take() {
+            b.finish_and_clear();
+        }
+        let style = indicatif::ProgressStyle::with_template(&format!("{name:>9} {{bar:30}} {{pos}}/{{len}} [{{elapsed_precise}}<{{eta_precise}}, {{per_sec}}]")).expect("valid template");
+        self.0 = Some(indicatif::ProgressBar::new(total).with_style(style));
+    }
+    fn inc(&mut self, n: u64) {
+        if let Some(b) = &self.0 {
+            b.inc(n);
+        }
+    }
+}
+
+impl Drop for Bar {
+    fn drop(&mut self) {
+        if let Some(b) = self.0.take() {
+            b.finish_and_clear();
+        }
+    }
+}
+
+pub fn parse_layers(s: &str) -> Result<Option<Vec<usize>>> {
+    if s == "all" {
+        return Ok(None);
+    }
+    Ok(Some(s.split(',').map(|x| x.trim().parse::<usize>().with_context(|| format!("--layers: `{x}` is not a layer number"))).collect::<Result<_>>()?))
+}
+
+pub fn run(a: ProbeArgs) -> Result<()> {
+    super::init_threads(a.threads);
+    let model = super::open_model(&a.model)?;
+    let layers = parse_layers(&a.layers)?;
+    let mut bar = Bar::new();
+    let r = run_probe(&model, &a.data, layers, &a.out, a.max_iter, &mut bar).with_context(|| format!("probing {} on {}", a.model.display(), a.data.display()))?;
+    drop(bar);
+    if a.json {
+        return super::print_json(&serde_json::to_value(&r)?);
+    }
+    let pct = |v: Option<f64>| v.map_or("   -  ".into(), |x| format!("{:6.2}%", 100.0 * x));
+    println!("layer   lambda    train      val     test");
+    for p in &r.layers {
+        let mark = if p.layer == Some(r.best_layer) { " <- best (val)" } else { "" };
+        println!("{:>5} {:>8.0e}  {}  {}  {}{mark}", p.layer.unwrap_or(0), p.lambda, pct(Some(p.train_acc)), pct(Some(p.val_acc)), pct(p.test_acc));
+    }
+    let b = &r.baseline;
+    println!("pixels {:>7.0e}  {}  {}  {}  (raw-pixel logistic regression)", b.lambda, pct(Some(b.train_acc)), pct(Some(b.val_acc)), pct(b.test_acc));
+    println!("features {:.1} s, fits {:.1} s -> {}/probe.json, probe.png", r.feature_s, r.fit_s, a.out.display());
+    Ok(())
+}

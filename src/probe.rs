@@ -1,0 +1,207 @@
+//! Linear probes (paper, section 3.3): for every layer, the residual stream after that block
+//! is normalised with ImageGPT's norm *without* its gain (x / sqrt(mean(x^2) + eps), the
+//! parameter-free version of `ln_f`), average-pooled over all positions, and a multinomial
+//! logistic regression is fitted on the pooled features. Layer 0 is the embedding output.
+//! The model sees the image tokens as HF's classifier does: the H*W pixel ids, no SOS.
+//!
+//! The regularisation strength is chosen by validation accuracy; the model fitted on the
+//! training split with that strength is reported on train, val and test.
+
+use serde::Serialize;
+
+use crate::data::tokens::TokenFile;
+use crate::error::{Error, Result};
+use crate::logreg::{self, Standardizer};
+use crate::model::{ImageGpt, Logits, Workspace};
+use crate::tokenizer::ImageProcessorConfig;
+
+/// Pooled features of every layer for every image of a split: feats[l] is (N, C).
+pub fn layer_features(model: &ImageGpt, data: &TokenFile, layers: &[usize], batch: usize, progress: &mut dyn FnMut(usize)) -> Result<Vec<Vec<f32>>> {
+    let (c, t, eps) = (model.config.n_embd, data.seq_len(), model.config.layer_norm_epsilon);
+    if t != model.config.n_positions {
+        return Err(Error::Invalid(format!("{}: images of {t} pixels, the model takes {}", data.path.display(), model.config.n_positions)));
+    }
+    let mut feats: Vec<Vec<f32>> = layers.iter().map(|_| Vec::with_capacity(data.count * c)).collect();
+    let mut ws = Workspace::new();
+    let mut tokens = vec![0u32; batch * t];
+    for start in (0..data.count).step_by(batch.max(1)) {
+        let b = batch.min(data.count - start);
+        for i in 0..b {
+            data.image_into(start + i, &mut tokens[i * t..(i + 1) * t]);
+        }
+        model.forward(&mut ws, &tokens[..b * t], b, t, Logits::None, true)?;
+        for (f, &l) in feats.iter_mut().zip(layers) {
+            // residual stream after block l (hidden_states[l], except the last which HF stores after ln_f)
+            let h = if l == model.config.n_layer { &ws.last_block_output } else { &ws.hidden_states[l] };
+            for i in 0..b {
+                let mut pooled = vec![0f64; c];
+                for row in h[i * t * c..(i + 1) * t * c].chunks_exact(c) {
+                    let ms: f64 = row.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / c as f64;
+                    let r = 1.0 / (ms + eps).sqrt();
+                    pooled.iter_mut().zip(row).for_each(|(p, &v)| *p += v as f64 * r);
+                }
+                f.extend(pooled.iter().map(|&v| (v / t as f64) as f32));
+            }
+        }
+        progress(b);
+    }
+    Ok(feats)
+}
+
+/// Raw-pixel features: the palette colours of every pixel, (N, H*W*3), in [0, 255].
+pub fn pixel_features(data: &TokenFile, proc: &ImageProcessorConfig) -> Vec<f32> {
+    let t = data.seq_len();
+    let mut tokens = vec![0u32; t];
+    let mut out = Vec::with_capacity(data.count * t * 3);
+    for i in 0..data.count {
+        data.image_into(i, &mut tokens);
+        out.extend(proc.decode(&tokens).iter().map(|&v| v as f32));
+    }
+    out
+}
+
+/// One probe's result.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProbeResult {
+    /// Layer index (0 = embeddings), or None for the raw-pixel baseline.
+    pub layer: Option<usize>,
+    pub lambda: f64,
+    pub train_acc: f64,
+    pub val_acc: f64,
+    pub test_acc: Option<f64>,
+}
+
+/// Regularisation strengths tried (lambda of mean CE + lambda/2 ||W||^2).
+pub const LAMBDAS: [f64; 6] = [1e-4, 1e-3, 1e-2, 3e-2, 1e-1, 1.0];
+
+/// Fits the probe on (train) features, picks lambda on val, reports all splits.
+pub fn fit_probe(layer: Option<usize>, d: usize, k: usize, train: (&[f32], &[u16]), val: (&[f32], &[u16]), test: Option<(&[f32], &[u16])>, max_iter: usize) -> ProbeResult {
+    let st = Standardizer::fit(train.0, d);
+    let std = |x: &[f32]| {
+        let mut v = x.to_vec();
+        st.apply(&mut v);
+        v
+    };
+    let (xtr, xva) = (std(train.0), std(val.0));
+    let xte = test.map(|t| std(t.0));
+    let mut best: Option<(f64, f64, logreg::LogReg)> = None;
+    for &lambda in &LAMBDAS {
+        let m = logreg::fit(&xtr, train.1, d, k, lambda, max_iter);
+        let va = m.accuracy(&xva, val.1);
+        if best.as_ref().is_none_or(|b| va > b.0) {
+            best = Some((va, lambda, m));
+        }
+    }
+    let (val_acc, lambda, m) = best.expect("at least one lambda");
+    ProbeResult {
+        layer,
+        lambda,
+        train_acc: m.accuracy(&xtr, train.1),
+        val_acc,
+        test_acc: xte.as_ref().zip(test).map(|(x, t)| m.accuracy(x, t.1)),
+    }
+}
+
+/// Everything `igpt probe` reports (probe.json).
+#[derive(Clone, Debug, Serialize)]
+pub struct ProbeReport {
+    pub layers: Vec<ProbeResult>,
+    pub baseline: ProbeResult,
+    pub best_layer: usize,
+    pub best_val_acc: f64,
+    pub best_test_acc: Option<f64>,
+    pub n_layer: usize,
+    pub classes: usize,
+    pub counts: (usize, usize, usize),
+    pub feature_s: f64,
+    pub fit_s: f64,
+    pub norm: String,
+}
+
+/// Progress of a probe run, drawn by the caller.
+pub trait ProbeProgress {
+    fn stage(&mut self, _name: &str, _total: u64) {}
+    fn inc(&mut self, _n: u64) {}
+}
+pub struct NoProgress;
+impl ProbeProgress for NoProgress {}
+
+fn labels_of(f: &TokenFile) -> Result<Vec<u16>> {
+    f.labels().ok_or_else(|| Error::Invalid(format!("{}: the images have no labels; a probe needs a labelled data set", f.path.display())))
+}
+
+/// Probes `layers` (None = all, 0..=n_layer) of `model` on the prepared data in `data_dir`,
+/// writing probe.json and probe.png into `out`.
+pub fn run_probe(model: &ImageGpt, data_dir: &std::path::Path, layers: Option<Vec<usize>>, out: &std::path::Path, max_iter: usize, progress: &mut dyn ProbeProgress) -> Result<ProbeReport> {
+    let open = |f: &str| TokenFile::open(&data_dir.join(f));
+    let (train, val) = (open("train.tokens")?, open("val.tokens")?);
+    let test = data_dir.join("test.tokens").exists().then(|| open("test.tokens")).transpose()?;
+    let proc = ImageProcessorConfig::from_file(&data_dir.join("preprocessor_config.json"))?;
+    let nl = model.config.n_layer;
+    let layers = layers.unwrap_or_else(|| (0..=nl).collect());
+    if let Some(bad) = layers.iter().find(|&&l| l > nl) {
+        return Err(Error::Invalid(format!("layer {bad} does not exist: the model has layers 0..={nl}")));
+    }
+    let (ytr, yva) = (labels_of(&train)?, labels_of(&val)?);
+    let yte = test.as_ref().map(labels_of).transpose()?;
+    let k = 1 + ytr.iter().chain(&yva).chain(yte.iter().flatten()).copied().max().unwrap_or(0) as usize;
+    let t0 = std::time::Instant::now();
+    let total = train.count + val.count + test.as_ref().map_or(0, |t| t.count);
+    progress.stage("features", total as u64);
+    let mut inc = |n: usize| progress.inc(n as u64);
+    let ftr = layer_features(model, &train, &layers, 16, &mut inc)?;
+    let fva = layer_features(model, &val, &layers, 16, &mut inc)?;
+    let fte = test.as_ref().map(|t| layer_features(model, t, &layers, 16, &mut inc)).transpose()?;
+    let feature_s = t0.elapsed().as_secs_f64();
+    let t1 = std::time::Instant::now();
+    let c = model.config.n_embd;
+    progress.stage("probes", layers.len() as u64 + 1);
+    let mut results = Vec::new();
+    for (i, &l) in layers.iter().enumerate() {
+        let te = fte.as_ref().zip(yte.as_ref()).map(|(f, y)| (&f[i][..], &y[..]));
+        results.push(fit_probe(Some(l), c, k, (&ftr[i], &ytr), (&fva[i], &yva), te, max_iter));
+        progress.inc(1);
+    }
+    let d_px = train.seq_len() * 3;
+    let (ptr, pva) = (pixel_features(&train, &proc), pixel_features(&val, &proc));
+    let pte = test.as_ref().map(|t| pixel_features(t, &proc));
+    let baseline = fit_probe(None, d_px, k, (&ptr, &ytr), (&pva, &yva), pte.as_deref().zip(yte.as_deref()), max_iter);
+    progress.inc(1);
+    let fit_s = t1.elapsed().as_secs_f64();
+    let best = results.iter().max_by(|a, b| a.val_acc.total_cmp(&b.val_acc)).expect("at least one layer");
+    let report = ProbeReport {
+        best_layer: best.layer.expect("a layer"),
+        best_val_acc: best.val_acc,
+        best_test_acc: best.test_acc,
+        layers: results.clone(),
+        baseline,
+        n_layer: nl,
+        classes: k,
+        counts: (train.count, val.count, test.as_ref().map_or(0, |t| t.count)),
+        feature_s,
+        fit_s,
+        norm: "x / sqrt(mean(x^2) + eps) of the residual stream after each block (ImageGPT's norm without gain), mean over all positions".into(),
+    };
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let json = serde_json::to_string_pretty(&report).map_err(|e| Error::Invalid(e.to_string()))?;
+    crate::model::tensors::write_atomic(&out.join("probe.json"), json.as_bytes())?;
+    plot_probe(&report).save_png(&out.join("probe.png"))?;
+    Ok(report)
+}
+
+/// Accuracy per layer: val (blue), test (green) and the raw-pixel baseline's test (or val)
+/// accuracy as a flat grey line.
+pub fn plot_probe(r: &ProbeReport) -> crate::tokenizer::RgbImage {
+    let pts = |f: &dyn Fn(&ProbeResult) -> Option<f64>| r.layers.iter().filter_map(|p| Some((p.layer? as f64, f(p)?))).collect::<Vec<_>>();
+    let base = r.baseline.test_acc.unwrap_or(r.baseline.val_acc);
+    let (x0, x1) = (r.layers.first().and_then(|p| p.layer).unwrap_or(0) as f64, r.layers.last().and_then(|p| p.layer).unwrap_or(1) as f64);
+    crate::plot::line_plot(
+        &[
+            (vec![(x0, base), (x1.max(x0 + 1.0), base)], [150, 150, 150]),
+            (pts(&|p| Some(p.val_acc)), [40, 90, 200]),
+            (pts(&|p| p.test_acc), [30, 160, 60]),
+        ],
+        720,
+        400,
+    )
+}
