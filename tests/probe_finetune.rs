@@ -1,0 +1,102 @@
+//! The classification path: gradient check of the fine-tuning loss, probe plumbing on the
+//! tiny fixture, a fine-tuning smoke test, and the classifier loading back.
+
+mod common;
+
+use std::path::Path;
+
+use igpt::data::tokens;
+use igpt::finetune::{FinetuneConfig, finetune};
+use igpt::model::train_graph::TrainActs;
+use igpt::model::{ModelKind, load_model, load_model_as};
+use igpt::probe::{NoProgress, run_probe};
+use igpt::rng::Rng;
+
+/// A prepared folder built from random 8x8 images in 2 classes whose colour statistics
+/// differ (class 1 uses the upper half of the 16-colour palette more often).
+fn tiny_data(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::copy(common::fixture("tiny").join("preprocessor_config.json"), dir.join("preprocessor_config.json")).unwrap();
+    let mut rng = Rng::new(3);
+    for (name, n) in [("train", 48), ("val", 16), ("test", 16)] {
+        let labels: Vec<u16> = (0..n).map(|i| (i % 2) as u16).collect();
+        let toks: Vec<u16> = labels.iter().flat_map(|&l| (0..64).map(|_| if rng.uniform() < 0.7 { (rng.below(8) + 8 * l as u64) as u16 } else { rng.below(16) as u16 }).collect::<Vec<_>>()).collect();
+        tokens::write(&dir.join(format!("{name}.tokens")), &toks, Some(&labels), (8, 8), 16).unwrap();
+    }
+    std::fs::write(dir.join("labels.txt"), "low\nhigh\n").unwrap();
+}
+
+#[test]
+fn classification_gradients_match_finite_differences() {
+    let model = load_model(&common::fixture("tiny")).unwrap();
+    let (b, t, c, k) = (2, 64, 32, 3);
+    let mut rng = Rng::new(9);
+    let toks: Vec<u32> = (0..b * t).map(|_| rng.below(16) as u32).collect();
+    let labels = vec![2u16, 0];
+    let score: Vec<f32> = (0..k * c).map(|_| 0.3 * rng.normal() as f32).collect();
+    let mut acts = TrainActs::new();
+    let loss = |m: &igpt::model::ImageGpt, s: &[f32], acts: &mut TrainActs| {
+        let mut g = vec![0f32; m.params.len()];
+        let mut ds = vec![0f32; s.len()];
+        let (gl, cl, _) = m.forward_backward_classify(acts, &mut g, s, &mut ds, &toks, &labels, b, t, 0.5).unwrap();
+        (0.5 * gl + cl, g, ds)
+    };
+    let (_, grads, dscore) = loss(&model, &score, &mut acts);
+    let h = 1e-2f32;
+    // a few transformer parameters across the graph, and score entries
+    for name in ["transformer.ln_f.weight", "transformer.h.1.mlp.c_proj.bias", "transformer.h.0.attn.c_attn.weight", "transformer.wpe.weight"] {
+        let e = model.layout.find(name).unwrap();
+        for off in [0, e.range.len() / 2] {
+            let i = e.range.start + off;
+            let mut m = model.clone();
+            m.params[i] += h;
+            let up = loss(&m, &score, &mut acts).0;
+            m.params[i] -= 2.0 * h;
+            let down = loss(&m, &score, &mut acts).0;
+            let num = (up - down) / (2.0 * h as f64);
+            assert!((num - grads[i] as f64).abs() < 2e-3 + 2e-2 * num.abs(), "{name}[{off}]: numeric {num} vs analytic {}", grads[i]);
+        }
+    }
+    for i in [0, 17, k * c - 1] {
+        let mut s = score.clone();
+        s[i] += h;
+        let up = loss(&model, &s, &mut acts).0;
+        s[i] -= 2.0 * h;
+        let down = loss(&model, &s, &mut acts).0;
+        let num = (up - down) / (2.0 * h as f64);
+        assert!((num - dscore[i] as f64).abs() < 2e-3 + 2e-2 * num.abs(), "score[{i}]: numeric {num} vs analytic {}", dscore[i]);
+    }
+}
+
+#[test]
+fn probe_reports_every_layer_and_the_baseline() {
+    let tmp = tempfile::tempdir().unwrap();
+    tiny_data(&tmp.path().join("data"));
+    let model = load_model(&common::fixture("tiny")).unwrap();
+    let r = run_probe(&model, &tmp.path().join("data"), None, &tmp.path().join("report"), 100, &mut NoProgress).unwrap();
+    assert_eq!(r.layers.len(), 3); // embeddings + 2 blocks
+    assert_eq!(r.counts, (48, 16, 16));
+    assert_eq!(r.classes, 2);
+    // The classes differ in colour statistics: the raw-pixel baseline and the features separate them.
+    assert!(r.baseline.test_acc.unwrap() > 0.8, "{:?}", r.baseline);
+    assert!(r.best_val_acc > 0.8, "{:?}", r.layers);
+    for f in ["probe.json", "probe.png"] {
+        assert!(tmp.path().join("report").join(f).exists());
+    }
+    let err = run_probe(&model, &tmp.path().join("data"), Some(vec![7]), &tmp.path().join("r2"), 10, &mut NoProgress).unwrap_err().to_string();
+    assert!(err.contains("layer 7 does not exist"), "{err}");
+}
+
+#[test]
+fn finetune_smoke_learns_and_saves_an_hf_classifier() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    tiny_data(&data);
+    let cfg = FinetuneConfig { data: data.clone(), model: common::fixture("tiny"), out: tmp.path().join("ft"), steps: 60, batch: 8, lr: 3e-3, warmup: 5, eval_every: 20, patience: 10, ..Default::default() };
+    let s = finetune(&cfg, &mut |_, _, _, _, _| {}).unwrap();
+    assert!(s.best_val_acc >= 0.75, "{s:?}");
+    let cls = load_model_as(&s.best_dir, None).unwrap();
+    assert_eq!(cls.kind, ModelKind::Classifier);
+    assert_eq!(cls.config.id2label.as_ref().unwrap()["1"], "high");
+    assert!(tmp.path().join("ft/finetune.json").exists() && tmp.path().join("ft/metrics.jsonl").exists());
+}
