@@ -40,7 +40,22 @@ pub struct FinetuneConfig {
 
 impl Default for FinetuneConfig {
     fn default() -> Self {
-        FinetuneConfig { data: "data".into(), model: "model".into(), out: "runs/finetune".into(), steps: 500, batch: 8, lr: 1e-3, warmup: 20, min_lr: 1e-4, clip: 1.0, gen_weight: 1.0, eval_every: 50, patience: 5, hflip: false, seed: 0 }
+        FinetuneConfig {
+            data: "data".into(),
+            model: "model".into(),
+            out: "runs/finetune".into(),
+            steps: 500,
+            batch: 8,
+            lr: 1e-3,
+            warmup: 20,
+            min_lr: 1e-4,
+            clip: 1.0,
+            gen_weight: 1.0,
+            eval_every: 50,
+            patience: 5,
+            hflip: false,
+            seed: 0,
+        }
     }
 }
 
@@ -73,7 +88,11 @@ pub fn accuracy(model: &ImageGpt, data: &TokenFile, batch: usize) -> Result<f64>
         model.forward(&mut ws, &tokens[..b * t], b, t, Logits::None, false)?;
         let logits = model.classify(&model.pooled(&ws))?;
         let k = logits.len() / b;
-        correct += logits.chunks_exact(k).zip(&labels[start..start + b]).filter(|(r, l)| crate::generate::argmax(r) as u16 == **l).count();
+        correct += logits
+            .chunks_exact(k)
+            .zip(&labels[start..start + b])
+            .filter(|(r, l)| crate::generate::argmax(r) as u16 == **l)
+            .count();
     }
     Ok(correct as f64 / data.count.max(1) as f64)
 }
@@ -81,19 +100,28 @@ pub fn accuracy(model: &ImageGpt, data: &TokenFile, batch: usize) -> Result<f64>
 /// The classifier made of `model`'s transformer and a `score` head (num_labels, C).
 fn as_classifier(model: &ImageGpt, score: &[f32], classes: &[String]) -> Result<ImageGpt> {
     let mut cfg = model.config.clone();
-    let id2label: BTreeMap<String, String> = classes.iter().enumerate().map(|(i, c)| (i.to_string(), c.clone())).collect();
+    let id2label: BTreeMap<String, String> =
+        classes.iter().enumerate().map(|(i, c)| (i.to_string(), c.clone())).collect();
     cfg.label2id = Some(classes.iter().enumerate().map(|(i, c)| (c.clone(), i)).collect());
     cfg.id2label = Some(id2label);
     let mut cls = ImageGpt::zeros(cfg, ModelKind::Classifier)?;
     for e in cls.layout.entries.clone() {
-        let src = if e.name == "score.weight" { score } else { &model.params[model.layout.find(&e.name).expect("same transformer").range.clone()] };
+        let src = if e.name == "score.weight" {
+            score
+        } else {
+            &model.params[model.layout.find(&e.name).expect("same transformer").range.clone()]
+        };
         cls.params[e.range.clone()].copy_from_slice(src);
     }
     Ok(cls)
 }
 
 fn save_classifier(dir: &Path, cls: &ImageGpt, palette: &Path) -> Result<()> {
-    let tmp = dir.with_file_name(format!(".{}.tmp-{}", dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(), std::process::id()));
+    let tmp = dir.with_file_name(format!(
+        ".{}.tmp-{}",
+        dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        std::process::id()
+    ));
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     }
@@ -111,13 +139,24 @@ pub fn finetune(cfg: &FinetuneConfig, on_step: &mut StepFn) -> Result<FinetuneSu
     let open = |f: &str| TokenFile::open(&cfg.data.join(f));
     let (train, val) = (open("train.tokens")?, open("val.tokens")?);
     let test = cfg.data.join("test.tokens").exists().then(|| open("test.tokens")).transpose()?;
-    let ytr = train.labels().ok_or_else(|| Error::Invalid(format!("{}: no labels: fine-tuning needs a labelled data set", train.path.display())))?;
-    let classes: Vec<String> = std::fs::read_to_string(cfg.data.join("labels.txt")).unwrap_or_default().lines().map(str::to_string).collect();
+    let ytr = train.labels().ok_or_else(|| {
+        Error::Invalid(format!("{}: no labels: fine-tuning needs a labelled data set", train.path.display()))
+    })?;
+    let classes: Vec<String> =
+        std::fs::read_to_string(cfg.data.join("labels.txt")).unwrap_or_default().lines().map(str::to_string).collect();
     let k = classes.len().max(1 + ytr.iter().copied().max().unwrap_or(0) as usize);
-    let classes: Vec<String> = (0..k).map(|i| classes.get(i).cloned().unwrap_or_else(|| format!("LABEL_{i}"))).collect();
+    let classes: Vec<String> =
+        (0..k).map(|i| classes.get(i).cloned().unwrap_or_else(|| format!("LABEL_{i}"))).collect();
     let mut model = load_model_as(&cfg.model, Some(ModelKind::CausalLm))?;
     if model.config.n_positions != train.seq_len() || model.config.n_colors() != train.colors {
-        return Err(Error::Invalid(format!("{}: model ({} colours, {} positions) does not match the data ({} colours, {} pixels)", cfg.model.display(), model.config.n_colors(), model.config.n_positions, train.colors, train.seq_len())));
+        return Err(Error::Invalid(format!(
+            "{}: model ({} colours, {} positions) does not match the data ({} colours, {} pixels)",
+            cfg.model.display(),
+            model.config.n_colors(),
+            model.config.n_positions,
+            train.colors,
+            train.seq_len()
+        )));
     }
     std::fs::create_dir_all(&cfg.out).map_err(|e| Error::io(&cfg.out, e))?;
     let palette = cfg.data.join("preprocessor_config.json");
@@ -143,7 +182,17 @@ pub fn finetune(cfg: &FinetuneConfig, on_step: &mut StepFn) -> Result<FinetuneSu
         }
         grads.fill(0.0);
         dscore.fill(0.0);
-        let (g, l, correct) = model.forward_backward_classify(&mut acts, &mut grads, &score, &mut dscore, &tokens, &labels, cfg.batch, t, cfg.gen_weight)?;
+        let (g, l, correct) = model.forward_backward_classify(
+            &mut acts,
+            &mut grads,
+            &score,
+            &mut dscore,
+            &tokens,
+            &labels,
+            cfg.batch,
+            t,
+            cfg.gen_weight,
+        )?;
         if !(g + l).is_finite() {
             return Err(Error::Invalid(format!("the loss is not finite at fine-tuning step {step}: lower --lr")));
         }
@@ -155,7 +204,8 @@ pub fn finetune(cfg: &FinetuneConfig, on_step: &mut StepFn) -> Result<FinetuneSu
         opt_s.update(&mut score, gs, lr);
         step += 1;
         on_step(step, cfg.steps, g, l, correct as f64 / cfg.batch as f64);
-        lines.push_str(&format!("{}\n", json!({"kind": "train", "step": step, "gen_loss": g, "clf_loss": l, "lr": lr})));
+        lines
+            .push_str(&format!("{}\n", json!({"kind": "train", "step": step, "gen_loss": g, "clf_loss": l, "lr": lr})));
         if step % cfg.eval_every.max(1) == 0 || step == cfg.steps {
             let cls = as_classifier(&model, &score, &classes)?;
             let acc = accuracy(&cls, &val, 32)?;
@@ -176,8 +226,17 @@ pub fn finetune(cfg: &FinetuneConfig, on_step: &mut StepFn) -> Result<FinetuneSu
     }
     let best = load_model_as(&cfg.out.join("best"), Some(ModelKind::Classifier))?;
     let test_acc = test.as_ref().map(|t| accuracy(&best, t, 32)).transpose()?;
-    let summary = FinetuneSummary { steps: step, best_step, best_val_acc: best_acc, test_acc, seconds: t0.elapsed().as_secs_f64(), stopped_early, best_dir: cfg.out.join("best") };
-    let json = serde_json::to_string_pretty(&json!({"config": cfg, "summary": summary})).map_err(|e| Error::Invalid(e.to_string()))?;
+    let summary = FinetuneSummary {
+        steps: step,
+        best_step,
+        best_val_acc: best_acc,
+        test_acc,
+        seconds: t0.elapsed().as_secs_f64(),
+        stopped_early,
+        best_dir: cfg.out.join("best"),
+    };
+    let json = serde_json::to_string_pretty(&json!({"config": cfg, "summary": summary}))
+        .map_err(|e| Error::Invalid(e.to_string()))?;
     crate::model::tensors::write_atomic(&cfg.out.join("finetune.json"), json.as_bytes())?;
     Ok(summary)
 }

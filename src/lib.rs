@@ -20,6 +20,7 @@
 pub mod backend;
 pub mod config;
 pub mod data;
+pub mod demo;
 pub mod error;
 pub mod finetune;
 pub mod generate;

@@ -27,7 +27,8 @@ impl Standardizer {
             }
         }
         let mean: Vec<f64> = mean.iter().map(|m| m / n as f64).collect();
-        let std = sq.iter().zip(&mean).map(|(s, m)| ((s / n as f64 - m * m).max(0.0).sqrt()).max(1e-6) as f32).collect();
+        let std =
+            sq.iter().zip(&mean).map(|(s, m)| ((s / n as f64 - m * m).max(0.0).sqrt()).max(1e-6) as f32).collect();
         Standardizer { mean: mean.iter().map(|&m| m as f32).collect(), std }
     }
 

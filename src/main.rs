@@ -15,6 +15,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The whole pipeline on bundled emoji32 (prepare, train, sample, complete, probe,
+    /// fine-tune) ending in report.html.
+    Demo(cli::demo::DemoArgs),
     /// Config summary, parameter count and palette size of a model directory.
     Info(cli::info::InfoArgs),
     /// Palette token ids of images (HF image-processor semantics, no SOS).
@@ -45,6 +48,7 @@ enum Command {
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Demo(a) => cli::demo::run(a),
         Command::Info(a) => cli::info::run(a),
         Command::Encode(a) => cli::encode::run(a),
         Command::Eval(a) => cli::eval::run(a),

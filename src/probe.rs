@@ -16,10 +16,20 @@ use crate::model::{ImageGpt, Logits, Workspace};
 use crate::tokenizer::ImageProcessorConfig;
 
 /// Pooled features of every layer for every image of a split: feats[l] is (N, C).
-pub fn layer_features(model: &ImageGpt, data: &TokenFile, layers: &[usize], batch: usize, progress: &mut dyn FnMut(usize)) -> Result<Vec<Vec<f32>>> {
+pub fn layer_features(
+    model: &ImageGpt,
+    data: &TokenFile,
+    layers: &[usize],
+    batch: usize,
+    progress: &mut dyn FnMut(usize),
+) -> Result<Vec<Vec<f32>>> {
     let (c, t, eps) = (model.config.n_embd, data.seq_len(), model.config.layer_norm_epsilon);
     if t != model.config.n_positions {
-        return Err(Error::Invalid(format!("{}: images of {t} pixels, the model takes {}", data.path.display(), model.config.n_positions)));
+        return Err(Error::Invalid(format!(
+            "{}: images of {t} pixels, the model takes {}",
+            data.path.display(),
+            model.config.n_positions
+        )));
     }
     let mut feats: Vec<Vec<f32>> = layers.iter().map(|_| Vec::with_capacity(data.count * c)).collect();
     let mut ws = Workspace::new();
@@ -75,7 +85,15 @@ pub struct ProbeResult {
 pub const LAMBDAS: [f64; 6] = [1e-4, 1e-3, 1e-2, 3e-2, 1e-1, 1.0];
 
 /// Fits the probe on (train) features, picks lambda on val, reports all splits.
-pub fn fit_probe(layer: Option<usize>, d: usize, k: usize, train: (&[f32], &[u16]), val: (&[f32], &[u16]), test: Option<(&[f32], &[u16])>, max_iter: usize) -> ProbeResult {
+pub fn fit_probe(
+    layer: Option<usize>,
+    d: usize,
+    k: usize,
+    train: (&[f32], &[u16]),
+    val: (&[f32], &[u16]),
+    test: Option<(&[f32], &[u16])>,
+    max_iter: usize,
+) -> ProbeResult {
     let st = Standardizer::fit(train.0, d);
     let std = |x: &[f32]| {
         let mut v = x.to_vec();
@@ -127,12 +145,21 @@ pub struct NoProgress;
 impl ProbeProgress for NoProgress {}
 
 fn labels_of(f: &TokenFile) -> Result<Vec<u16>> {
-    f.labels().ok_or_else(|| Error::Invalid(format!("{}: the images have no labels; a probe needs a labelled data set", f.path.display())))
+    f.labels().ok_or_else(|| {
+        Error::Invalid(format!("{}: the images have no labels; a probe needs a labelled data set", f.path.display()))
+    })
 }
 
 /// Probes `layers` (None = all, 0..=n_layer) of `model` on the prepared data in `data_dir`,
 /// writing probe.json and probe.png into `out`.
-pub fn run_probe(model: &ImageGpt, data_dir: &std::path::Path, layers: Option<Vec<usize>>, out: &std::path::Path, max_iter: usize, progress: &mut dyn ProbeProgress) -> Result<ProbeReport> {
+pub fn run_probe(
+    model: &ImageGpt,
+    data_dir: &std::path::Path,
+    layers: Option<Vec<usize>>,
+    out: &std::path::Path,
+    max_iter: usize,
+    progress: &mut dyn ProbeProgress,
+) -> Result<ProbeReport> {
     let open = |f: &str| TokenFile::open(&data_dir.join(f));
     let (train, val) = (open("train.tokens")?, open("val.tokens")?);
     let test = data_dir.join("test.tokens").exists().then(|| open("test.tokens")).transpose()?;
@@ -192,9 +219,14 @@ pub fn run_probe(model: &ImageGpt, data_dir: &std::path::Path, layers: Option<Ve
 /// Accuracy per layer: val (blue), test (green) and the raw-pixel baseline's test (or val)
 /// accuracy as a flat grey line.
 pub fn plot_probe(r: &ProbeReport) -> crate::tokenizer::RgbImage {
-    let pts = |f: &dyn Fn(&ProbeResult) -> Option<f64>| r.layers.iter().filter_map(|p| Some((p.layer? as f64, f(p)?))).collect::<Vec<_>>();
+    let pts = |f: &dyn Fn(&ProbeResult) -> Option<f64>| {
+        r.layers.iter().filter_map(|p| Some((p.layer? as f64, f(p)?))).collect::<Vec<_>>()
+    };
     let base = r.baseline.test_acc.unwrap_or(r.baseline.val_acc);
-    let (x0, x1) = (r.layers.first().and_then(|p| p.layer).unwrap_or(0) as f64, r.layers.last().and_then(|p| p.layer).unwrap_or(1) as f64);
+    let (x0, x1) = (
+        r.layers.first().and_then(|p| p.layer).unwrap_or(0) as f64,
+        r.layers.last().and_then(|p| p.layer).unwrap_or(1) as f64,
+    );
     crate::plot::line_plot(
         &[
             (vec![(x0, base), (x1.max(x0 + 1.0), base)], [150, 150, 150]),

@@ -16,11 +16,26 @@ use igpt::rng::Rng;
 /// differ (class 1 uses the upper half of the 16-colour palette more often).
 fn tiny_data(dir: &Path) {
     std::fs::create_dir_all(dir).unwrap();
-    std::fs::copy(common::fixture("tiny").join("preprocessor_config.json"), dir.join("preprocessor_config.json")).unwrap();
+    std::fs::copy(common::fixture("tiny").join("preprocessor_config.json"), dir.join("preprocessor_config.json"))
+        .unwrap();
     let mut rng = Rng::new(3);
     for (name, n) in [("train", 48), ("val", 16), ("test", 16)] {
         let labels: Vec<u16> = (0..n).map(|i| (i % 2) as u16).collect();
-        let toks: Vec<u16> = labels.iter().flat_map(|&l| (0..64).map(|_| if rng.uniform() < 0.7 { (rng.below(8) + 8 * l as u64) as u16 } else { rng.below(16) as u16 }).collect::<Vec<_>>()).collect();
+        let toks: Vec<u16> =
+            labels
+                .iter()
+                .flat_map(|&l| {
+                    (0..64)
+                        .map(|_| {
+                            if rng.uniform() < 0.7 {
+                                (rng.below(8) + 8 * l as u64) as u16
+                            } else {
+                                rng.below(16) as u16
+                            }
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .collect();
         tokens::write(&dir.join(format!("{name}.tokens")), &toks, Some(&labels), (8, 8), 16).unwrap();
     }
     std::fs::write(dir.join("labels.txt"), "low\nhigh\n").unwrap();
@@ -44,7 +59,12 @@ fn classification_gradients_match_finite_differences() {
     let (_, grads, dscore) = loss(&model, &score, &mut acts);
     let h = 1e-2f32;
     // a few transformer parameters across the graph, and score entries
-    for name in ["transformer.ln_f.weight", "transformer.h.1.mlp.c_proj.bias", "transformer.h.0.attn.c_attn.weight", "transformer.wpe.weight"] {
+    for name in [
+        "transformer.ln_f.weight",
+        "transformer.h.1.mlp.c_proj.bias",
+        "transformer.h.0.attn.c_attn.weight",
+        "transformer.wpe.weight",
+    ] {
         let e = model.layout.find(name).unwrap();
         for off in [0, e.range.len() / 2] {
             let i = e.range.start + off;
@@ -54,7 +74,11 @@ fn classification_gradients_match_finite_differences() {
             m.params[i] -= 2.0 * h;
             let down = loss(&m, &score, &mut acts).0;
             let num = (up - down) / (2.0 * h as f64);
-            assert!((num - grads[i] as f64).abs() < 2e-3 + 2e-2 * num.abs(), "{name}[{off}]: numeric {num} vs analytic {}", grads[i]);
+            assert!(
+                (num - grads[i] as f64).abs() < 2e-3 + 2e-2 * num.abs(),
+                "{name}[{off}]: numeric {num} vs analytic {}",
+                grads[i]
+            );
         }
     }
     for i in [0, 17, k * c - 1] {
@@ -64,7 +88,11 @@ fn classification_gradients_match_finite_differences() {
         s[i] -= 2.0 * h;
         let down = loss(&model, &s, &mut acts).0;
         let num = (up - down) / (2.0 * h as f64);
-        assert!((num - dscore[i] as f64).abs() < 2e-3 + 2e-2 * num.abs(), "score[{i}]: numeric {num} vs analytic {}", dscore[i]);
+        assert!(
+            (num - dscore[i] as f64).abs() < 2e-3 + 2e-2 * num.abs(),
+            "score[{i}]: numeric {num} vs analytic {}",
+            dscore[i]
+        );
     }
 }
 
@@ -73,7 +101,8 @@ fn probe_reports_every_layer_and_the_baseline() {
     let tmp = tempfile::tempdir().unwrap();
     tiny_data(&tmp.path().join("data"));
     let model = load_model(&common::fixture("tiny")).unwrap();
-    let r = run_probe(&model, &tmp.path().join("data"), None, &tmp.path().join("report"), 100, &mut NoProgress).unwrap();
+    let r =
+        run_probe(&model, &tmp.path().join("data"), None, &tmp.path().join("report"), 100, &mut NoProgress).unwrap();
     assert_eq!(r.layers.len(), 3); // embeddings + 2 blocks
     assert_eq!(r.counts, (48, 16, 16));
     assert_eq!(r.classes, 2);
@@ -83,7 +112,9 @@ fn probe_reports_every_layer_and_the_baseline() {
     for f in ["probe.json", "probe.png"] {
         assert!(tmp.path().join("report").join(f).exists());
     }
-    let err = run_probe(&model, &tmp.path().join("data"), Some(vec![7]), &tmp.path().join("r2"), 10, &mut NoProgress).unwrap_err().to_string();
+    let err = run_probe(&model, &tmp.path().join("data"), Some(vec![7]), &tmp.path().join("r2"), 10, &mut NoProgress)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("layer 7 does not exist"), "{err}");
 }
 
@@ -92,7 +123,18 @@ fn finetune_smoke_learns_and_saves_an_hf_classifier() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     tiny_data(&data);
-    let cfg = FinetuneConfig { data: data.clone(), model: common::fixture("tiny"), out: tmp.path().join("ft"), steps: 60, batch: 8, lr: 3e-3, warmup: 5, eval_every: 20, patience: 10, ..Default::default() };
+    let cfg = FinetuneConfig {
+        data: data.clone(),
+        model: common::fixture("tiny"),
+        out: tmp.path().join("ft"),
+        steps: 60,
+        batch: 8,
+        lr: 3e-3,
+        warmup: 5,
+        eval_every: 20,
+        patience: 10,
+        ..Default::default()
+    };
     let s = finetune(&cfg, &mut |_, _, _, _, _| {}).unwrap();
     assert!(s.best_val_acc >= 0.75, "{s:?}");
     let cls = load_model_as(&s.best_dir, None).unwrap();

@@ -50,10 +50,24 @@ pub struct FinetuneArgs {
 pub fn run(a: FinetuneArgs) -> Result<()> {
     super::init_threads(a.threads);
     let cfg = FinetuneConfig {
-        data: a.data.clone(), model: a.model.clone(), out: a.out.clone(), steps: a.steps, batch: a.batch, lr: a.lr, warmup: a.warmup,
-        min_lr: a.min_lr, clip: a.clip, gen_weight: a.gen_weight, eval_every: a.eval_every, patience: a.patience, hflip: a.hflip, seed: a.seed,
+        data: a.data.clone(),
+        model: a.model.clone(),
+        out: a.out.clone(),
+        steps: a.steps,
+        batch: a.batch,
+        lr: a.lr,
+        warmup: a.warmup,
+        min_lr: a.min_lr,
+        clip: a.clip,
+        gen_weight: a.gen_weight,
+        eval_every: a.eval_every,
+        patience: a.patience,
+        hflip: a.hflip,
+        seed: a.seed,
     };
-    let bar = indicatif::ProgressBar::new(a.steps).with_style(indicatif::ProgressStyle::with_template("finetune {bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}")?);
+    let bar = indicatif::ProgressBar::new(a.steps).with_style(indicatif::ProgressStyle::with_template(
+        "finetune {bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
+    )?);
     let s = finetune(&cfg, &mut |step, _, g, l, acc| {
         bar.set_position(step);
         bar.set_message(format!("gen {g:.3} clf {l:.3} batch acc {:.0}%", acc * 100.0));
@@ -65,8 +79,13 @@ pub fn run(a: FinetuneArgs) -> Result<()> {
     }
     println!(
         "{} steps in {:.1} s{}: best val accuracy {:.2}% at step {}, test accuracy {} -> {}",
-        s.steps, s.seconds, if s.stopped_early { " (early stop)" } else { "" }, 100.0 * s.best_val_acc, s.best_step,
-        s.test_acc.map_or("-".into(), |v| format!("{:.2}%", 100.0 * v)), s.best_dir.display()
+        s.steps,
+        s.seconds,
+        if s.stopped_early { " (early stop)" } else { "" },
+        100.0 * s.best_val_acc,
+        s.best_step,
+        s.test_acc.map_or("-".into(), |v| format!("{:.2}%", 100.0 * v)),
+        s.best_dir.display()
     );
     Ok(())
 }
@@ -91,7 +110,8 @@ pub struct EvalClsArgs {
 
 pub fn eval_cls(a: EvalClsArgs) -> Result<()> {
     super::init_threads(a.threads);
-    let model = load_model_as(&a.model, Some(ModelKind::Classifier)).with_context(|| format!("loading classifier {}", a.model.display()))?;
+    let model = load_model_as(&a.model, Some(ModelKind::Classifier))
+        .with_context(|| format!("loading classifier {}", a.model.display()))?;
     let file = igpt::data::tokens::TokenFile::open(&a.data.join(format!("{}.tokens", a.split)))?;
     let acc = accuracy(&model, &file, 32)?;
     if a.json {

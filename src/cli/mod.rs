@@ -4,9 +4,10 @@
 pub mod bench;
 pub mod complete;
 pub mod convert;
+pub mod demo;
 pub mod encode;
-pub mod finetune;
 pub mod eval;
+pub mod finetune;
 pub mod info;
 pub mod prepare;
 pub mod probe;

@@ -41,7 +41,10 @@ impl ProbeProgress for Bar {
         if let Some(b) = self.0.take() {
             b.finish_and_clear();
         }
-        let style = indicatif::ProgressStyle::with_template(&format!("{name:>9} {{bar:30}} {{pos}}/{{len}} [{{elapsed_precise}}<{{eta_precise}}, {{per_sec}}]")).expect("valid template");
+        let style = indicatif::ProgressStyle::with_template(&format!(
+            "{name:>9} {{bar:30}} {{pos}}/{{len}} [{{elapsed_precise}}<{{eta_precise}}, {{per_sec}}]"
+        ))
+        .expect("valid template");
         self.0 = Some(indicatif::ProgressBar::new(total).with_style(style));
     }
     fn inc(&mut self, n: u64) {
@@ -63,7 +66,11 @@ pub fn parse_layers(s: &str) -> Result<Option<Vec<usize>>> {
     if s == "all" {
         return Ok(None);
     }
-    Ok(Some(s.split(',').map(|x| x.trim().parse::<usize>().with_context(|| format!("--layers: `{x}` is not a layer number"))).collect::<Result<_>>()?))
+    Ok(Some(
+        s.split(',')
+            .map(|x| x.trim().parse::<usize>().with_context(|| format!("--layers: `{x}` is not a layer number")))
+            .collect::<Result<_>>()?,
+    ))
 }
 
 pub fn run(a: ProbeArgs) -> Result<()> {
@@ -71,7 +78,8 @@ pub fn run(a: ProbeArgs) -> Result<()> {
     let model = super::open_model(&a.model)?;
     let layers = parse_layers(&a.layers)?;
     let mut bar = Bar::new();
-    let r = run_probe(&model, &a.data, layers, &a.out, a.max_iter, &mut bar).with_context(|| format!("probing {} on {}", a.model.display(), a.data.display()))?;
+    let r = run_probe(&model, &a.data, layers, &a.out, a.max_iter, &mut bar)
+        .with_context(|| format!("probing {} on {}", a.model.display(), a.data.display()))?;
     drop(bar);
     if a.json {
         return super::print_json(&serde_json::to_value(&r)?);
@@ -80,10 +88,23 @@ pub fn run(a: ProbeArgs) -> Result<()> {
     println!("layer   lambda    train      val     test");
     for p in &r.layers {
         let mark = if p.layer == Some(r.best_layer) { " <- best (val)" } else { "" };
-        println!("{:>5} {:>8.0e}  {}  {}  {}{mark}", p.layer.unwrap_or(0), p.lambda, pct(Some(p.train_acc)), pct(Some(p.val_acc)), pct(p.test_acc));
+        println!(
+            "{:>5} {:>8.0e}  {}  {}  {}{mark}",
+            p.layer.unwrap_or(0),
+            p.lambda,
+            pct(Some(p.train_acc)),
+            pct(Some(p.val_acc)),
+            pct(p.test_acc)
+        );
     }
     let b = &r.baseline;
-    println!("pixels {:>7.0e}  {}  {}  {}  (raw-pixel logistic regression)", b.lambda, pct(Some(b.train_acc)), pct(Some(b.val_acc)), pct(b.test_acc));
+    println!(
+        "pixels {:>7.0e}  {}  {}  {}  (raw-pixel logistic regression)",
+        b.lambda,
+        pct(Some(b.train_acc)),
+        pct(Some(b.val_acc)),
+        pct(b.test_acc)
+    );
     println!("features {:.1} s, fits {:.1} s -> {}/probe.json, probe.png", r.feature_s, r.fit_s, a.out.display());
     Ok(())
 }

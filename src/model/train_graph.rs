@@ -177,7 +177,18 @@ impl ImageGpt {
     /// cross-entropy of `score` over the mean-pooled ln_f output. Adds both gradients to
     /// `grads` and `dscore` (num_labels, C); returns (gen loss, class loss, correct count).
     #[allow(clippy::too_many_arguments)]
-    pub fn forward_backward_classify(&self, acts: &mut TrainActs, grads: &mut [f32], score: &[f32], dscore: &mut [f32], tokens: &[u32], labels: &[u16], b: usize, t: usize, gen_weight: f64) -> Result<(f64, f64, usize)> {
+    pub fn forward_backward_classify(
+        &self,
+        acts: &mut TrainActs,
+        grads: &mut [f32],
+        score: &[f32],
+        dscore: &mut [f32],
+        tokens: &[u32],
+        labels: &[u16],
+        b: usize,
+        t: usize,
+        gen_weight: f64,
+    ) -> Result<(f64, f64, usize)> {
         if self.kind != ModelKind::CausalLm || t < 2 || tokens.len() != b * t || labels.len() != b {
             return Err(Error::Invalid("fine-tuning needs a causal model and (B, T >= 2) tokens with B labels".into()));
         }
@@ -197,7 +208,9 @@ impl ImageGpt {
         acts.b = b;
         acts.t = t;
         self.train_forward(acts, true);
-        let gen_loss = if gen_weight > 0.0 { loss::cross_entropy_fused(&mut acts.logits, &targets, &acts.weights, v) / gen_weight } else {
+        let gen_loss = if gen_weight > 0.0 {
+            loss::cross_entropy_fused(&mut acts.logits, &targets, &acts.weights, v) / gen_weight
+        } else {
             acts.logits.iter_mut().for_each(|x| *x = 0.0);
             0.0
         };
@@ -205,13 +218,17 @@ impl ImageGpt {
         let mut pooled = vec![0f32; b * c];
         for i in 0..b {
             for r in 0..t {
-                crate::backend::add_inplace(&mut pooled[i * c..(i + 1) * c], &acts.lnf[(i * t + r) * c..(i * t + r + 1) * c]);
+                crate::backend::add_inplace(
+                    &mut pooled[i * c..(i + 1) * c],
+                    &acts.lnf[(i * t + r) * c..(i * t + r + 1) * c],
+                );
             }
         }
         pooled.iter_mut().for_each(|x| *x /= t as f32);
         let mut cl = vec![0f32; b * k];
         matmul_forward(&mut cl, &pooled, score, None, (b, c, k), WeightLayout::OutIn, false);
-        let correct = cl.chunks_exact(k).zip(labels).filter(|(row, l)| crate::generate::argmax(row) as u16 == **l).count();
+        let correct =
+            cl.chunks_exact(k).zip(labels).filter(|(row, l)| crate::generate::argmax(row) as u16 == **l).count();
         let lab: Vec<u32> = labels.iter().map(|&l| l as u32).collect();
         let clf = loss::cross_entropy_fused(&mut cl, &lab, &vec![1.0 / b as f32; b], k); // cl -> dclf
         // dscore += dclf^T @ pooled; dpooled = dclf @ score; each position gets dpooled / T

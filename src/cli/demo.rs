@@ -1,0 +1,75 @@
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use igpt::demo::{DemoConfig, DemoObserver, run_demo};
+
+use super::train::Console;
+
+#[derive(Args)]
+pub struct DemoArgs {
+    /// Output folder (report.html and everything it shows).
+    #[arg(long, default_value = "runs/demo")]
+    out: PathBuf,
+    /// Time budget in minutes (about 15 by default on 2 CPU cores).
+    #[arg(long, default_value_t = 15.0)]
+    minutes: f64,
+    /// Data set (see `igpt prepare --help`).
+    #[arg(long, default_value = "emoji32")]
+    data: String,
+    /// Use only this many training images (quick checks).
+    #[arg(long)]
+    max_images: Option<usize>,
+    /// Palette size.
+    #[arg(long, default_value_t = 512)]
+    colors: usize,
+    #[arg(long, default_value_t = 4)]
+    n_layer: usize,
+    #[arg(long, default_value_t = 128)]
+    n_embd: usize,
+    #[arg(long, default_value_t = 4)]
+    n_head: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+}
+
+impl DemoObserver for Console {
+    fn stage(&mut self, name: &str, detail: &str) {
+        eprintln!("== {name}: {detail}");
+    }
+}
+
+pub fn run(a: DemoArgs) -> Result<()> {
+    super::init_threads(a.threads);
+    let cfg = DemoConfig {
+        out: a.out.clone(),
+        minutes: a.minutes,
+        data: a.data.clone(),
+        max_images: a.max_images,
+        colors: a.colors,
+        n_layer: a.n_layer,
+        n_embd: a.n_embd,
+        n_head: a.n_head,
+        seed: a.seed,
+    };
+    let mut console = Console::new(false);
+    let s = run_demo(&cfg, &mut console).with_context(|| format!("running the demo into {}", a.out.display()))?;
+    let b = &s.probe.baseline;
+    println!(
+        "train: {} steps, best val {:.3} bits/token, test {:.3} bits/token",
+        s.train.steps,
+        s.train.best_val_loss.unwrap_or(f64::NAN) / std::f64::consts::LN_2,
+        s.test_nll_bits
+    );
+    println!(
+        "probe: best layer {} test {:.1}% (raw pixels {:.1}%); fine-tuned test accuracy {:.1}%",
+        s.probe.best_layer,
+        100.0 * s.probe.best_test_acc.unwrap_or(s.probe.best_val_acc),
+        100.0 * b.test_acc.unwrap_or(b.val_acc),
+        100.0 * s.finetune.test_acc.unwrap_or(s.finetune.best_val_acc)
+    );
+    println!("report: {}", s.report.display());
+    Ok(())
+}
