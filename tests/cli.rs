@@ -246,3 +246,31 @@ fn sample_and_complete_write_grids_reproducibly() {
     ]);
     assert!(!ok && err.contains("only 64"), "{err}");
 }
+
+#[test]
+fn complete_from_a_prepared_data_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = fixture("tiny");
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let toks: Vec<u16> = (0..3 * 64).map(|i| (i % 16) as u16).collect();
+    igpt::data::tokens::write(&data.join("test.tokens"), &toks, None, (8, 8), 16).unwrap();
+    let out = tmp.path().join("c.png");
+    let (ok, stdout, err) = igpt(&[
+        "complete",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--count",
+        "2",
+        "--samples",
+        "2",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(stdout.contains("2 images x 2 completions"), "{stdout}");
+    let grid = igpt::tokenizer::RgbImage::open(&out).unwrap();
+    assert_eq!((grid.width, grid.height), (4 * 32 + 5 * 2, 2 * 32 + 3 * 2));
+}

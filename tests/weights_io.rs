@@ -157,3 +157,88 @@ fn not_an_image_is_an_error() {
     let err = igpt::tokenizer::RgbImage::open(&p).unwrap_err().to_string();
     assert!(err.contains("fake.png") && err.contains("not a readable image"), "{err}");
 }
+
+#[test]
+fn sharded_safetensors_load_through_their_index() {
+    let m = load_model(&fixture("tiny")).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::copy(fixture("tiny").join("config.json"), tmp.path().join("config.json")).unwrap();
+    let all: Vec<(String, Vec<usize>, &[f32])> =
+        m.layout.entries.iter().map(|e| (e.name.clone(), e.shape.clone(), &m.params[e.range.clone()])).collect();
+    let (a, b) = all.split_at(all.len() / 2);
+    write_safetensors(&tmp.path().join("model-00001-of-00002.safetensors"), a).unwrap();
+    write_safetensors(&tmp.path().join("model-00002-of-00002.safetensors"), b).unwrap();
+    let map: serde_json::Map<String, serde_json::Value> = a
+        .iter()
+        .map(|t| (t.0.clone(), "model-00001-of-00002.safetensors".into()))
+        .chain(b.iter().map(|t| (t.0.clone(), "model-00002-of-00002.safetensors".into())))
+        .collect();
+    std::fs::write(
+        tmp.path().join("model.safetensors.index.json"),
+        serde_json::json!({"metadata": {}, "weight_map": map}).to_string(),
+    )
+    .unwrap();
+    let back = load_model(tmp.path()).unwrap();
+    assert!(back.params == m.params);
+    // An index naming a tensor that no shard has is an error naming it.
+    let mut map2 = map.clone();
+    map2.insert("transformer.h.9.ln_1.weight".into(), "model-00001-of-00002.safetensors".into());
+    std::fs::write(
+        tmp.path().join("model.safetensors.index.json"),
+        serde_json::json!({"weight_map": map2}).to_string(),
+    )
+    .unwrap();
+    let err = load_model(tmp.path()).unwrap_err().to_string();
+    assert!(err.contains("transformer.h.9.ln_1.weight"), "{err}");
+}
+
+#[test]
+fn rgba_grey_and_palette_pngs_convert_as_pillow_rgb() {
+    use image::ImageEncoder;
+    let tmp = tempfile::tempdir().unwrap();
+    let enc = |name: &str, data: &[u8], ct: image::ExtendedColorType| {
+        let mut buf = Vec::new();
+        image::codecs::png::PngEncoder::new(&mut buf).write_image(data, 2, 1, ct).unwrap();
+        let p = tmp.path().join(name);
+        std::fs::write(&p, buf).unwrap();
+        igpt::tokenizer::RgbImage::open(&p).unwrap().data
+    };
+    // RGBA: alpha dropped, not composited (Pillow convert("RGB")).
+    assert_eq!(
+        enc("a.png", &[10, 20, 30, 0, 200, 100, 50, 128], image::ExtendedColorType::Rgba8),
+        vec![10, 20, 30, 200, 100, 50]
+    );
+    // Grey and grey+alpha: replicated.
+    assert_eq!(enc("g.png", &[7, 250], image::ExtendedColorType::L8), vec![7, 7, 7, 250, 250, 250]);
+    assert_eq!(enc("ga.png", &[9, 0, 99, 255], image::ExtendedColorType::La8), vec![9, 9, 9, 99, 99, 99]);
+    // Palette PNG (hand-built: PLTE with two colours, 1-bit indices 0 then 1).
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    let chunk = |png: &mut Vec<u8>, kind: &[u8], data: &[u8]| {
+        png.extend((data.len() as u32).to_be_bytes());
+        let mut c = kind.to_vec();
+        c.extend(data);
+        png.extend(&c);
+        png.extend(crc32(&c).to_be_bytes());
+    };
+    chunk(&mut png, b"IHDR", &[0, 0, 0, 2, 0, 0, 0, 1, 8, 3, 0, 0, 0]);
+    chunk(&mut png, b"PLTE", &[255, 0, 0, 0, 0, 255]);
+    let raw = [0u8, 0, 1]; // filter byte, index 0, index 1
+    let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut z, &raw).unwrap();
+    chunk(&mut png, b"IDAT", &z.finish().unwrap());
+    chunk(&mut png, b"IEND", &[]);
+    let p = tmp.path().join("p.png");
+    std::fs::write(&p, png).unwrap();
+    assert_eq!(igpt::tokenizer::RgbImage::open(&p).unwrap().data, vec![255, 0, 0, 0, 0, 255]);
+}
+
+fn crc32(data: &[u8]) -> u32 {
+    let mut c = 0xffff_ffffu32;
+    for &b in data {
+        c ^= b as u32;
+        for _ in 0..8 {
+            c = if c & 1 != 0 { 0xedb8_8320 ^ (c >> 1) } else { c >> 1 };
+        }
+    }
+    !c
+}

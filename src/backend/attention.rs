@@ -113,9 +113,19 @@ impl KvBlocks {
 /// q: (B, T, nh*hs) view; k, v: (B, Tk, nh*hs) views; out: (B, T, nh*hs) contiguous;
 /// lse: (B, nh, T) receives max + ln(sum exp) of each query row's scaled scores.
 pub fn attention_forward(out: &mut [f32], lse: &mut [f32], q: SeqView, k: SeqView, v: SeqView, d: AttnDims) {
-    let mut kv = KvBlocks::new(d.b, d.nh, d.hs, d.tk);
+    // The packed keys and values are reused between calls of the same shape (every layer of
+    // every step): stale positions past d.tk are never read unmasked.
+    thread_local! {
+        static KV: std::cell::RefCell<Option<KvBlocks>> = const { std::cell::RefCell::new(None) };
+    }
+    let cap = d.tk.div_ceil(KB).max(1) * KB;
+    let mut kv = KV
+        .with(|c| c.borrow_mut().take())
+        .filter(|kv| (kv.b, kv.nh, kv.hs, kv.cap) == (d.b, d.nh, d.hs, cap))
+        .unwrap_or_else(|| KvBlocks::new(d.b, d.nh, d.hs, d.tk));
     kv.write(k, v, 0, d.tk);
     attention_with_kv(out, lse, q, &kv, d);
+    KV.with(|c| *c.borrow_mut() = Some(kv));
 }
 
 /// Attention of T new query rows over the first d.tk positions of `kv` (which already holds

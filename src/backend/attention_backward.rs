@@ -45,10 +45,25 @@ pub fn attention_backward(
         // (T/BB, hs, BB), zero-padded, so that every block product below is one of the
         // register-blocked kernels and no block is ever transposed.
         let nblk = t.div_ceil(BB);
-        let rows = || vec![0f32; t * hs];
-        let blocks = || vec![0f32; nblk * hs * BB];
-        let (mut qh, mut kh, mut vh, mut goh) = (rows(), rows(), rows(), rows());
-        let (mut qt, mut kt, mut got) = (blocks(), blocks(), blocks());
+        // One per-thread scratch buffer, reused across heads, layers and steps.
+        thread_local! {
+            static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        let (rl, bl) = (t * hs, nblk * hs * BB);
+        let mut buf = SCRATCH.with(|c| std::mem::take(&mut *c.borrow_mut()));
+        buf.clear();
+        buf.resize(6 * rl + 4 * bl + 2 * KB * BB, 0.0);
+        let (qh, rest) = buf.split_at_mut(rl);
+        let (kh, rest) = rest.split_at_mut(rl);
+        let (vh, rest) = rest.split_at_mut(rl);
+        let (goh, rest) = rest.split_at_mut(rl);
+        let (dk, rest) = rest.split_at_mut(rl);
+        let (dv, rest) = rest.split_at_mut(rl);
+        let (qt, rest) = rest.split_at_mut(bl);
+        let (kt, rest) = rest.split_at_mut(bl);
+        let (got, rest) = rest.split_at_mut(bl);
+        let (dqt, rest) = rest.split_at_mut(bl);
+        let (pt, dst_t) = rest.split_at_mut(KB * BB);
         for r in 0..t {
             qh[r * hs..(r + 1) * hs].copy_from_slice(q.row(b, r, col, hs));
             kh[r * hs..(r + 1) * hs].copy_from_slice(k.row(b, r, col, hs));
@@ -69,8 +84,6 @@ pub fn attention_backward(
             })
             .collect();
         let lse_h = &lse[(b * nh + h) * t..(b * nh + h + 1) * t];
-        let (mut dk, mut dv, mut dqt) = (rows(), rows(), blocks());
-        let (mut pt, mut dst_t) = (vec![0f32; KB * BB], vec![0f32; KB * BB]);
         for k_lo in (0..t).step_by(KB) {
             let nk = KB.min(t - k_lo);
             let q_start = if d.causal { k_lo } else { 0 };
@@ -78,8 +91,8 @@ pub fn attention_backward(
                 let nq = BB.min(t - q_lo);
                 let qblk = (q_lo / BB) * hs * BB;
                 // S^T (nk, BB) = K Q^T and dP^T = V dO^T
-                scores(&mut pt, BB, &kh[k_lo * hs..], &qt[qblk..], BB, nk, hs);
-                scores(&mut dst_t, BB, &vh[k_lo * hs..], &got[qblk..], BB, nk, hs);
+                scores(pt, BB, &kh[k_lo * hs..], &qt[qblk..], BB, nk, hs);
+                scores(dst_t, BB, &vh[k_lo * hs..], &got[qblk..], BB, nk, hs);
                 // This query block's lse and D, padded (padding rows are zeroed below).
                 let mut lb = [0f32; BB];
                 let mut db = [0f32; BB];
@@ -101,27 +114,22 @@ pub fn attention_backward(
                     dr[nq..].fill(0.0);
                 }
                 // dV += P^T dO, dK += dS^T Q, dQ^T += K^T dS^T
-                accumulate_pv_any(&mut dv[k_lo * hs..], &pt, BB, &goh[q_lo * hs..], nk, nq, hs);
-                accumulate_pv_any(&mut dk[k_lo * hs..], &dst_t, BB, &qh[q_lo * hs..], nk, nq, hs);
-                accumulate_pv::<BB>(&mut dqt[qblk..], &kt[(k_lo / BB) * hs * BB..], BB, &dst_t, hs, nk);
+                accumulate_pv_any(&mut dv[k_lo * hs..], pt, BB, &goh[q_lo * hs..], nk, nq, hs);
+                accumulate_pv_any(&mut dk[k_lo * hs..], dst_t, BB, &qh[q_lo * hs..], nk, nq, hs);
+                accumulate_pv::<BB>(&mut dqt[qblk..], &kt[(k_lo / BB) * hs * BB..], BB, dst_t, hs, nk);
             }
         }
-        let dq: Vec<f32> = (0..t * hs)
-            .map(|i| {
-                let (r, x) = (i / hs, i % hs);
-                dqt[(r / BB) * hs * BB + x * BB + r % BB]
-            })
-            .collect();
         // SAFETY: task (b, h) owns columns col..col+hs of the q, k and v parts of rows b*t..(b+1)*t.
         unsafe {
             for r in 0..t {
                 let base = dst.0.add((b * t + r) * 3 * c + col);
                 for x in 0..hs {
-                    *base.add(x) = dq[r * hs + x];
+                    *base.add(x) = dqt[(r / BB) * hs * BB + x * BB + r % BB];
                     *base.add(c + x) = dk[r * hs + x];
                     *base.add(2 * c + x) = dv[r * hs + x];
                 }
             }
         }
+        SCRATCH.with(|c| *c.borrow_mut() = buf);
     });
 }

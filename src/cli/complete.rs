@@ -13,8 +13,14 @@ pub struct CompleteArgs {
     #[arg(long)]
     model: PathBuf,
     /// Images to complete (resized and quantised with the model's palette).
-    #[arg(long, num_args = 1.., required = true)]
+    #[arg(long, num_args = 1.., required_unless_present = "data")]
     images: Vec<PathBuf>,
+    /// Or: a prepared data folder; its held-out images are completed (test.tokens, else val.tokens).
+    #[arg(long, conflicts_with = "images")]
+    data: Option<PathBuf>,
+    /// With --data: how many images.
+    #[arg(long, default_value_t = 8)]
+    count: usize,
     /// Rows kept from the top of each image (default: half).
     #[arg(long)]
     keep_rows: Option<usize>,
@@ -40,8 +46,24 @@ pub fn run(a: CompleteArgs) -> Result<()> {
     let (model, proc) = open_causal(&a.model)?;
     let (h, w) = proc.hw();
     let n = h * w;
-    let imgs = super::open_images(&a.images)?;
-    let originals: Vec<Vec<u32>> = imgs.iter().map(|im| proc.encode(im)).collect();
+    let originals: Vec<Vec<u32>> = match &a.data {
+        Some(d) => {
+            let f = if d.join("test.tokens").exists() { d.join("test.tokens") } else { d.join("val.tokens") };
+            let tf = igpt::data::tokens::TokenFile::open(&f)?;
+            if (tf.height, tf.width, tf.colors) != (h, w, proc.n_clusters()) {
+                bail!(
+                    "{}: {}x{} images with {} colours, the model's palette is {h}x{w} with {}",
+                    f.display(),
+                    tf.height,
+                    tf.width,
+                    tf.colors,
+                    proc.n_clusters()
+                );
+            }
+            (0..a.count.min(tf.count)).map(|i| tf.image(i).into_iter().map(u32::from).collect()).collect()
+        }
+        None => super::open_images(&a.images)?.iter().map(|im| proc.encode(im)).collect(),
+    };
     let keep = match (a.keep_tokens, a.keep_rows) {
         (Some(k), _) => k,
         (None, Some(r)) => r * w,

@@ -46,11 +46,14 @@ pub fn open_images(paths: &[PathBuf]) -> Result<Vec<RgbImage>> {
 }
 
 /// Sets up the rayon pool once for the whole command (0 = all cores).
+/// Every worker flushes denormal floats to zero (see `backend::math::flush_denormals`).
 pub fn init_threads(threads: usize) {
-    if threads > 0 {
-        // A second call fails harmlessly (the pool already exists).
-        let _ = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global();
-    }
+    igpt::backend::math::flush_denormals();
+    // A second call fails harmlessly (the pool already exists).
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .start_handler(|_| igpt::backend::math::flush_denormals())
+        .build_global();
 }
 
 /// Peak resident memory of this process in MiB (Linux VmHWM), 0 where unknown.
