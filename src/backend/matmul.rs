@@ -146,46 +146,6 @@ struct OutPtr(*mut f32);
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
-/// A general strided product for kernels (attention blocks): dst = alpha * dst + beta * lhs @ rhs.
-/// Each matrix is (pointer, row stride, col stride). Runs single-threaded: callers parallelise.
-///
-/// # Safety
-/// Every pointer with its strides must address valid memory for its (m, k), (k, n), (m, n)
-/// matrix, and `dst` must not overlap `lhs` or `rhs`.
-#[allow(clippy::too_many_arguments)]
-pub unsafe fn gemm_strided(
-    (m, n, k): (usize, usize, usize),
-    dst: (*mut f32, isize, isize),
-    lhs: (*const f32, isize, isize),
-    rhs: (*const f32, isize, isize),
-    accumulate: bool,
-    beta: f32,
-) {
-    unsafe {
-        gemm(
-            m,
-            n,
-            k,
-            dst.0,
-            dst.2,
-            dst.1,
-            accumulate,
-            lhs.0,
-            lhs.2,
-            lhs.1,
-            rhs.0,
-            rhs.2,
-            rhs.1,
-            1.0,
-            beta,
-            false,
-            false,
-            false,
-            Parallelism::None,
-        );
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
