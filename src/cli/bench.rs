@@ -81,6 +81,12 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
     }
 }
 
+/// The benchmark model: GPT-2 initialisation of the requested shape.
+fn random_model(a: &BenchArgs) -> Result<ImageGpt> {
+    let cfg = ImageGptConfig::with_shape(a.n_layer, a.n_embd, a.n_head).with_image(a.side, a.colors);
+    Ok(ImageGpt::init_random(cfg, ModelKind::CausalLm, 0)?)
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -90,8 +96,7 @@ fn forward(mut a: BenchArgs) -> Result<()> {
     a.batch = Some(a.batch.unwrap_or(4));
     let batch = a.batch.unwrap_or(4);
     super::init_threads(a.threads);
-    let cfg = ImageGptConfig::with_shape(a.n_layer, a.n_embd, a.n_head).with_image(a.side, a.colors);
-    let model = ImageGpt::init_random(cfg, ModelKind::CausalLm, 0)?;
+    let model = random_model(&a)?;
     let t = a.side * a.side;
     let mut rng = Rng::new(1);
     let sos = model.config.sos_token();
@@ -124,8 +129,7 @@ fn train(mut a: BenchArgs) -> Result<()> {
     let batch = a.batch.unwrap_or(4);
     a.batch = Some(batch);
     super::init_threads(a.threads);
-    let cfg = ImageGptConfig::with_shape(a.n_layer, a.n_embd, a.n_head).with_image(a.side, a.colors);
-    let mut model = ImageGpt::init_random(cfg, ModelKind::CausalLm, 0)?;
+    let mut model = random_model(&a)?;
     let t = a.side * a.side;
     let mut rng = Rng::new(1);
     let tokens: Vec<u32> = (0..batch * t).map(|_| rng.below(a.colors as u64) as u32).collect();
@@ -204,8 +208,7 @@ fn sample(mut a: BenchArgs) -> Result<()> {
     let batch = a.batch.unwrap_or(8);
     a.batch = Some(batch);
     super::init_threads(a.threads);
-    let cfg = ImageGptConfig::with_shape(a.n_layer, a.n_embd, a.n_head).with_image(a.side, a.colors);
-    let model = ImageGpt::init_random(cfg, ModelKind::CausalLm, 0)?;
+    let model = random_model(&a)?;
     let t = a.side * a.side;
     let mut sampler = Sampler::new(2, Sampling::default());
     let mut ws = Workspace::new();
