@@ -52,6 +52,8 @@ pub struct Workspace {
     /// Norm output (B, T, C) and its 1/rms (B, T).
     ln: Vec<f32>,
     rstd: Vec<f32>,
+    ln2: Vec<f32>,
+    rstd2: Vec<f32>,
     /// (B, T, 3C): [q | k | v] per row.
     qkv: Vec<f32>,
     /// Attention output (B, T, C) and row log-sum-exp (B, nh, T).
@@ -88,6 +90,8 @@ impl Workspace {
         grow(&mut self.x, n * c);
         grow(&mut self.ln, n * c);
         grow(&mut self.rstd, n);
+        grow(&mut self.ln2, n * c);
+        grow(&mut self.rstd2, n);
         grow(&mut self.qkv, n * 3 * c);
         grow(&mut self.att, n * c);
         grow(&mut self.lse, n * cfg.n_head);
@@ -103,6 +107,24 @@ impl Workspace {
     pub fn seq_len(&self) -> usize {
         self.t
     }
+}
+
+/// The buffers one block reads and writes, shapes for N = B*T rows: x (N, C) residual,
+/// ln1/ln2 (N, C), rstd1/rstd2 (N), qkv (N, 3C), att (N, C), lse (B, nh, T), fc (N, I);
+/// x_mid (N, C) receives the residual after attention and fc_act (N, I) the activation
+/// when given (training), else the activation is applied to fc in place.
+pub(crate) struct BlockBufs<'a> {
+    pub x: &'a mut [f32],
+    pub ln1: &'a mut [f32],
+    pub rstd1: &'a mut [f32],
+    pub qkv: &'a mut [f32],
+    pub att: &'a mut [f32],
+    pub lse: &'a mut [f32],
+    pub x_mid: Option<&'a mut [f32]>,
+    pub ln2: &'a mut [f32],
+    pub rstd2: &'a mut [f32],
+    pub fc: &'a mut [f32],
+    pub fc_act: Option<&'a mut [f32]>,
 }
 
 impl ImageGpt {
@@ -240,7 +262,25 @@ impl ImageGpt {
                 ws.hidden_states.push(ws.x[..n * c].to_vec());
             }
             let kv = cache.as_mut().map(|c| (&mut c.layers[l], pos0));
-            self.block_forward(ws, l, lo, b, t, kv);
+            let cached = kv.is_some();
+            let (nh, i) = (cfg.n_head, cfg.n_inner());
+            let bufs = BlockBufs {
+                x: &mut ws.x[..n * c],
+                ln1: &mut ws.ln[..n * c],
+                rstd1: &mut ws.rstd[..n],
+                qkv: &mut ws.qkv[..n * 3 * c],
+                att: &mut ws.att[..n * c],
+                lse: &mut ws.lse[..b * nh * t],
+                x_mid: None,
+                ln2: &mut ws.ln2[..n * c],
+                rstd2: &mut ws.rstd2[..n],
+                fc: &mut ws.fc[..n * i],
+                fc_act: None,
+            };
+            self.block_forward(l, lo, b, t, bufs, kv, true);
+            if ws.want_attentions && !cached {
+                self.record_attentions(ws, l, b, t);
+            }
         }
         if let Some(c) = cache {
             c.advance(t);
@@ -264,45 +304,30 @@ impl ImageGpt {
         Ok(())
     }
 
-    /// One block: x = x + attn(ln_1(x)); x = x + mlp(ln_2(x)).
+    /// One block: x = x + attn(ln_1(x)); x = x + mlp(ln_2(x)), over the buffers in `bufs`
+    /// (one scratch set for inference, one saved set per layer for training).
     /// With `kv` = (this layer's cache, past length), the new keys and values are appended
     /// to the cache and attention runs over past + new positions.
-    fn block_forward(
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn block_forward(
         &self,
-        ws: &mut Workspace,
         l: usize,
         lo: &LayerOffsets,
         b: usize,
         t: usize,
+        bufs: BlockBufs,
         kv: Option<(&mut KvBlocks, usize)>,
+        causal: bool,
     ) {
         let cfg = &self.config;
         let (c, inner, n, eps) = (cfg.n_embd, cfg.n_inner(), b * t, cfg.layer_norm_epsilon);
-        let x = &mut ws.x[..n * c];
-        let ln = &mut ws.ln[..n * c];
-        timed(Kernel::Norm, || norm::rmsnorm_forward(ln, &mut ws.rstd[..n], x, self.param(&lo.ln_1), eps));
-        let qkv = &mut ws.qkv[..n * 3 * c];
-        timed(Kernel::Matmul, || {
-            matmul_forward(
-                qkv,
-                ln,
-                self.param(&lo.c_attn_w),
-                Some(self.param(&lo.c_attn_b)),
-                (n, c, 3 * c),
-                WeightLayout::InOut,
-                false,
-            )
-        });
-        let view = |part: usize| SeqView {
-            data: &ws.qkv[..n * 3 * c],
-            offset: part * c,
-            batch_stride: t * 3 * c,
-            row_stride: 3 * c,
-        };
-        let mut dims =
-            AttnDims { b, t, tk: t, nh: cfg.n_head, hs: cfg.head_dim(), causal: true, scale: self.attn_scale(l) };
-        let (att, lse) = (&mut ws.att[..n * c], &mut ws.lse[..b * cfg.n_head * t]);
-        let cached = kv.is_some();
+        let BlockBufs { x, ln1, rstd1, qkv, att, lse, x_mid, ln2, rstd2, fc, fc_act } = bufs;
+        timed(Kernel::Norm, || norm::rmsnorm_forward(ln1, rstd1, x, self.param(&lo.ln_1), eps));
+        let (wq, bq) = (self.param(&lo.c_attn_w), self.param(&lo.c_attn_b));
+        timed(Kernel::Matmul, || matmul_forward(qkv, ln1, wq, Some(bq), (n, c, 3 * c), WeightLayout::InOut, false));
+        let qkv = &*qkv;
+        let view = |part: usize| SeqView { data: qkv, offset: part * c, batch_stride: t * 3 * c, row_stride: 3 * c };
+        let mut dims = AttnDims { b, t, tk: t, nh: cfg.n_head, hs: cfg.head_dim(), causal, scale: self.attn_scale(l) };
         match kv {
             Some((blocks, past)) => {
                 dims.tk = past + t;
@@ -315,52 +340,43 @@ impl ImageGpt {
                 timed(Kernel::Attention, || attention::attention_forward(att, lse, view(0), view(1), view(2), dims))
             }
         }
-        if ws.want_attentions && !cached {
-            let mut probs = Vec::with_capacity(b * cfg.n_head * t * t);
-            for bi in 0..b {
-                for h in 0..cfg.n_head {
-                    probs.extend(attention::attention_probs(view(0), view(1), &ws.lse, dims, bi, h));
-                }
-            }
-            ws.attentions.push(probs);
-        }
         // x += att @ c_proj + b  (the gemm accumulates straight into the residual stream)
-        timed(Kernel::Matmul, || {
-            matmul_forward(
-                x,
-                &ws.att[..n * c],
-                self.param(&lo.c_proj_w),
-                Some(self.param(&lo.c_proj_b)),
-                (n, c, c),
-                WeightLayout::InOut,
-                true,
-            )
-        });
-        timed(Kernel::Norm, || norm::rmsnorm_forward(ln, &mut ws.rstd[..n], x, self.param(&lo.ln_2), eps));
-        let fc = &mut ws.fc[..n * inner];
-        timed(Kernel::Matmul, || {
-            matmul_forward(
-                fc,
-                ln,
-                self.param(&lo.c_fc_w),
-                Some(self.param(&lo.c_fc_b)),
-                (n, c, inner),
-                WeightLayout::InOut,
-                false,
-            )
-        });
-        timed(Kernel::Act, || act::act_inplace(self.act, fc));
-        timed(Kernel::Matmul, || {
-            matmul_forward(
-                x,
-                fc,
-                self.param(&lo.mlp_proj_w),
-                Some(self.param(&lo.mlp_proj_b)),
-                (n, inner, c),
-                WeightLayout::InOut,
-                true,
-            )
-        });
+        let (wo, bo) = (self.param(&lo.c_proj_w), self.param(&lo.c_proj_b));
+        timed(Kernel::Matmul, || matmul_forward(x, att, wo, Some(bo), (n, c, c), WeightLayout::InOut, true));
+        if let Some(m) = x_mid {
+            m.copy_from_slice(x);
+        }
+        timed(Kernel::Norm, || norm::rmsnorm_forward(ln2, rstd2, x, self.param(&lo.ln_2), eps));
+        let (wf, bf) = (self.param(&lo.c_fc_w), self.param(&lo.c_fc_b));
+        timed(Kernel::Matmul, || matmul_forward(fc, ln2, wf, Some(bf), (n, c, inner), WeightLayout::InOut, false));
+        // training keeps the pre-activation; inference applies the activation in place
+        let h: &[f32] = match fc_act {
+            Some(out) => {
+                timed(Kernel::Act, || act::act_forward(self.act, out, fc));
+                out
+            }
+            None => {
+                timed(Kernel::Act, || act::act_inplace(self.act, fc));
+                fc
+            }
+        };
+        let (wp, bp) = (self.param(&lo.mlp_proj_w), self.param(&lo.mlp_proj_b));
+        timed(Kernel::Matmul, || matmul_forward(x, h, wp, Some(bp), (n, inner, c), WeightLayout::InOut, true));
+    }
+
+    /// HF's `output_attentions` for layer `l`, recomputed from the workspace (uncached only).
+    fn record_attentions(&self, ws: &mut Workspace, l: usize, b: usize, t: usize) {
+        let (c, nh) = (self.config.n_embd, self.config.n_head);
+        let qkv = &ws.qkv[..b * t * 3 * c];
+        let view = |part: usize| SeqView { data: qkv, offset: part * c, batch_stride: t * 3 * c, row_stride: 3 * c };
+        let dims = AttnDims { b, t, tk: t, nh, hs: self.config.head_dim(), causal: true, scale: self.attn_scale(l) };
+        let mut probs = Vec::with_capacity(b * nh * t * t);
+        for bi in 0..b {
+            for h in 0..nh {
+                probs.extend(attention::attention_probs(view(0), view(1), &ws.lse, dims, bi, h));
+            }
+        }
+        ws.attentions.push(probs);
     }
 
     fn head_forward(&self, ws: &mut Workspace, b: usize, t: usize, logits: Logits) {

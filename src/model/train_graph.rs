@@ -8,14 +8,14 @@
 //!   (position embedding kept), no SOS, bidirectional attention, cross-entropy over the
 //!   masked positions only.
 
-use crate::backend::attention::{self, AttnDims, SeqView};
+use crate::backend::attention::{AttnDims, SeqView};
 use crate::backend::attention_backward::attention_backward;
 use crate::backend::matmul::{bias_backward, matmul_backward_weight, matmul_forward};
 use crate::backend::profile::{Kernel, timed};
 use crate::backend::{WeightLayout, act, embed, loss, norm};
 use crate::error::{Error, Result};
 
-use super::gpt::ImageGpt;
+use super::gpt::{BlockBufs, ImageGpt};
 use super::params::ModelKind;
 
 /// Which pretraining objective.
@@ -270,67 +270,20 @@ impl ImageGpt {
         for (l, lo) in self.layout.layers.iter().enumerate() {
             let la = &mut a.layers[l];
             sized(&mut la.x_in, n * c).copy_from_slice(&a.x[..n * c]);
-            let x = &mut a.x[..n * c];
-            timed(Kernel::Norm, || {
-                norm::rmsnorm_forward(sized(&mut la.ln1, n * c), sized(&mut la.rstd1, n), x, self.param(&lo.ln_1), eps)
-            });
-            let qkv = sized(&mut la.qkv, n * 3 * c);
-            timed(Kernel::Matmul, || {
-                matmul_forward(
-                    qkv,
-                    &la.ln1,
-                    self.param(&lo.c_attn_w),
-                    Some(self.param(&lo.c_attn_b)),
-                    (n, c, 3 * c),
-                    WeightLayout::InOut,
-                    false,
-                )
-            });
-            let view =
-                |part: usize| SeqView { data: &la.qkv, offset: part * c, batch_stride: t * 3 * c, row_stride: 3 * c };
-            let dims = AttnDims { b, t, tk: t, nh, hs: cfg.head_dim(), causal, scale: self.attn_scale(l) };
-            let (att, lse) = (sized(&mut la.att, n * c), sized(&mut la.lse, b * nh * t));
-            timed(Kernel::Attention, || attention::attention_forward(att, lse, view(0), view(1), view(2), dims));
-            timed(Kernel::Matmul, || {
-                matmul_forward(
-                    x,
-                    &la.att,
-                    self.param(&lo.c_proj_w),
-                    Some(self.param(&lo.c_proj_b)),
-                    (n, c, c),
-                    WeightLayout::InOut,
-                    true,
-                )
-            });
-            sized(&mut la.x_mid, n * c).copy_from_slice(x);
-            timed(Kernel::Norm, || {
-                norm::rmsnorm_forward(sized(&mut la.ln2, n * c), sized(&mut la.rstd2, n), x, self.param(&lo.ln_2), eps)
-            });
-            let fc = sized(&mut la.fc, n * inner);
-            timed(Kernel::Matmul, || {
-                matmul_forward(
-                    fc,
-                    &la.ln2,
-                    self.param(&lo.c_fc_w),
-                    Some(self.param(&lo.c_fc_b)),
-                    (n, c, inner),
-                    WeightLayout::InOut,
-                    false,
-                )
-            });
-            let fc_act = sized(&mut la.fc_act, n * inner);
-            timed(Kernel::Act, || act::act_forward(self.act, fc_act, &la.fc));
-            timed(Kernel::Matmul, || {
-                matmul_forward(
-                    x,
-                    &la.fc_act,
-                    self.param(&lo.mlp_proj_w),
-                    Some(self.param(&lo.mlp_proj_b)),
-                    (n, inner, c),
-                    WeightLayout::InOut,
-                    true,
-                )
-            });
+            let bufs = BlockBufs {
+                x: &mut a.x[..n * c],
+                ln1: sized(&mut la.ln1, n * c),
+                rstd1: sized(&mut la.rstd1, n),
+                qkv: sized(&mut la.qkv, n * 3 * c),
+                att: sized(&mut la.att, n * c),
+                lse: sized(&mut la.lse, b * nh * t),
+                x_mid: Some(sized(&mut la.x_mid, n * c)),
+                ln2: sized(&mut la.ln2, n * c),
+                rstd2: sized(&mut la.rstd2, n),
+                fc: sized(&mut la.fc, n * inner),
+                fc_act: Some(sized(&mut la.fc_act, n * inner)),
+            };
+            self.block_forward(l, lo, b, t, bufs, None, causal);
         }
         let lnf = sized(&mut a.lnf, n * c);
         timed(Kernel::Norm, || {
