@@ -87,6 +87,24 @@ fn random_model(a: &BenchArgs) -> Result<ImageGpt> {
     Ok(ImageGpt::init_random(cfg, ModelKind::CausalLm, 0)?)
 }
 
+/// Runs `warmup` untimed then `steps` timed calls of `step` (profiling only the timed ones)
+/// and returns the median seconds per call.
+fn median_step(a: &BenchArgs, mut step: impl FnMut() -> Result<()>) -> Result<f64> {
+    let mut times = Vec::new();
+    for i in 0..a.warmup + a.steps.max(1) {
+        if i == a.warmup {
+            igpt::backend::profile::reset();
+            igpt::backend::profile::enable(a.profile);
+        }
+        let t0 = Instant::now();
+        step()?;
+        if i >= a.warmup {
+            times.push(t0.elapsed().as_secs_f64());
+        }
+    }
+    Ok(median(times))
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -104,20 +122,11 @@ fn forward(mut a: BenchArgs) -> Result<()> {
         .flat_map(|_| std::iter::once(sos).chain((1..t).map(|_| rng.below(a.colors as u64) as u32)).collect::<Vec<_>>())
         .collect();
     let mut ws = Workspace::new();
-    let mut times = Vec::new();
-    for step in 0..a.warmup + a.steps.max(1) {
-        if step == a.warmup {
-            igpt::backend::profile::reset();
-            igpt::backend::profile::enable(a.profile);
-        }
-        let t0 = Instant::now();
+    let step_s = median_step(&a, || {
         model.forward(&mut ws, &tokens, batch, t, Logits::All, false)?;
         std::hint::black_box(&ws.logits);
-        if step >= a.warmup {
-            times.push(t0.elapsed().as_secs_f64());
-        }
-    }
-    let step_s = median(times);
+        Ok(())
+    })?;
     let tok_s = (batch * t) as f64 / step_s;
     report("forward", &a, tok_s, step_s)
 }
@@ -136,22 +145,13 @@ fn train(mut a: BenchArgs) -> Result<()> {
     let mut opt = AdamW::new(AdamWConfig::default(), &model.layout);
     let mut acts = TrainActs::new();
     let mut grads = vec![0f32; model.params.len()];
-    let mut times = Vec::new();
-    for step in 0..a.warmup + a.steps.max(1) {
-        if step == a.warmup {
-            igpt::backend::profile::reset();
-            igpt::backend::profile::enable(a.profile);
-        }
-        let t0 = Instant::now();
+    let step_s = median_step(&a, || {
         grads.fill(0.0);
         let loss = model.forward_backward(&mut acts, &mut grads, &tokens, batch, t, Objective::Gpt, None)?;
         opt.update(&mut model.params, &grads, 1e-3);
         std::hint::black_box(loss);
-        if step >= a.warmup {
-            times.push(t0.elapsed().as_secs_f64());
-        }
-    }
-    let step_s = median(times);
+        Ok(())
+    })?;
     report("train", &a, (batch * t) as f64 / step_s, step_s)
 }
 
