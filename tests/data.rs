@@ -171,3 +171,80 @@ fn prepare_writes_palette_tokens_and_report() {
         assert!(json[k].as_f64().is_some(), "{k}");
     }
 }
+
+fn png_bytes(img: &RgbImage) -> Vec<u8> {
+    let mut out = Vec::new();
+    image::codecs::png::PngEncoder::new(&mut out)
+        .write_image(&img.data, img.width as u32, img.height as u32, image::ExtendedColorType::Rgb8)
+        .unwrap();
+    out
+}
+use image::ImageEncoder;
+
+#[test]
+fn parquet_files_as_the_hub_stores_them() {
+    use igpt::data::parquet;
+    let tmp = tempfile::tempdir().unwrap();
+    // 7 training images of two sizes in 3 row groups, 2 test images; labels 0..2.
+    let imgs: Vec<RgbImage> = (0..9)
+        .map(|k| {
+            let s = if k % 2 == 0 { 20 } else { 12 };
+            RgbImage::new(s, s, (0..s * s * 3).map(|i| ((i * 7 + k * 31) % 256) as u8).collect())
+        })
+        .collect();
+    let pngs: Vec<Vec<u8>> = imgs.iter().map(png_bytes).collect();
+    let labels: Vec<i64> = (0..9).map(|k| k % 3).collect();
+    let names = ["cat", "dog", "eel"];
+    let train = tmp.path().join("train-00000-of-00001.parquet");
+    let test_dir = tmp.path().join("test");
+    std::fs::create_dir(&test_dir).unwrap();
+    let test = test_dir.join("0000.parquet");
+    parquet::write(&train, &pngs[..7], &labels[..7], &names, 3).unwrap();
+    parquet::write(&test, &pngs[7..], &labels[7..], &names, 10).unwrap();
+
+    let read = parquet::read(&train, &Default::default(), &|| {}).unwrap();
+    assert_eq!(read.items.len(), 7);
+    assert_eq!(read.class_names.as_deref(), Some(&["cat".to_string(), "dog".into(), "eel".into()][..]));
+    for (k, it) in read.items.iter().enumerate() {
+        assert_eq!(it.image, imgs[k], "image {k} decoded from the bytes column");
+        assert_eq!(it.label, Some(labels[k] as u16));
+    }
+
+    let spec: DataSpec = format!("parquet:{},{}", train.display(), test.display()).parse().unwrap();
+    let src = spec.load(&|| {}).unwrap();
+    assert_eq!(src.train.items.len(), 7);
+    let t = src.test.unwrap();
+    assert_eq!(t.items.len(), 2);
+    assert_eq!(t.items[1].image, imgs[8]);
+    assert_eq!(src.train.classes, vec!["cat", "dog", "eel"]);
+
+    // Column names are configurable; a wrong one names the file's columns.
+    let cols = parquet::Columns { image: Some("picture".into()), label: None };
+    let err = parquet::read(&train, &cols, &|| {}).err().unwrap().to_string();
+    assert!(err.contains("train-00000-of-00001.parquet") && err.contains("picture") && err.contains("image, label"), "{err}");
+    let cols = parquet::Columns { image: Some("image".into()), label: Some("label".into()) };
+    assert_eq!(parquet::read(&train, &cols, &|| {}).unwrap().items.len(), 7);
+
+    // A file that is not parquet, and a corrupt image cell.
+    let bad = tmp.path().join("bad.parquet");
+    std::fs::write(&bad, b"PAR1 not really").unwrap();
+    let err = parquet::read(&bad, &Default::default(), &|| {}).err().unwrap().to_string();
+    assert!(err.contains("bad.parquet") && err.contains("parquet"), "{err}");
+    let corrupt = tmp.path().join("corrupt.parquet");
+    parquet::write(&corrupt, &[b"not a png".to_vec()], &[0], &names, 10).unwrap();
+    let err = parquet::read(&corrupt, &Default::default(), &|| {}).err().unwrap().to_string();
+    assert!(err.contains("corrupt.parquet") && err.contains("row 0"), "{err}");
+
+    // prepare end to end through the CLI.
+    let out = tmp.path().join("prep");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_igpt"))
+        .args(["prepare", "--data", &format!("parquet:{},{}", train.display(), test.display())])
+        .args(["--out", out.to_str().unwrap(), "--size", "8", "--colors", "16", "--val-fraction", "0.3", "--json"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let rep: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(rep["counts"]["test"], 2);
+    assert_eq!(rep["counts"]["train"].as_u64().unwrap() + rep["counts"]["val"].as_u64().unwrap(), 7);
+    assert_eq!(std::fs::read_to_string(out.join("labels.txt")).unwrap().lines().collect::<Vec<_>>(), names);
+}

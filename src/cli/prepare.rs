@@ -7,9 +7,19 @@ use igpt::data::spec::DataSpec;
 
 #[derive(Args)]
 pub struct PrepareArgs {
-    /// emoji32 | fashion-mnist | mnist | cifar10 | cifar100 | folder:DIR | cifar:FILE[,FILE..] | idx:IMAGES,LABELS
+    /// emoji32 | fashion-mnist | mnist | cifar10 | cifar100 | folder:DIR | cifar:FILE[,FILE..] | idx:IMAGES,LABELS | parquet:FILE[,FILE..]
     #[arg(long, default_value = "emoji32")]
     data: String,
+    /// Download a named set (mnist, fashion-mnist, cifar10, cifar100) into the cache folder
+    /// when it is not on this machine; SHA-256-checked.
+    #[arg(long)]
+    download: bool,
+    /// parquet: the image column ({bytes, path} structs or binary) [default: image, img, ...].
+    #[arg(long)]
+    image_column: Option<String>,
+    /// parquet: the integer label column [default: label, labels, fine_label, ...].
+    #[arg(long)]
+    label_column: Option<String>,
     /// Output folder.
     #[arg(long)]
     out: PathBuf,
@@ -74,9 +84,48 @@ impl Progress for Bars {
     }
 }
 
+/// A byte bar (size, rate, ETA) per downloaded file, on stderr.
+#[derive(Default)]
+pub struct DownloadBar(std::sync::Mutex<Option<indicatif::ProgressBar>>);
+
+impl igpt::data::download::Transfer for DownloadBar {
+    fn start(&self, file: &str, url: &str, total: Option<u64>) {
+        eprintln!("fetching {url}");
+        let bar = indicatif::ProgressBar::new(total.unwrap_or(0)).with_style(
+            indicatif::ProgressStyle::with_template(&format!(
+                "{file} {{bar:30}} {{bytes}}/{{total_bytes}} [{{elapsed_precise}}<{{eta_precise}}, {{bytes_per_sec}}]"
+            ))
+            .expect("valid template"),
+        );
+        *self.0.lock().expect("progress lock") = Some(bar);
+    }
+    fn advance(&self, bytes: u64) {
+        if let Some(b) = &*self.0.lock().expect("progress lock") {
+            b.inc(bytes);
+        }
+    }
+    fn finish(&self) {
+        if let Some(b) = self.0.lock().expect("progress lock").take() {
+            b.finish_and_clear();
+        }
+    }
+}
+
 pub fn run(a: PrepareArgs) -> Result<()> {
     super::init_threads(a.threads);
-    let spec: DataSpec = a.data.parse()?;
+    let mut spec: DataSpec = a.data.parse()?;
+    if let DataSpec::Parquet(_, cols) = &mut spec {
+        cols.image = a.image_column.clone();
+        cols.label = a.label_column.clone();
+    } else if a.image_column.is_some() || a.label_column.is_some() {
+        anyhow::bail!("--image-column and --label-column apply to --data parquet:FILE[,FILE..] only");
+    }
+    if a.download {
+        let fetched = spec.download(&DownloadBar::default()).with_context(|| format!("downloading --data {}", a.data))?;
+        if fetched {
+            eprintln!("downloaded {} into {}", a.data, igpt::data::spec::cache_dir(spec.downloadable().unwrap_or("")).display());
+        }
+    }
     let bars = Bars::new();
     bars.start("decode", 0);
     let source = spec.load(&|| bars.inc(1)).with_context(|| format!("reading --data {}", a.data))?;

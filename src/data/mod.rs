@@ -1,14 +1,16 @@
-//! Image collections in, ImageGPT training data out: readers for image folders, CIFAR and
-//! IDX files and the bundled emoji32 set; a k-means colour palette; token files.
+//! Image collections in, ImageGPT training data out: readers for image folders, CIFAR, IDX
+//! and parquet files and the bundled emoji32 set, downloads of the named sets; a k-means colour palette; token files.
 //!
 //! ```text
 //! igpt prepare --data emoji32 --out data/emoji32-32 --size 32 --colors 512
 //! ```
 
 pub mod cifar;
+pub mod download;
 pub mod folder;
 pub mod idx;
 pub mod palette;
+pub mod parquet;
 pub mod prepare;
 pub mod spec;
 pub mod tokens;

@@ -1,13 +1,15 @@
 //! `--data SPEC`: which data set to read.
 //!
 //! `emoji32` (bundled) | `fashion-mnist` | `mnist` | `cifar10` | `cifar100` | `folder:DIR` |
-//! `cifar:FILE[,FILE..]` | `idx:IMAGES,LABELS`. Named sets are looked up in their usual
-//! places (Fashion-MNIST: the Debian package `dataset-fashion-mnist`; all: the user's cache
-//! folder, `$IGPT_DATA` or `~/.cache/igpt/datasets/NAME`).
+//! `cifar:FILE[,FILE..]` | `idx:IMAGES,LABELS` | `parquet:FILE[,FILE..]`. Named sets are
+//! looked up in their usual places (Fashion-MNIST: the Debian package
+//! `dataset-fashion-mnist`; all: the user's cache folder, `$IGPT_DATA` or
+//! `~/.cache/igpt/datasets/NAME`), where `DataSpec::download` puts them.
 
 use std::path::{Path, PathBuf};
 
-use super::{RawSplit, cifar, folder, idx};
+use super::download::{self, Transfer};
+use super::{RawSplit, cifar, folder, idx, parquet};
 use crate::error::{Error, Result};
 
 /// The bundled emoji32 set (CIFAR-10 layout, gzipped; see data/emoji32/README.md).
@@ -31,7 +33,16 @@ pub enum DataSpec {
     Folder(PathBuf),
     Cifar(Vec<PathBuf>),
     Idx(PathBuf, PathBuf),
+    /// Hub-style parquet files; files named `test*` (or in a `test/` folder) are the test split.
+    Parquet(Vec<PathBuf>, parquet::Columns),
 }
+
+const FASHION_DEBIAN: &str = "/usr/share/datasets/fashion-mnist";
+const IDX_FILES: [&str; 4] =
+    ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"];
+const CIFAR10_FILES: [&str; 6] =
+    ["data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin", "data_batch_4.bin", "data_batch_5.bin", "test_batch.bin"];
+const CIFAR100_FILES: [&str; 2] = ["train.bin", "test.bin"];
 
 impl std::str::FromStr for DataSpec {
     type Err = Error;
@@ -46,19 +57,20 @@ impl std::str::FromStr for DataSpec {
                 "cifar100" => DataSpec::Cifar100,
                 other => {
                     return Err(Error::Invalid(format!(
-                        "unknown data set `{other}`: use emoji32, fashion-mnist, mnist, cifar10, cifar100, folder:DIR, cifar:FILE[,FILE..] or idx:IMAGES,LABELS"
+                        "unknown data set `{other}`: use emoji32, fashion-mnist, mnist, cifar10, cifar100, folder:DIR, cifar:FILE[,FILE..], idx:IMAGES,LABELS or parquet:FILE[,FILE..]"
                     )));
                 }
             },
             Some(("folder", d)) => DataSpec::Folder(PathBuf::from(d)),
             Some(("cifar", f)) if !paths(f).is_empty() => DataSpec::Cifar(paths(f)),
+            Some(("parquet", f)) if !paths(f).is_empty() => DataSpec::Parquet(paths(f), Default::default()),
             Some(("idx", f)) if paths(f).len() == 2 => {
                 let p = paths(f);
                 DataSpec::Idx(p[0].clone(), p[1].clone())
             }
             _ => {
                 return Err(Error::Invalid(format!(
-                    "cannot parse --data `{s}`: use folder:DIR, cifar:FILE[,FILE..] or idx:IMAGES,LABELS"
+                    "cannot parse --data `{s}`: use folder:DIR, cifar:FILE[,FILE..], idx:IMAGES,LABELS or parquet:FILE[,FILE..]"
                 )));
             }
         })
@@ -91,9 +103,9 @@ fn find_idx(name: &str, dirs: &[PathBuf], files: [&str; 4]) -> Result<[PathBuf; 
         }
     }
     let hint = if name == "fashion-mnist" {
-        " (install the Debian package: apt-get install dataset-fashion-mnist)"
+        "; add --download, or install the Debian package: apt-get install dataset-fashion-mnist"
     } else {
-        ""
+        "; add --download to fetch it"
     };
     Err(Error::Invalid(format!(
         "{name} not found: looked for {} in {}{hint}",
@@ -107,14 +119,46 @@ fn named(classes: &[&str]) -> Vec<String> {
 }
 
 impl DataSpec {
-    /// Reads the data set. `progress` is called once per decoded image (folders).
+    /// The name of a data set that `download` can fetch.
+    pub fn downloadable(&self) -> Option<&'static str> {
+        match self {
+            DataSpec::FashionMnist => Some("fashion-mnist"),
+            DataSpec::Mnist => Some("mnist"),
+            DataSpec::Cifar10 => Some("cifar10"),
+            DataSpec::Cifar100 => Some("cifar100"),
+            _ => None,
+        }
+    }
+
+    /// Downloads a named data set into its cache folder unless it is already on this
+    /// machine (for Fashion-MNIST, the Debian package's folder counts). Returns whether
+    /// anything had to be fetched.
+    pub fn download(&self, t: &dyn Transfer) -> Result<bool> {
+        let Some(name) = self.downloadable() else {
+            return Err(Error::Invalid(format!(
+                "--download works for mnist, fashion-mnist, cifar10 and cifar100, not {self:?}"
+            )));
+        };
+        let needed: &[&str] = match self {
+            DataSpec::Cifar10 => &CIFAR10_FILES,
+            DataSpec::Cifar100 => &CIFAR100_FILES,
+            _ => &IDX_FILES,
+        };
+        let debian = Path::new(FASHION_DEBIAN);
+        if matches!(self, DataSpec::FashionMnist) && IDX_FILES.iter().all(|f| debian.join(f).exists()) {
+            return Ok(false);
+        }
+        let dir = cache_dir(name);
+        if needed.iter().all(|f| dir.join(f).exists()) {
+            return Ok(false);
+        }
+        download::ensure(name, &dir, needed, t)?;
+        Ok(true)
+    }
+
+    /// Reads the data set. `progress` is called once per decoded image (folders, parquet).
     pub fn load(&self, progress: &(dyn Fn() + Sync)) -> Result<Source> {
-        let idx_files = [
-            "train-images-idx3-ubyte.gz",
-            "train-labels-idx1-ubyte.gz",
-            "t10k-images-idx3-ubyte.gz",
-            "t10k-labels-idx1-ubyte.gz",
-        ];
+        let idx_files = IDX_FILES;
         match self {
             DataSpec::Emoji32 => {
                 let classes: Vec<String> = EMOJI32_LABELS.lines().map(str::to_string).collect();
@@ -130,7 +174,7 @@ impl DataSpec {
             DataSpec::FashionMnist | DataSpec::Mnist => {
                 let (name, mut dirs) = match self {
                     DataSpec::FashionMnist => {
-                        ("fashion-mnist", vec![PathBuf::from("/usr/share/datasets/fashion-mnist")])
+                        ("fashion-mnist", vec![PathBuf::from(FASHION_DEBIAN)])
                     }
                     _ => ("mnist", vec![]),
                 };
@@ -157,7 +201,7 @@ impl DataSpec {
                     let p = dir.join(f);
                     if !p.exists() {
                         return Err(Error::Invalid(format!(
-                            "{name} not found: {} is missing (put the binary version's files in {})",
+                            "{name} not found: {} is missing (add --download, or put the binary version's files in {})",
                             p.display(),
                             dir.display()
                         )));
@@ -166,8 +210,15 @@ impl DataSpec {
                 }
                 let test = cifar::read(&dir.join(test_file), Some(lb))?;
                 let nclass = 1 + train.iter().filter_map(|i| i.label).max().unwrap_or(0) as usize;
-                let classes =
-                    if lb == 1 { named(&CIFAR10_CLASSES) } else { (0..nclass).map(|i| format!("class_{i}")).collect() };
+                let fine_names = std::fs::read_to_string(dir.join("fine_label_names.txt"))
+                    .ok()
+                    .map(|s| s.lines().filter(|l| !l.trim().is_empty()).map(|l| l.trim().to_string()).collect::<Vec<_>>())
+                    .filter(|n| n.len() >= nclass);
+                let classes = if lb == 1 {
+                    named(&CIFAR10_CLASSES)
+                } else {
+                    fine_names.unwrap_or_else(|| (0..nclass).map(|i| format!("class_{i}")).collect())
+                };
                 Ok(Source {
                     name: name.into(),
                     train: RawSplit { items: train, classes: classes.clone() },
@@ -198,6 +249,26 @@ impl DataSpec {
                 };
                 let test = (!test.is_empty()).then(|| RawSplit { items: test, classes: classes.clone() });
                 Ok(Source { name: "cifar".into(), train: RawSplit { items: train, classes }, test })
+            }
+            DataSpec::Parquet(files, cols) => {
+                let (mut train, mut test, mut names) = (Vec::new(), Vec::new(), None);
+                for f in files {
+                    let read = parquet::read(f, cols, progress)?;
+                    names = names.or(read.class_names);
+                    if parquet::is_test_file(f) { test.extend(read.items) } else { train.extend(read.items) }
+                }
+                if train.is_empty() {
+                    return Err(Error::Invalid(
+                        "parquet: no training file given (files named test* or in a test/ folder form the test split)".into(),
+                    ));
+                }
+                let nclass = 1 + train.iter().chain(&test).filter_map(|i| i.label).max().unwrap_or(0) as usize;
+                let classes = match names {
+                    Some(n) if n.len() >= nclass => n,
+                    _ => (0..nclass).map(|i| format!("class_{i}")).collect(),
+                };
+                let test = (!test.is_empty()).then(|| RawSplit { items: test, classes: classes.clone() });
+                Ok(Source { name: "parquet".into(), train: RawSplit { items: train, classes }, test })
             }
             DataSpec::Idx(images, labels) => {
                 let items = idx::read(images, Some(labels))?;
