@@ -6,7 +6,7 @@
 use rayon::prelude::*;
 
 use crate::backend::WeightLayout;
-use crate::backend::matmul::{matmul_backward_weight, matmul_forward};
+use crate::backend::matmul::matmul_forward;
 
 /// Per-feature mean and standard deviation (from the training features).
 #[derive(Clone, Debug)]
@@ -70,26 +70,101 @@ impl LogReg {
     }
 }
 
-/// Loss and gradient at theta = [W (D*K), b (K)].
+/// Class lanes per register block: logits and gradients are kept in blocks of 16 classes.
+const L: usize = 16;
+/// Rows per task of the loss/gradient pass.
+const ROWS: usize = 512;
+
+/// Loss and gradient at theta = [W (D*K), b (K)], in one pass over x: each task takes a
+/// block of rows, computes their logits, softmax and the (dW, db) contribution while the
+/// rows are in cache; the per-task sums are added in task order (deterministic).
 fn loss_grad(theta: &[f32], grad: &mut [f32], x: &[f32], y: &[u16], d: usize, k: usize, lambda: f64) -> f64 {
     let n = y.len();
+    let kb = k.div_ceil(L); // class blocks
     let (w, b) = theta.split_at(d * k);
-    let mut logits = vec![0f32; n * k];
-    matmul_forward(&mut logits, x, w, Some(b), (n, d, k), WeightLayout::InOut, false);
-    let weights = vec![1.0 / n as f32; n];
-    let targets: Vec<u32> = y.iter().map(|&c| c as u32).collect();
-    let ce = crate::backend::loss::cross_entropy_fused(&mut logits, &targets, &weights, k); // logits -> dlogits
+    // W padded to (d, kb*L) blocks of 16 lanes; padded classes get -inf-like bias.
+    let mut wp = vec![[0f32; L]; d * kb];
+    for j in 0..d {
+        for c in 0..k {
+            wp[j * kb + c / L][c % L] = w[j * k + c];
+        }
+    }
+    let mut bp = vec![[-1e30f32; L]; kb];
+    for c in 0..k {
+        bp[c / L][c % L] = b[c];
+    }
+    let inv_n = 1.0 / n as f32;
+    let parts: Vec<(f64, Vec<[f32; L]>, Vec<[f32; L]>)> = (0..n.div_ceil(ROWS))
+        .into_par_iter()
+        .map(|t| {
+            let mut gw = vec![[0f32; L]; d * kb];
+            let mut gb = vec![[0f32; L]; kb];
+            let mut logits = vec![[0f32; L]; kb];
+            let mut loss = 0f64;
+            for i in t * ROWS..((t + 1) * ROWS).min(n) {
+                let xi = &x[i * d..(i + 1) * d];
+                logits.copy_from_slice(&bp);
+                for (j, &xv) in xi.iter().enumerate() {
+                    for (lb, wb) in logits.iter_mut().zip(&wp[j * kb..(j + 1) * kb]) {
+                        for c in 0..L {
+                            lb[c] = xv.mul_add(wb[c], lb[c]);
+                        }
+                    }
+                }
+                let m = logits.iter().flatten().fold(f32::NEG_INFINITY, |a, &v| a.max(v));
+                let yi = y[i] as usize;
+                let zy = logits[yi / L][yi % L] - m;
+                let mut sum = 0f32;
+                for lb in logits.iter_mut() {
+                    for v in lb.iter_mut() {
+                        *v = (*v - m).exp();
+                        sum += *v;
+                    }
+                }
+                loss += (sum.ln() - zy) as f64;
+                // dlogits = (softmax - onehot) / n
+                let scale = inv_n / sum;
+                for lb in logits.iter_mut() {
+                    lb.iter_mut().for_each(|v| *v *= scale);
+                }
+                logits[yi / L][yi % L] -= inv_n;
+                for (gbb, lb) in gb.iter_mut().zip(&logits) {
+                    for c in 0..L {
+                        gbb[c] += lb[c];
+                    }
+                }
+                for (j, &xv) in xi.iter().enumerate() {
+                    for (gwb, lb) in gw[j * kb..(j + 1) * kb].iter_mut().zip(&logits) {
+                        for c in 0..L {
+                            gwb[c] = xv.mul_add(lb[c], gwb[c]);
+                        }
+                    }
+                }
+            }
+            (loss, gw, gb)
+        })
+        .collect();
     let (gw, gb) = grad.split_at_mut(d * k);
     gw.fill(0.0);
-    matmul_backward_weight(gw, x, &logits, (n, d, k));
     gb.fill(0.0);
-    crate::backend::matmul::bias_backward(gb, &logits, k);
+    let mut ce = 0f64;
+    for (loss, pw, pb) in &parts {
+        ce += loss;
+        for j in 0..d {
+            for c in 0..k {
+                gw[j * k + c] += pw[j * kb + c / L][c % L];
+            }
+        }
+        for c in 0..k {
+            gb[c] += pb[c / L][c % L];
+        }
+    }
     let mut reg = 0f64;
     for (g, &wv) in gw.iter_mut().zip(w) {
         *g += lambda as f32 * wv;
         reg += (wv as f64).powi(2);
     }
-    ce + 0.5 * lambda * reg
+    ce / n as f64 + 0.5 * lambda * reg
 }
 
 fn dot(a: &[f32], b: &[f32]) -> f64 {
@@ -101,8 +176,18 @@ fn dot(a: &[f32], b: &[f32]) -> f64 {
 /// # Shapes
 /// x: (N, D) standardised features; y: (N) labels < k.
 pub fn fit(x: &[f32], y: &[u16], d: usize, k: usize, lambda: f64, max_iter: usize) -> LogReg {
+    fit_from(x, y, d, k, lambda, max_iter, None)
+}
+
+/// [`fit`] starting from `init` (a solution for a nearby lambda: the regularisation path).
+pub fn fit_from(x: &[f32], y: &[u16], d: usize, k: usize, lambda: f64, max_iter: usize, init: Option<&LogReg>) -> LogReg {
     let p = d * k + k;
     let mut theta = vec![0f32; p];
+    if let Some(m) = init {
+        assert_eq!((m.d, m.k), (d, k), "fit_from: the initial model has another shape");
+        theta[..d * k].copy_from_slice(&m.w);
+        theta[d * k..].copy_from_slice(&m.b);
+    }
     let mut g = vec![0f32; p];
     let mut f = loss_grad(&theta, &mut g, x, y, d, k, lambda);
     let (mut s_hist, mut y_hist): (Vec<Vec<f32>>, Vec<Vec<f32>>) = (Vec::new(), Vec::new());

@@ -103,10 +103,13 @@ pub fn fit_probe(
     let (xtr, xva) = (std(train.0), std(val.0));
     let xte = test.map(|t| std(t.0));
     let mut best: Option<(f64, f64, logreg::LogReg)> = None;
-    for &lambda in &LAMBDAS {
-        let m = logreg::fit(&xtr, train.1, d, k, lambda, max_iter);
+    let mut prev: Option<logreg::LogReg> = None;
+    // The regularisation path from strong to weak: each fit starts at the previous optimum.
+    for &lambda in LAMBDAS.iter().rev() {
+        let m = logreg::fit_from(&xtr, train.1, d, k, lambda, max_iter, prev.as_ref());
+        prev = Some(m.clone());
         let va = m.accuracy(&xva, val.1);
-        if best.as_ref().is_none_or(|b| va > b.0) {
+        if best.as_ref().is_none_or(|b| va >= b.0) {
             best = Some((va, lambda, m));
         }
     }
