@@ -20,6 +20,9 @@ pub struct DemoArgs {
     /// Use only this many training images (quick checks).
     #[arg(long)]
     max_images: Option<usize>,
+    /// Image side after resizing (16: a 2-core budget trains on ~5x more images than at 32).
+    #[arg(long, default_value_t = 16)]
+    size: usize,
     /// Palette size.
     #[arg(long, default_value_t = 512)]
     colors: usize,
@@ -48,6 +51,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
         minutes: a.minutes,
         data: a.data.clone(),
         max_images: a.max_images,
+        size: a.size,
         colors: a.colors,
         n_layer: a.n_layer,
         n_embd: a.n_embd,
