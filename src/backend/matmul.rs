@@ -94,50 +94,43 @@ pub fn matmul_forward(
 
 /// Row count up to which [`matmul_small_m`] is used.
 const SMALL_M: usize = 16;
-/// Columns of W per register block of the small-m kernel, and rows per pass.
-const NC: usize = 64;
-const MR: usize = 4;
+/// Column granularity of the small-m kernel.
+const NC: usize = 16;
 
-/// out (m, n) (+)= inp (m, k) @ W (k, n) for small m: each task streams a 32-column panel
-/// of W once per 4 input rows, with 4 x 64 accumulators held in registers.
+/// out (m, n) (+)= inp (m, k) @ W (k, n) for small m (decoding). Each task owns a
+/// contiguous range of columns and streams W row by row through it (long sequential reads
+/// the prefetcher follows; column panels of a few cache lines per row were latency-bound),
+/// accumulating the m output rows in a cache-resident buffer. Every output accumulates over
+/// k in order from zero with FMAs, whatever the thread count: results do not depend on it.
 fn matmul_small_m(out: &mut [f32], inp: &[f32], w: &[f32], (m, k, n): (usize, usize, usize), accumulate: bool) {
     use rayon::prelude::*;
-    let panels = n / NC;
+    let tasks = if rayon::current_thread_index().is_some() { 1 } else { rayon::current_num_threads().max(1) };
+    let width = n.div_ceil(tasks).next_multiple_of(NC).min(n);
     let out_ptr = OutPtr(out.as_mut_ptr());
     let out_ptr = &out_ptr;
-    (0..panels).into_par_iter().with_min_len(2).for_each(|p| {
-        let j0 = p * NC;
-        let mut r = 0;
-        while r < m {
-            let rows = MR.min(m - r);
-            // x (k, MR): this pass's input rows, transposed and zero-padded.
-            let mut x = vec![0f32; k * MR];
-            for i in 0..rows {
-                for kk in 0..k {
-                    x[kk * MR + i] = inp[(r + i) * k + kk];
+    (0..n.div_ceil(width)).into_par_iter().for_each(|t| {
+        let (j0, j1) = (t * width, ((t + 1) * width).min(n));
+        let cols = j1 - j0;
+        // y (m, cols): this task's part of the output rows.
+        let mut y = vec![0f32; m * cols];
+        for kk in 0..k {
+            let wr = &w[kk * n + j0..kk * n + j1];
+            for i in 0..m {
+                let xv = inp[i * k + kk];
+                for (a, &b) in y[i * cols..(i + 1) * cols].iter_mut().zip(wr) {
+                    *a = xv.mul_add(b, *a);
                 }
             }
-            let mut acc = [[0f32; NC]; MR];
-            for kk in 0..k {
-                let wr: &[f32; NC] = w[kk * n + j0..kk * n + j0 + NC].try_into().expect("NC columns");
-                let xr: &[f32; MR] = x[kk * MR..(kk + 1) * MR].try_into().expect("MR rows");
-                for i in 0..MR {
-                    let xv = xr[i];
-                    for j in 0..NC {
-                        acc[i][j] = xv.mul_add(wr[j], acc[i][j]);
-                    }
-                }
+        }
+        for i in 0..m {
+            // SAFETY: task t owns columns j0..j1 of every row; no other task writes them.
+            let dst = unsafe { std::slice::from_raw_parts_mut(out_ptr.0.add(i * n + j0), cols) };
+            let src = &y[i * cols..(i + 1) * cols];
+            if accumulate {
+                dst.iter_mut().zip(src).for_each(|(d, a)| *d += a);
+            } else {
+                dst.copy_from_slice(src);
             }
-            for i in 0..rows {
-                // SAFETY: panel p owns columns j0..j0+NC of every row; no other task writes them.
-                let dst = unsafe { std::slice::from_raw_parts_mut(out_ptr.0.add((r + i) * n + j0), NC) };
-                if accumulate {
-                    dst.iter_mut().zip(&acc[i]).for_each(|(d, a)| *d += a);
-                } else {
-                    dst.copy_from_slice(&acc[i]);
-                }
-            }
-            r += MR;
         }
     });
 }
