@@ -126,8 +126,12 @@ pub fn run_demo(cfg: &DemoConfig, obs: &mut dyn DemoObserver) -> Result<DemoSumm
         }
     }
     let data = out.join("data");
-    let prep =
-        prepare(src, &data, &PrepareConfig { size: cfg.size, colors: cfg.colors, seed: cfg.seed, ..Default::default() }, &Quiet)?;
+    let prep = prepare(
+        src,
+        &data,
+        &PrepareConfig { size: cfg.size, colors: cfg.colors, seed: cfg.seed, ..Default::default() },
+        &Quiet,
+    )?;
     let proc = ImageProcessorConfig::from_file(&data.join("preprocessor_config.json"))?;
     palette_image(&proc).save_png(&out.join("palette.png"))?;
     timings.push(("prepare".to_string(), t0.elapsed().as_secs_f64()));

@@ -180,7 +180,15 @@ pub fn fit(x: &[f32], y: &[u16], d: usize, k: usize, lambda: f64, max_iter: usiz
 }
 
 /// [`fit`] starting from `init` (a solution for a nearby lambda: the regularisation path).
-pub fn fit_from(x: &[f32], y: &[u16], d: usize, k: usize, lambda: f64, max_iter: usize, init: Option<&LogReg>) -> LogReg {
+pub fn fit_from(
+    x: &[f32],
+    y: &[u16],
+    d: usize,
+    k: usize,
+    lambda: f64,
+    max_iter: usize,
+    init: Option<&LogReg>,
+) -> LogReg {
     let p = d * k + k;
     let mut theta = vec![0f32; p];
     if let Some(m) = init {

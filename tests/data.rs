@@ -221,7 +221,10 @@ fn parquet_files_as_the_hub_stores_them() {
     // Column names are configurable; a wrong one names the file's columns.
     let cols = parquet::Columns { image: Some("picture".into()), label: None };
     let err = parquet::read(&train, &cols, &|| {}).err().unwrap().to_string();
-    assert!(err.contains("train-00000-of-00001.parquet") && err.contains("picture") && err.contains("image, label"), "{err}");
+    assert!(
+        err.contains("train-00000-of-00001.parquet") && err.contains("picture") && err.contains("image, label"),
+        "{err}"
+    );
     let cols = parquet::Columns { image: Some("image".into()), label: Some("label".into()) };
     assert_eq!(parquet::read(&train, &cols, &|| {}).unwrap().items.len(), 7);
 

@@ -40,7 +40,8 @@ fn serve(files: Vec<(String, Vec<u8>)>) -> String {
                         let _ = s.write_all(body);
                     }
                     None => {
-                        let _ = s.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                        let _ =
+                            s.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
                     }
                 }
             });
@@ -136,10 +137,15 @@ fn prepare_download_of_a_named_set_uses_the_mirror_and_refuses_wrong_checksums()
     // files' SHA-256 values are pinned, so the download must fail, name the file and the
     // checksum, keep nothing, and exit non-zero.
     let base = serve(
-        ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
-            .iter()
-            .map(|f| (format!("/mnist/{f}"), b"not mnist".to_vec()))
-            .collect(),
+        [
+            "train-images-idx3-ubyte.gz",
+            "train-labels-idx1-ubyte.gz",
+            "t10k-images-idx3-ubyte.gz",
+            "t10k-labels-idx1-ubyte.gz",
+        ]
+        .iter()
+        .map(|f| (format!("/mnist/{f}"), b"not mnist".to_vec()))
+        .collect(),
     );
     let cache = tempfile::tempdir().unwrap();
     let out = cache.path().join("prep");

@@ -6,11 +6,12 @@
 #   prepare: 14x14 images (the 28x28 originals bilinearly halved), 16-colour k-means palette
 #            (the 256 grey levels quantised; PSNR about 37 dB), 54,000 / 6,000 / 10,000
 #   train:   6 layers, n_embd 256, 8 heads (4.8 M parameters), GPT objective,
-#            2,400 steps of 32 images (about 1.4 epochs), lr 1.5e-3 cosine to 1.5e-4
+#            a 2,400-step schedule (lr 1.5e-3, cosine to 1.5e-4) of batches of 32 images,
+#            stopped after step 1,800 (57,600 images, about 1.1 epochs) to fit a session
 #   probe:   every layer's mean-pooled normalised hidden state -> L2 logistic regression
 #            (lambda on val), beside the raw-pixel logistic regression
 #
-# About 80 minutes of training and 10 of probing on 2 CPU cores. Needs the Debian package
+# About 60 minutes of training and 15 of probing on 2 CPU cores. Needs the Debian package
 # dataset-fashion-mnist, or add --download to the prepare line.
 set -euo pipefail
 OUT=${1:-runs/fashion-mnist}
@@ -18,5 +19,5 @@ IGPT=${IGPT:-cargo run --release --quiet --}
 $IGPT prepare --data fashion-mnist --out "$OUT/data" --size 14 --colors 16
 $IGPT train --data "$OUT/data" --out "$OUT/train" --n-layer 6 --n-embd 256 --n-head 8 \
   --batch 32 --steps 2400 --lr 1.5e-3 --warmup 100 --min-lr 1.5e-4 \
-  --eval-every 300 --eval-batches 8 --log-every 50 --seed 0
+  --stop-after 1800 --eval-every 300 --eval-batches 8 --log-every 50 --seed 0
 $IGPT probe --model "$OUT/train/best" --data "$OUT/data" --out "$OUT/probe"

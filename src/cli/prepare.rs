@@ -121,9 +121,14 @@ pub fn run(a: PrepareArgs) -> Result<()> {
         anyhow::bail!("--image-column and --label-column apply to --data parquet:FILE[,FILE..] only");
     }
     if a.download {
-        let fetched = spec.download(&DownloadBar::default()).with_context(|| format!("downloading --data {}", a.data))?;
+        let fetched =
+            spec.download(&DownloadBar::default()).with_context(|| format!("downloading --data {}", a.data))?;
         if fetched {
-            eprintln!("downloaded {} into {}", a.data, igpt::data::spec::cache_dir(spec.downloadable().unwrap_or("")).display());
+            eprintln!(
+                "downloaded {} into {}",
+                a.data,
+                igpt::data::spec::cache_dir(spec.downloadable().unwrap_or("")).display()
+            );
         }
     }
     let bars = Bars::new();

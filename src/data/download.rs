@@ -210,7 +210,8 @@ pub fn fetch(r: &Remote, dir: &Path, t: &dyn Transfer) -> Result<PathBuf> {
 pub fn extract_tar_gz(archive: &Path, dir: &Path, keep: &dyn Fn(&str) -> bool) -> Result<Vec<PathBuf>> {
     let f = File::open(archive).map_err(|e| Error::io(archive, e))?;
     let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(f));
-    let bad = |e: std::io::Error| Error::format(archive, format!("corrupt archive ({e}); delete it and download again"));
+    let bad =
+        |e: std::io::Error| Error::format(archive, format!("corrupt archive ({e}); delete it and download again"));
     let mut out = Vec::new();
     for entry in ar.entries().map_err(bad)? {
         let mut entry = entry.map_err(bad)?;
@@ -240,7 +241,9 @@ pub fn ensure(name: &str, dir: &Path, needed: &[&str], t: &dyn Transfer) -> Resu
     for r in &list {
         let path = fetch(r, dir, t)?;
         if r.file.ends_with(".tar.gz") {
-            extract_tar_gz(&path, dir, &|n| needed.contains(&n) || n.ends_with("names.txt") || n.ends_with(".meta.txt"))?;
+            extract_tar_gz(&path, dir, &|n| {
+                needed.contains(&n) || n.ends_with("names.txt") || n.ends_with(".meta.txt")
+            })?;
             std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
         }
     }

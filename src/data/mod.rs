@@ -1,5 +1,6 @@
 //! Image collections in, ImageGPT training data out: readers for image folders, CIFAR, IDX
-//! and parquet files and the bundled emoji32 set, downloads of the named sets; a k-means colour palette; token files.
+//! and parquet files and the bundled emoji32 set, downloads of the named sets; a k-means
+//! colour palette; token files.
 //!
 //! ```text
 //! igpt prepare --data emoji32 --out data/emoji32-32 --size 32 --colors 512

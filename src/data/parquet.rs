@@ -36,7 +36,13 @@ pub struct ParquetImages {
     pub class_names: Option<Vec<String>>,
 }
 
-fn pick(fields: &[Arc<Type>], wanted: &Option<String>, defaults: &[&str], what: &str, path: &Path) -> Result<Option<usize>> {
+fn pick(
+    fields: &[Arc<Type>],
+    wanted: &Option<String>,
+    defaults: &[&str],
+    what: &str,
+    path: &Path,
+) -> Result<Option<usize>> {
     let names: Vec<&str> = fields.iter().map(|f| f.name()).collect();
     match wanted {
         Some(w) => names.iter().position(|n| n == w).map(Some).ok_or_else(|| {
@@ -92,7 +98,11 @@ pub fn read(path: &Path, cols: &Columns, progress: &(dyn Fn() + Sync)) -> Result
         let names: Vec<&str> = fields.iter().map(|f| f.name()).collect();
         return Err(Error::format(
             path,
-            format!("no image column (looked for {}); name it with --image-column (columns: {})", IMAGE_NAMES.join(", "), names.join(", ")),
+            format!(
+                "no image column (looked for {}); name it with --image-column (columns: {})",
+                IMAGE_NAMES.join(", "),
+                names.join(", ")
+            ),
         ));
     };
     let li = pick(fields, &cols.label, &LABEL_NAMES, "label", path)?;

@@ -38,10 +38,20 @@ pub enum DataSpec {
 }
 
 const FASHION_DEBIAN: &str = "/usr/share/datasets/fashion-mnist";
-const IDX_FILES: [&str; 4] =
-    ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"];
-const CIFAR10_FILES: [&str; 6] =
-    ["data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin", "data_batch_4.bin", "data_batch_5.bin", "test_batch.bin"];
+const IDX_FILES: [&str; 4] = [
+    "train-images-idx3-ubyte.gz",
+    "train-labels-idx1-ubyte.gz",
+    "t10k-images-idx3-ubyte.gz",
+    "t10k-labels-idx1-ubyte.gz",
+];
+const CIFAR10_FILES: [&str; 6] = [
+    "data_batch_1.bin",
+    "data_batch_2.bin",
+    "data_batch_3.bin",
+    "data_batch_4.bin",
+    "data_batch_5.bin",
+    "test_batch.bin",
+];
 const CIFAR100_FILES: [&str; 2] = ["train.bin", "test.bin"];
 
 impl std::str::FromStr for DataSpec {
@@ -158,7 +168,6 @@ impl DataSpec {
 
     /// Reads the data set. `progress` is called once per decoded image (folders, parquet).
     pub fn load(&self, progress: &(dyn Fn() + Sync)) -> Result<Source> {
-        let idx_files = IDX_FILES;
         match self {
             DataSpec::Emoji32 => {
                 let classes: Vec<String> = EMOJI32_LABELS.lines().map(str::to_string).collect();
@@ -173,13 +182,11 @@ impl DataSpec {
             }
             DataSpec::FashionMnist | DataSpec::Mnist => {
                 let (name, mut dirs) = match self {
-                    DataSpec::FashionMnist => {
-                        ("fashion-mnist", vec![PathBuf::from(FASHION_DEBIAN)])
-                    }
+                    DataSpec::FashionMnist => ("fashion-mnist", vec![PathBuf::from(FASHION_DEBIAN)]),
                     _ => ("mnist", vec![]),
                 };
                 dirs.push(cache_dir(name));
-                let [ti, tl, vi, vl] = find_idx(name, &dirs, idx_files)?;
+                let [ti, tl, vi, vl] = find_idx(name, &dirs, IDX_FILES)?;
                 let classes =
                     if name == "mnist" { (0..10).map(|d| d.to_string()).collect() } else { named(&FASHION_CLASSES) };
                 Ok(Source {
@@ -212,7 +219,9 @@ impl DataSpec {
                 let nclass = 1 + train.iter().filter_map(|i| i.label).max().unwrap_or(0) as usize;
                 let fine_names = std::fs::read_to_string(dir.join("fine_label_names.txt"))
                     .ok()
-                    .map(|s| s.lines().filter(|l| !l.trim().is_empty()).map(|l| l.trim().to_string()).collect::<Vec<_>>())
+                    .map(|s| {
+                        s.lines().filter(|l| !l.trim().is_empty()).map(|l| l.trim().to_string()).collect::<Vec<_>>()
+                    })
                     .filter(|n| n.len() >= nclass);
                 let classes = if lb == 1 {
                     named(&CIFAR10_CLASSES)
@@ -259,7 +268,8 @@ impl DataSpec {
                 }
                 if train.is_empty() {
                     return Err(Error::Invalid(
-                        "parquet: no training file given (files named test* or in a test/ folder form the test split)".into(),
+                        "parquet: no training file given (files named test* or in a test/ folder form the test split)"
+                            .into(),
                     ));
                 }
                 let nclass = 1 + train.iter().chain(&test).filter_map(|i| i.label).max().unwrap_or(0) as usize;
