@@ -17,7 +17,7 @@ pub enum WeightLayout {
 
 fn parallelism(m: usize, n: usize, k: usize) -> Parallelism {
     // Small products are not worth waking the other threads for.
-    if m * n * k < 32 * 32 * 32 || rayon::current_thread_index().is_some() {
+    if m * n * k < 32 * 32 * 32 {
         Parallelism::None
     } else {
         Parallelism::Rayon(rayon::current_num_threads())
@@ -94,7 +94,7 @@ pub fn matmul_forward(
 
 /// Row count up to which [`matmul_small_m`] is used.
 const SMALL_M: usize = 16;
-/// Column granularity of the small-m kernel.
+/// Column granularity of the small-m kernel (one AVX-512 vector).
 const NC: usize = 16;
 
 /// out (m, n) (+)= inp (m, k) @ W (k, n) for small m (decoding). Each task owns a
@@ -104,7 +104,7 @@ const NC: usize = 16;
 /// k in order from zero with FMAs, whatever the thread count: results do not depend on it.
 fn matmul_small_m(out: &mut [f32], inp: &[f32], w: &[f32], (m, k, n): (usize, usize, usize), accumulate: bool) {
     use rayon::prelude::*;
-    let tasks = if rayon::current_thread_index().is_some() { 1 } else { rayon::current_num_threads().max(1) };
+    let tasks = rayon::current_num_threads().max(1);
     let width = n.div_ceil(tasks).next_multiple_of(NC).min(n);
     let out_ptr = OutPtr(out.as_mut_ptr());
     let out_ptr = &out_ptr;
@@ -113,15 +113,7 @@ fn matmul_small_m(out: &mut [f32], inp: &[f32], w: &[f32], (m, k, n): (usize, us
         let cols = j1 - j0;
         // y (m, cols): this task's part of the output rows.
         let mut y = vec![0f32; m * cols];
-        for kk in 0..k {
-            let wr = &w[kk * n + j0..kk * n + j1];
-            for i in 0..m {
-                let xv = inp[i * k + kk];
-                for (a, &b) in y[i * cols..(i + 1) * cols].iter_mut().zip(wr) {
-                    *a = xv.mul_add(b, *a);
-                }
-            }
-        }
+        small_m_range(&mut y, inp, w, (m, k, n), j0, cols);
         for i in 0..m {
             // SAFETY: task t owns columns j0..j1 of every row; no other task writes them.
             let dst = unsafe { std::slice::from_raw_parts_mut(out_ptr.0.add(i * n + j0), cols) };
@@ -133,6 +125,116 @@ fn matmul_small_m(out: &mut [f32], inp: &[f32], w: &[f32], (m, k, n): (usize, us
             }
         }
     });
+}
+
+/// y (m, cols) += inp (m, k) @ W[:, j0..j0+cols], y accumulating over k in order.
+fn small_m_range(y: &mut [f32], inp: &[f32], w: &[f32], (m, k, n): (usize, usize, usize), j0: usize, cols: usize) {
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
+    if cols % NC == 0 {
+        assert!(y.len() >= m * cols && inp.len() >= m * k && j0 + cols <= n && w.len() >= k * n);
+        let mut r0 = 0;
+        while r0 < m {
+            let rows = (m - r0).min(8);
+            let (yr, xr) = (&mut y[r0 * cols..], &inp[r0 * k..]);
+            // SAFETY: rows r0..r0+rows of y and inp and columns j0..j0+cols of W's k rows
+            // are in bounds (asserted above).
+            unsafe {
+                match rows {
+                    1 => small_m_avx512::<1>(yr, xr, w, k, n, j0, cols),
+                    2 => small_m_avx512::<2>(yr, xr, w, k, n, j0, cols),
+                    3 => small_m_avx512::<3>(yr, xr, w, k, n, j0, cols),
+                    4 => small_m_avx512::<4>(yr, xr, w, k, n, j0, cols),
+                    5 => small_m_avx512::<5>(yr, xr, w, k, n, j0, cols),
+                    6 => small_m_avx512::<6>(yr, xr, w, k, n, j0, cols),
+                    7 => small_m_avx512::<7>(yr, xr, w, k, n, j0, cols),
+                    _ => small_m_avx512::<8>(yr, xr, w, k, n, j0, cols),
+                }
+            }
+            r0 += rows;
+        }
+        return;
+    }
+    small_m_plain(y, inp, w, (m, k, n), j0, cols);
+}
+
+/// [`small_m_range`] as plain loops (other targets, ragged widths, and the tests' reference).
+fn small_m_plain(y: &mut [f32], inp: &[f32], w: &[f32], (m, k, n): (usize, usize, usize), j0: usize, cols: usize) {
+    for kk in 0..k {
+        let wr = &w[kk * n + j0..kk * n + j0 + cols];
+        for i in 0..m {
+            let xv = inp[i * k + kk];
+            for (a, &b) in y[i * cols..(i + 1) * cols].iter_mut().zip(wr) {
+                *a = xv.mul_add(b, *a);
+            }
+        }
+    }
+}
+
+/// [`small_m_plain`] for R rows with AVX-512: the (R, 32) accumulators of a column panel
+/// stay in registers for KK rows of W, so each loaded W vector feeds R FMAs and y is
+/// loaded and stored once per KK rows (the plain loop is load/store-bound). W is still read
+/// row by row through the task's column range. Same per-element order: identical bits.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
+#[inline(never)]
+unsafe fn small_m_avx512<const R: usize>(
+    y: &mut [f32],
+    inp: &[f32],
+    w: &[f32],
+    k: usize,
+    n: usize,
+    j0: usize,
+    cols: usize,
+) {
+    use std::arch::x86_64::*;
+    const KK: usize = 8;
+    let (yp, xp, wp) = (y.as_mut_ptr(), inp.as_ptr(), w.as_ptr());
+    let mut kk0 = 0;
+    // SAFETY (all offsets): rows < R of y (stride cols) and inp (stride k), rows < k and
+    // columns j0..j0+cols of w (stride n), as the caller asserted.
+    unsafe {
+        while kk0 < k {
+            let kend = (kk0 + KK).min(k);
+            let mut j = 0;
+            while j + 32 <= cols {
+                let mut acc = [[_mm512_setzero_ps(); 2]; R];
+                for (i, a) in acc.iter_mut().enumerate() {
+                    a[0] = _mm512_loadu_ps(yp.add(i * cols + j));
+                    a[1] = _mm512_loadu_ps(yp.add(i * cols + j + 16));
+                }
+                for kk in kk0..kend {
+                    let w0 = _mm512_loadu_ps(wp.add(kk * n + j0 + j));
+                    let w1 = _mm512_loadu_ps(wp.add(kk * n + j0 + j + 16));
+                    for (i, a) in acc.iter_mut().enumerate() {
+                        let xv = _mm512_set1_ps(*xp.add(i * k + kk));
+                        a[0] = _mm512_fmadd_ps(xv, w0, a[0]);
+                        a[1] = _mm512_fmadd_ps(xv, w1, a[1]);
+                    }
+                }
+                for (i, a) in acc.iter().enumerate() {
+                    _mm512_storeu_ps(yp.add(i * cols + j), a[0]);
+                    _mm512_storeu_ps(yp.add(i * cols + j + 16), a[1]);
+                }
+                j += 32;
+            }
+            if j < cols {
+                // a last 16-wide panel
+                let mut acc = [_mm512_setzero_ps(); R];
+                for (i, a) in acc.iter_mut().enumerate() {
+                    *a = _mm512_loadu_ps(yp.add(i * cols + j));
+                }
+                for kk in kk0..kend {
+                    let w0 = _mm512_loadu_ps(wp.add(kk * n + j0 + j));
+                    for (i, a) in acc.iter_mut().enumerate() {
+                        *a = _mm512_fmadd_ps(_mm512_set1_ps(*xp.add(i * k + kk)), w0, *a);
+                    }
+                }
+                for (i, a) in acc.iter().enumerate() {
+                    _mm512_storeu_ps(yp.add(i * cols + j), *a);
+                }
+            }
+            kk0 = kend;
+        }
+    }
 }
 
 struct OutPtr(*mut f32);
@@ -172,6 +274,21 @@ mod tests {
             for i in 0..m * n {
                 assert!((out[i] - want[i] - 1.0).abs() < 1e-4, "({m},{k},{n}) at {i}");
             }
+        }
+    }
+
+    #[test]
+    fn small_m_kernel_is_bit_identical_to_the_plain_loop() {
+        // every row count 1..=16 (register blocks of 8 plus a ragged rest), 16-wide tails,
+        // k not a multiple of the kernel's row block
+        for (m, k, n, j0, cols) in [(8, 256, 768, 384, 384), (13, 37, 96, 16, 80), (1, 9, 48, 0, 48), (16, 64, 64, 32, 32)] {
+            let inp: Vec<f32> = (0..m * k).map(|i| ((i * 7919 % 1013) as f32 - 506.0) / 313.0).collect();
+            let w: Vec<f32> = (0..k * n).map(|i| ((i * 104_729 % 997) as f32 - 498.0) / 211.0).collect();
+            let mut fast = vec![0.25f32; m * cols];
+            let mut plain = fast.clone();
+            small_m_range(&mut fast, &inp, &w, (m, k, n), j0, cols);
+            small_m_plain(&mut plain, &inp, &w, (m, k, n), j0, cols);
+            assert!(fast.iter().zip(&plain).all(|(a, b)| a.to_bits() == b.to_bits()), "({m},{k},{n})");
         }
     }
 

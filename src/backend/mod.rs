@@ -31,6 +31,15 @@ pub fn with_threads<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R 
     }
 }
 
+/// Runs `f` on a thread of the current rayon pool (at once when already on one), so that
+/// the parallel kernels `f` calls fork from inside the pool.
+pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    if rayon::current_thread_index().is_some() {
+        return f();
+    }
+    rayon::scope(|_| f())
+}
+
 /// x += y, element-wise (the residual connection).
 pub fn add_inplace(x: &mut [f32], y: &[f32]) {
     debug_assert_eq!(x.len(), y.len());

@@ -238,6 +238,23 @@ impl ImageGpt {
     fn run(
         &self,
         ws: &mut Workspace,
+        cache: Option<&mut KvCache>,
+        tokens: &[u32],
+        b: usize,
+        t: usize,
+        logits: Logits,
+        collect_hidden: bool,
+    ) -> Result<()> {
+        // The whole pass runs on a pool thread: its dozens of parallel kernels then fork from
+        // a worker (cheap) instead of each waking the pool from outside (a futex round trip
+        // per kernel, which dominated small decoding steps).
+        crate::backend::on_pool(|| self.run_on_pool(ws, cache, tokens, b, t, logits, collect_hidden))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn run_on_pool(
+        &self,
+        ws: &mut Workspace,
         mut cache: Option<&mut KvCache>,
         tokens: &[u32],
         b: usize,
