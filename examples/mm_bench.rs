@@ -1,9 +1,55 @@
-//! Micro-benchmark of the training matmul shapes: `cargo run --release --example mm_bench`.
+//! Micro-benchmark of the training matmul shapes, then of decoding's small-m products:
+//! `cargo run --release --example mm_bench [THREADS]`.
 use igpt::backend::WeightLayout;
 use igpt::backend::matmul::{matmul_backward_weight, matmul_forward};
 use std::time::Instant;
 
 fn main() {
+    let threads = std::env::args().nth(1).map_or(2, |s| s.parse().unwrap());
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+    pool.install(|| {
+        decode();
+        if std::env::var_os("DECODE_ONLY").is_none() {
+            training();
+        }
+    });
+}
+
+/// The products of one decoding step of batch 8 at E=256, 8 layers (25 MB of weights),
+/// with 64 MB of other reads between steps (the KV cache's share of the memory traffic).
+fn decode() {
+    let (m, c, layers) = (8, 256, 8);
+    let shapes = [(c, 3 * c), (c, c), (c, 4 * c), (4 * c, c)];
+    let ws: Vec<Vec<f32>> = (0..layers).flat_map(|_| shapes.iter().map(|&(k, n)| vec![0.01f32; k * n])).collect();
+    let bytes: usize = ws.iter().map(|w| w.len() * 4).sum();
+    let x = vec![0.5f32; m * 4 * c];
+    let mut y = vec![0f32; m * 4 * c];
+    let other = vec![1f32; 16 << 20];
+    for evict in [false, true] {
+        let mut total = 0.0;
+        let reps = 50;
+        for _ in 0..reps {
+            if evict {
+                std::hint::black_box(other.iter().sum::<f32>());
+            }
+            let t = Instant::now();
+            for (w, &(k, n)) in ws.iter().zip(shapes.iter().cycle()) {
+                matmul_forward(&mut y, &x, w, None, (m, k, n), WeightLayout::InOut, false);
+            }
+            total += t.elapsed().as_secs_f64();
+        }
+        let dt = total / reps as f64;
+        println!(
+            "decode m=8 products ({} MB of weights{}): {:.2} ms per step, {:.1} GB/s",
+            bytes >> 20,
+            if evict { ", caches flushed by 64 MB of other reads" } else { "" },
+            dt * 1e3,
+            bytes as f64 / dt / 1e9
+        );
+    }
+}
+
+fn training() {
     let (m, k, n) = (4096, 256, 1024);
     let x = vec![0.01f32; m * k];
     let w = vec![0.02f32; k * n];

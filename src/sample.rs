@@ -8,7 +8,7 @@
 
 use crate::error::{Error, Result};
 use crate::generate::argmax;
-use crate::model::{ImageGpt, KvCache, Logits, ModelKind, Workspace};
+use crate::model::{ImageGpt, KvCache, KvPrecision, Logits, ModelKind, Workspace};
 use crate::rng::Rng;
 
 /// How a token is drawn from a row of logits.
@@ -22,11 +22,13 @@ pub struct Sampling {
     pub top_p: f64,
     /// Take the most likely token (ignores the rest).
     pub greedy: bool,
+    /// How the KV cache stores keys and values (f32 exact, f16 half the memory).
+    pub kv_cache: KvPrecision,
 }
 
 impl Default for Sampling {
     fn default() -> Self {
-        Sampling { temperature: 1.0, top_k: 0, top_p: 1.0, greedy: false }
+        Sampling { temperature: 1.0, top_k: 0, top_p: 1.0, greedy: false, kv_cache: KvPrecision::F32 }
     }
 }
 
@@ -144,7 +146,7 @@ pub fn generate(
     if let Some(row) = prompt.known.iter().find(|r| r.len() != n) {
         return Err(Error::Invalid(format!("prompt has {} pixels, the model {} (n_positions)", row.len(), n)));
     }
-    let mut cache = KvCache::new(&model.config, b);
+    let mut cache = KvCache::with_precision(&model.config, b, sampler.sampling.kv_cache);
     let mut ws = Workspace::new();
     let mut out: Vec<Vec<u32>> = vec![Vec::with_capacity(n); b];
     // Prefill: [SOS] + the common known prefix, minus the last pixel (it never needs to be fed).

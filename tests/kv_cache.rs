@@ -4,11 +4,33 @@
 mod common;
 
 use common::{Refs, fixture};
-use igpt::model::{KvCache, Logits, Workspace, load_model};
+use igpt::model::{KvCache, KvPrecision, Logits, Workspace, load_model};
 use igpt::sample::{Prompt, Sampler, Sampling, generate};
 
 #[test]
 fn cached_logits_equal_uncached() {
+    let worst = cached_vs_uncached(KvPrecision::F32);
+    assert!(worst <= 1e-5, "cached vs uncached logits differ by {worst}");
+}
+
+/// The half-precision cache: half the bytes, logits near the exact ones (not equal: the
+/// keys and values really are rounded to 11 significant bits).
+#[test]
+fn f16_cache_halves_memory_and_stays_close() {
+    let model = load_model(&fixture("small")).unwrap();
+    let (c32, c16) = (KvCache::new(&model.config, 3), KvCache::with_precision(&model.config, 3, KvPrecision::F16));
+    assert_eq!(c16.precision(), KvPrecision::F16);
+    assert_eq!(c32.bytes(), 2 * c16.bytes());
+    // 3 (batch) x 3 layers x K and V x 4 heads x 1024 positions x 16 dims x 4 bytes
+    assert_eq!(c32.bytes(), 3 * 3 * 2 * 1024 * 64 * 4);
+    let worst = cached_vs_uncached(KvPrecision::F16);
+    assert!(worst > 1e-6 && worst <= 5e-3, "f16 cache: logits differ by {worst}");
+    assert_eq!("f16".parse::<KvPrecision>(), Ok(KvPrecision::F16));
+    assert!("int8".parse::<KvPrecision>().unwrap_err().contains("use f32 or f16"));
+}
+
+/// Largest |cached - uncached| logit over a 100-token prefill and 40 single-token steps.
+fn cached_vs_uncached(prec: KvPrecision) -> f32 {
     let model = load_model(&fixture("small")).unwrap();
     let (_, ids) = Refs::load("small").i64("input_ids_full"); // (2, 1024)
     let (b, v, t_pre, steps) = (2, model.config.n_colors(), 100, 40);
@@ -17,7 +39,7 @@ fn cached_logits_equal_uncached() {
     let mut full = Workspace::new();
     model.forward(&mut full, &rows(t_pre + steps), b, t_pre + steps, Logits::All, false).unwrap();
     let t_all = t_pre + steps;
-    let mut cache = KvCache::new(&model.config, b);
+    let mut cache = KvCache::with_precision(&model.config, b, prec);
     let mut ws = Workspace::new();
     model.forward_cached(&mut ws, &mut cache, &rows(t_pre), t_pre, Logits::Last).unwrap();
     let mut worst = 0f32;
@@ -32,7 +54,7 @@ fn cached_logits_equal_uncached() {
         model.forward_cached(&mut ws, &mut cache, &next, 1, Logits::Last).unwrap();
     }
     assert_eq!(cache.len(), t_pre + steps);
-    assert!(worst <= 1e-5, "cached vs uncached logits differ by {worst}");
+    worst
 }
 
 #[test]

@@ -55,8 +55,14 @@ unsafe fn scores_avx512(s: &mut [f32], s_stride: usize, q: &[f32], kt: &[f32], k
             r += ROWS;
         }
         while r < nq {
+            // Few rows (decoding): memory-bound, so the same row of the next key block (the
+            // layout of `KvBlocks`: blocks of hs rows follow each other) is prefetched.
+            let next = kp.wrapping_add(hs * kt_stride) as *const i8;
             let mut acc = [_mm512_setzero_ps(); V];
             for d in 0..hs {
+                for x in 0..V {
+                    _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(4 * d * kt_stride + 64 * x));
+                }
                 let qv = _mm512_set1_ps(*qp.add(r * hs + d));
                 for (x, a) in acc.iter_mut().enumerate() {
                     *a = _mm512_fmadd_ps(qv, _mm512_loadu_ps(kp.add(d * kt_stride + 16 * x)), *a);
@@ -155,8 +161,23 @@ unsafe fn pv_avx512_32(o: &mut [f32], p: &[f32], ps: usize, v: &[f32], nq: usize
             }
             r += R;
         }
+        while r < nq {
+            // Few rows (decoding): memory-bound; V rows 64 keys ahead are prefetched.
+            let mut a0 = _mm512_loadu_ps(op.add(r * 32));
+            let mut a1 = _mm512_loadu_ps(op.add(r * 32 + 16));
+            for j in 0..nk {
+                let ahead = vp.wrapping_add((j + 64) * 32) as *const i8;
+                _mm_prefetch::<_MM_HINT_T0>(ahead);
+                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64));
+                let pv = _mm512_set1_ps(*pp.add(r * ps + j));
+                a0 = _mm512_fmadd_ps(pv, _mm512_loadu_ps(vp.add(j * 32)), a0);
+                a1 = _mm512_fmadd_ps(pv, _mm512_loadu_ps(vp.add(j * 32 + 16)), a1);
+            }
+            _mm512_storeu_ps(op.add(r * 32), a0);
+            _mm512_storeu_ps(op.add(r * 32 + 16), a1);
+            r += 1;
+        }
     }
-    accumulate_pv_rows::<32, 1>(&mut o[r * 32..], &p[(r * ps).min(p.len())..], ps, v, nq - r, nk);
 }
 
 /// [`accumulate_pv`] with R rows per register block (each output element accumulates
@@ -225,5 +246,32 @@ pub fn accumulate_pv_any(o: &mut [f32], p: &[f32], ps: usize, v: &[f32], nq: usi
         32 => accumulate_pv::<32>(o, p, ps, v, nq, nk),
         64 => accumulate_pv::<64>(o, p, ps, v, nq, nk),
         _ => accumulate_pv_dyn(o, p, ps, v, nq, nk, hs),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The dispatched kernels (AVX-512 where built for it) give the plain loops' bits, for
+    /// full register blocks and for the few-row paths decoding uses.
+    #[test]
+    fn kernels_match_the_plain_loops_bit_for_bit() {
+        let hs = 32;
+        let val = |i: usize, m: usize| ((i * 7919 % m) as f32 - (m / 2) as f32) / m as f32;
+        let kt: Vec<f32> = (0..2 * hs * KB).map(|i| val(i, 1013)).collect();
+        let v: Vec<f32> = (0..2 * KB * hs).map(|i| val(i, 977)).collect();
+        for nq in [1, 3, 8, 13] {
+            let q: Vec<f32> = (0..nq * hs).map(|i| val(i, 101)).collect();
+            let (mut s, mut s_ref) = (vec![0f32; nq * KB], vec![0f32; nq * KB]);
+            scores(&mut s, KB, &q, &kt, KB, nq, hs);
+            scores_plain(&mut s_ref, KB, &q, &kt, KB, nq, hs);
+            assert!(s.iter().zip(&s_ref).all(|(a, b)| a.to_bits() == b.to_bits()), "scores nq={nq}");
+            let mut o: Vec<f32> = (0..nq * hs).map(|i| val(i, 37)).collect();
+            let mut o_ref = o.clone();
+            accumulate_pv::<32>(&mut o, &s, KB, &v, nq, KB - 5);
+            accumulate_pv_rows::<32, 1>(&mut o_ref, &s_ref, KB, &v, nq, KB - 5);
+            assert!(o.iter().zip(&o_ref).all(|(a, b)| a.to_bits() == b.to_bits()), "pv nq={nq}");
+        }
     }
 }

@@ -17,11 +17,7 @@ pub enum WeightLayout {
 
 fn parallelism(m: usize, n: usize, k: usize) -> Parallelism {
     // Small products are not worth waking the other threads for.
-    if m * n * k < 32 * 32 * 32 {
-        Parallelism::None
-    } else {
-        Parallelism::Rayon(rayon::current_num_threads())
-    }
+    if m * n * k < 32 * 32 * 32 { Parallelism::None } else { Parallelism::Rayon(rayon::current_num_threads()) }
 }
 
 /// Strides (row, col) of the (k, n) right-hand side for a weight stored in `layout`.
@@ -202,6 +198,10 @@ unsafe fn small_m_avx512<const R: usize>(
                     a[1] = _mm512_loadu_ps(yp.add(i * cols + j + 16));
                 }
                 for kk in kk0..kend {
+                    // the same panel of the next block of rows, for when this sweep comes back
+                    let ahead = wp.wrapping_add((kk + KK) * n + j0 + j) as *const i8;
+                    _mm_prefetch::<_MM_HINT_T0>(ahead);
+                    _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64));
                     let w0 = _mm512_loadu_ps(wp.add(kk * n + j0 + j));
                     let w1 = _mm512_loadu_ps(wp.add(kk * n + j0 + j + 16));
                     for (i, a) in acc.iter_mut().enumerate() {
@@ -281,7 +281,9 @@ mod tests {
     fn small_m_kernel_is_bit_identical_to_the_plain_loop() {
         // every row count 1..=16 (register blocks of 8 plus a ragged rest), 16-wide tails,
         // k not a multiple of the kernel's row block
-        for (m, k, n, j0, cols) in [(8, 256, 768, 384, 384), (13, 37, 96, 16, 80), (1, 9, 48, 0, 48), (16, 64, 64, 32, 32)] {
+        for (m, k, n, j0, cols) in
+            [(8, 256, 768, 384, 384), (13, 37, 96, 16, 80), (1, 9, 48, 0, 48), (16, 64, 64, 32, 32)]
+        {
             let inp: Vec<f32> = (0..m * k).map(|i| ((i * 7919 % 1013) as f32 - 506.0) / 313.0).collect();
             let w: Vec<f32> = (0..k * n).map(|i| ((i * 104_729 % 997) as f32 - 498.0) / 211.0).collect();
             let mut fast = vec![0.25f32; m * cols];

@@ -70,6 +70,9 @@ pub struct BenchArgs {
     /// Print JSON on stdout: {"mode","tok_s","step_s","peak_rss_mb",...}.
     #[arg(long)]
     json: bool,
+    /// KV cache precision of `bench sample`: f32 or f16.
+    #[arg(long, default_value = "f32")]
+    kv_cache: igpt::model::KvPrecision,
 }
 
 pub fn run(cmd: BenchCommand) -> Result<()> {
@@ -212,7 +215,7 @@ fn sample(mut a: BenchArgs) -> Result<()> {
     let t = a.side * a.side;
     let mut sampler = Sampler::new(2, Sampling::default());
     let mut ws = Workspace::new();
-    let mut cache = KvCache::new(&model.config, batch);
+    let mut cache = KvCache::with_precision(&model.config, batch, a.kv_cache);
     let v = model.config.n_colors();
     let mut dt = 0.0;
     for (round, n) in [32.min(t), t].into_iter().enumerate() {
@@ -247,6 +250,7 @@ fn report(mode: &str, a: &BenchArgs, tok_s: f64, step_s: f64) -> Result<()> {
             "mode": mode, "tok_s": tok_s, "step_s": step_s, "peak_rss_mb": rss,
             "n_embd": a.n_embd, "n_layer": a.n_layer, "n_head": a.n_head, "side": a.side,
             "colors": a.colors, "batch": a.batch.unwrap_or(0), "threads": a.threads, "steps": a.steps,
+            "kv_cache": format!("{:?}", a.kv_cache).to_lowercase(),
             "profile_s": profile,
         }));
     }

@@ -34,11 +34,21 @@ pub struct SamplingArgs {
     /// Worker threads (0 = all cores).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    /// KV cache precision: f32 (exact) or f16 (half the cache memory, for large batches;
+    /// logits move by a few 1e-3).
+    #[arg(long, default_value = "f32")]
+    pub kv_cache: igpt::model::KvPrecision,
 }
 
 impl SamplingArgs {
     pub fn sampling(&self) -> Sampling {
-        Sampling { temperature: self.temperature, top_k: self.top_k, top_p: self.top_p, greedy: self.greedy }
+        Sampling {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            greedy: self.greedy,
+            kv_cache: self.kv_cache,
+        }
     }
 }
 

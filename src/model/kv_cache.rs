@@ -3,7 +3,7 @@
 //! The attention module owns the layout; callers only create, advance and reset the cache,
 //! so an attention variant with another cache can sit behind the same interface.
 
-use crate::backend::attention::KvBlocks;
+use crate::backend::attention::{KvBlocks, KvPrecision};
 use crate::config::ImageGptConfig;
 
 #[derive(Clone, Debug)]
@@ -14,11 +14,25 @@ pub struct KvCache {
 }
 
 impl KvCache {
-    /// A cache for `batch` sequences of up to n_positions tokens.
+    /// An f32 cache for `batch` sequences of up to n_positions tokens.
     pub fn new(cfg: &ImageGptConfig, batch: usize) -> Self {
-        let layers =
-            (0..cfg.n_layer).map(|_| KvBlocks::new(batch, cfg.n_head, cfg.head_dim(), cfg.n_positions)).collect();
+        Self::with_precision(cfg, batch, KvPrecision::F32)
+    }
+
+    /// A cache that stores keys and values in `prec`.
+    pub fn with_precision(cfg: &ImageGptConfig, batch: usize, prec: KvPrecision) -> Self {
+        let (nh, hs, t) = (cfg.n_head, cfg.head_dim(), cfg.n_positions);
+        let layers = (0..cfg.n_layer).map(|_| KvBlocks::with_precision(batch, nh, hs, t, prec)).collect();
         KvCache { layers, batch, len: 0 }
+    }
+
+    pub fn precision(&self) -> KvPrecision {
+        self.layers.first().map_or(KvPrecision::F32, |l| l.precision())
+    }
+
+    /// Memory held by the keys and values of every layer.
+    pub fn bytes(&self) -> usize {
+        self.layers.iter().map(|l| l.bytes()).sum()
     }
 
     /// Positions already in the cache (the next token's position).

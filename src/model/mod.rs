@@ -15,6 +15,7 @@ pub mod tensors;
 pub mod train_graph;
 pub mod weights;
 
+pub use crate::backend::attention::KvPrecision;
 pub use gpt::{ImageGpt, Logits, Workspace, cross_entropy};
 pub use kv_cache::KvCache;
 pub use params::{ModelKind, ParamLayout};
