@@ -204,6 +204,12 @@ fn sample_and_complete_write_grids_reproducibly() {
     let grid = igpt::tokenizer::RgbImage::open(std::path::Path::new(&p("a.png"))).unwrap();
     assert_eq!((grid.width, grid.height), (3 * 8 * 4 + 4 * 2, 2 * 8 * 4 + 3 * 2)); // 3x2 tiles of 8px x4
     assert_eq!(std::fs::read_dir(p("each")).unwrap().count(), 5);
+    // the half-precision KV cache, and a precision that does not exist
+    let f16 = ["sample", "--model", d, "--num", "3", "--kv-cache", "f16", "--out", &p("h.png")];
+    let (ok, out, err) = igpt(&f16);
+    assert!(ok && out.contains("3 images"), "{err}");
+    let (ok, _, err) = igpt(&["sample", "--model", d, "--kv-cache", "int4", "--out", &p("x.png")]);
+    assert!(!ok && err.contains("use f32 or f16"), "{err}");
 
     let img = dir.join("test_image_2.png");
     let (ok, out, err) = igpt(&[
