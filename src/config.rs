@@ -170,7 +170,7 @@ impl ImageGptConfig {
     /// Rejects configurations the model cannot be built from, with a message naming the field.
     pub fn validate(&self, what: &str) -> Result<()> {
         let bad = |msg: String| Err(Error::config(what, msg));
-        if self.n_head == 0 || self.n_embd == 0 || self.n_embd % self.n_head != 0 {
+        if self.n_head == 0 || self.n_embd == 0 || !self.n_embd.is_multiple_of(self.n_head) {
             return bad(format!("n_embd ({}) must be a positive multiple of n_head ({})", self.n_embd, self.n_head));
         }
         if self.vocab_size < 2 {

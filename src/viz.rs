@@ -52,7 +52,7 @@ mod tests {
         let blue = RgbImage::new(1, 1, vec![0, 0, 255]);
         let g = grid(&[red, blue.clone(), blue], 2, 3, 1);
         assert_eq!((g.width, g.height), (2 * 3 + 3, 2 * 3 + 3));
-        assert_eq!(&g.data[((1) * g.width + 1) * 3..][..3], &[255, 0, 0]); // first tile at (1, 1)
+        assert_eq!(&g.data[(g.width + 1) * 3..][..3], &[255, 0, 0]); // first tile at (1, 1)
         assert_eq!(&g.data[(g.width + 5) * 3..][..3], &[0, 0, 255]); // second tile at (5, 1)
         assert_eq!(&g.data[(5 * g.width + 1) * 3..][..3], &[0, 0, 255]); // third tile at (1, 5)
         assert_eq!(&g.data[0..3], &[235, 235, 235]);

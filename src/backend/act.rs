@@ -59,24 +59,6 @@ pub fn act_inplace(act: Activation, x: &mut [f32]) {
     });
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn quick_gelu_values() {
-        // torch: x * torch.sigmoid(1.702 * x) at x = -3, -0.5, 0, 0.5, 3
-        let xs = [-3.0f32, -0.5, 0.0, 0.5, 3.0];
-        let want = [-0.018_071_31, -0.149_611_56, 0.0, 0.350_388_44, 2.981_928_7];
-        for (x, w) in xs.iter().zip(want) {
-            let got = Activation::QuickGelu.apply(*x);
-            assert!((got - w).abs() < 1e-6, "{x}: {got} vs {w}");
-        }
-        assert!(Activation::QuickGelu.apply(-200.0).abs() < 1e-30);
-        assert_eq!(Activation::QuickGelu.apply(200.0), 200.0);
-    }
-}
-
 impl Activation {
     /// d act(x) / dx.
     #[inline(always)]
@@ -106,4 +88,22 @@ pub fn act_backward(act: Activation, dinp: &mut [f32], dout: &[f32], inp: &[f32]
             Activation::Relu => it.for_each(|((d, &g), &x)| *d = if x > 0.0 { g } else { 0.0 }),
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quick_gelu_values() {
+        // torch: x * torch.sigmoid(1.702 * x) at x = -3, -0.5, 0, 0.5, 3
+        let xs = [-3.0f32, -0.5, 0.0, 0.5, 3.0];
+        let want = [-0.018_071_31, -0.149_611_56, 0.0, 0.350_388_44, 2.981_928_7];
+        for (x, w) in xs.iter().zip(want) {
+            let got = Activation::QuickGelu.apply(*x);
+            assert!((got - w).abs() < 1e-6, "{x}: {got} vs {w}");
+        }
+        assert!(Activation::QuickGelu.apply(-200.0).abs() < 1e-30);
+        assert_eq!(Activation::QuickGelu.apply(200.0), 200.0);
+    }
 }

@@ -26,7 +26,7 @@ pub fn exp(x: f32) -> f32 {
     p = p.mul_add(r, 8.333_452e-3);
     p = p.mul_add(r, 4.166_579_6e-2);
     p = p.mul_add(r, 1.666_666_5e-1);
-    p = p.mul_add(r, 5.000_000_1e-1);
+    p = p.mul_add(r, 5e-1);
     let y = (p * r).mul_add(r, r + 1.0);
     let ni = t.to_bits() as i32 - 0x4B40_0000; // the integer n
     let r = y * f32::from_bits(((ni + 127) << 23) as u32);

@@ -126,7 +126,7 @@ fn matmul_small_m(out: &mut [f32], inp: &[f32], w: &[f32], (m, k, n): (usize, us
 /// y (m, cols) += inp (m, k) @ W[:, j0..j0+cols], y accumulating over k in order.
 fn small_m_range(y: &mut [f32], inp: &[f32], w: &[f32], (m, k, n): (usize, usize, usize), j0: usize, cols: usize) {
     #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
-    if cols % NC == 0 {
+    if cols.is_multiple_of(NC) {
         assert!(y.len() >= m * cols && inp.len() >= m * k && j0 + cols <= n && w.len() >= k * n);
         let mut r0 = 0;
         while r0 < m {
@@ -241,6 +241,59 @@ struct OutPtr(*mut f32);
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
+/// dW (k, n) += x^T (k, m) @ dy (m, n): the weight gradient of y = x @ W.
+///
+/// # Shapes
+/// x: (m, k); dy: (m, n); dw: (k, n), all row-major.
+pub fn matmul_backward_weight(dw: &mut [f32], x: &[f32], dy: &[f32], (m, k, n): (usize, usize, usize)) {
+    assert!(dw.len() >= k * n && x.len() >= m * k && dy.len() >= m * n);
+    // SAFETY: the buffers hold the matrices these strides address; dw does not alias x or dy.
+    unsafe {
+        gemm(
+            k,
+            n,
+            m,
+            dw.as_mut_ptr(),
+            1,
+            n as isize,
+            true,
+            x.as_ptr(),
+            k as isize,
+            1, // x^T: element [i, p] = x[p * k + i]
+            dy.as_ptr(),
+            1,
+            n as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism(k, n, m),
+        );
+    }
+}
+
+/// db (n) += column sums of dy (m, n).
+pub fn bias_backward(db: &mut [f32], dy: &[f32], n: usize) {
+    use rayon::prelude::*;
+    // Fixed chunks summed in order: deterministic whatever the scheduling.
+    let partials: Vec<Vec<f32>> = dy
+        .par_chunks(n * 64)
+        .map(|rows| {
+            let mut acc = vec![0f32; n];
+            for row in rows.chunks(n) {
+                acc.iter_mut().zip(row).for_each(|(a, &g)| *a += g);
+            }
+            acc
+        })
+        .collect();
+    let mut sums = vec![0f32; n];
+    for p in partials {
+        sums.iter_mut().zip(p).for_each(|(a, b)| *a += b);
+    }
+    db.iter_mut().zip(sums).for_each(|(d, s)| *d += s);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -314,57 +367,4 @@ mod tests {
             }
         }
     }
-}
-
-/// dW (k, n) += x^T (k, m) @ dy (m, n): the weight gradient of y = x @ W.
-///
-/// # Shapes
-/// x: (m, k); dy: (m, n); dw: (k, n), all row-major.
-pub fn matmul_backward_weight(dw: &mut [f32], x: &[f32], dy: &[f32], (m, k, n): (usize, usize, usize)) {
-    assert!(dw.len() >= k * n && x.len() >= m * k && dy.len() >= m * n);
-    // SAFETY: the buffers hold the matrices these strides address; dw does not alias x or dy.
-    unsafe {
-        gemm(
-            k,
-            n,
-            m,
-            dw.as_mut_ptr(),
-            1,
-            n as isize,
-            true,
-            x.as_ptr(),
-            k as isize,
-            1, // x^T: element [i, p] = x[p * k + i]
-            dy.as_ptr(),
-            1,
-            n as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism(k, n, m),
-        );
-    }
-}
-
-/// db (n) += column sums of dy (m, n).
-pub fn bias_backward(db: &mut [f32], dy: &[f32], n: usize) {
-    use rayon::prelude::*;
-    // Fixed chunks summed in order: deterministic whatever the scheduling.
-    let partials: Vec<Vec<f32>> = dy
-        .par_chunks(n * 64)
-        .map(|rows| {
-            let mut acc = vec![0f32; n];
-            for row in rows.chunks(n) {
-                acc.iter_mut().zip(row).for_each(|(a, &g)| *a += g);
-            }
-            acc
-        })
-        .collect();
-    let mut sums = vec![0f32; n];
-    for p in partials {
-        sums.iter_mut().zip(p).for_each(|(a, b)| *a += b);
-    }
-    db.iter_mut().zip(sums).for_each(|(d, s)| *d += s);
 }

@@ -18,24 +18,6 @@ pub fn rmsnorm_forward(out: &mut [f32], rstd: &mut [f32], inp: &[f32], w: &[f32]
     });
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn matches_formula() {
-        // torch: x / torch.sqrt(torch.mean(x**2, -1, keepdim=True) + 1e-5) * w
-        // for x = [[1, 2, 3, 4]], w = [1, 0.5, 2, 1] -> [0.36514813, 0.36514813, 2.1908889, 1.4605925]
-        let x = [1.0, 2.0, 3.0, 4.0];
-        let w = [1.0, 0.5, 2.0, 1.0];
-        let mut out = [0f32; 4];
-        let mut rstd = [0f32; 1];
-        super::rmsnorm_forward(&mut out, &mut rstd, &x, &w, 1e-5);
-        let want = [0.365_148_13, 0.365_148_13, 2.190_888_9, 1.460_592_5];
-        for i in 0..4 {
-            assert!((out[i] - want[i]).abs() < 1e-6, "{out:?}");
-        }
-    }
-}
-
 /// Backward of [`rmsnorm_forward`]: with y = x * r * w and r = (mean(x^2) + eps)^-1/2,
 /// dx_j = r * w_j * dy_j - x_j * r^3 / C * sum_i(dy_i * w_i * x_i), and dw += sum_rows dy * x * r.
 ///
@@ -69,4 +51,22 @@ pub fn rmsnorm_backward(dinp: &mut [f32], dw: &mut [f32], dout: &[f32], inp: &[f
         partial.iter_mut().zip(p).for_each(|(a, b)| *a += b);
     }
     dw.iter_mut().zip(partial).for_each(|(d, p)| *d += p as f32);
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn matches_formula() {
+        // torch: x / torch.sqrt(torch.mean(x**2, -1, keepdim=True) + 1e-5) * w
+        // for x = [[1, 2, 3, 4]], w = [1, 0.5, 2, 1] -> [0.36514813, 0.36514813, 2.1908889, 1.4605925]
+        let x = [1.0, 2.0, 3.0, 4.0];
+        let w = [1.0, 0.5, 2.0, 1.0];
+        let mut out = [0f32; 4];
+        let mut rstd = [0f32; 1];
+        super::rmsnorm_forward(&mut out, &mut rstd, &x, &w, 1e-5);
+        let want = [0.365_148_13, 0.365_148_13, 2.190_889, 1.460_592_5];
+        for i in 0..4 {
+            assert!((out[i] - want[i]).abs() < 1e-6, "{out:?}");
+        }
+    }
 }

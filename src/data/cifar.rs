@@ -13,7 +13,7 @@ const PIXELS: usize = 32 * 32;
 /// Parses CIFAR records. `label_bytes` is 1 (CIFAR-10) or 2 (CIFAR-100, the fine label is used).
 pub fn parse(bytes: &[u8], label_bytes: usize, path: &Path) -> Result<Vec<Item>> {
     let rec = label_bytes + 3 * PIXELS;
-    if bytes.is_empty() || bytes.len() % rec != 0 {
+    if bytes.is_empty() || !bytes.len().is_multiple_of(rec) {
         return Err(Error::format(
             path,
             format!(

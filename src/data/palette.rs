@@ -255,7 +255,7 @@ pub fn read_palette(path: &Path) -> Result<Vec<[f64; 3]>> {
     } else {
         data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")) as f64).collect()
     };
-    if vals.is_empty() || vals.len() % 3 != 0 {
+    if vals.is_empty() || !vals.len().is_multiple_of(3) {
         return Err(Error::format(path, format!("{} values is not a (k, 3) palette", vals.len())));
     }
     Ok(vals.chunks_exact(3).map(|c| [c[0], c[1], c[2]]).collect())

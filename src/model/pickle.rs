@@ -124,7 +124,7 @@ impl<'a> Machine<'a> {
                 b']' => self.stack.push(Value::List(Vec::new())),        // EMPTY_LIST
                 b')' => self.stack.push(Value::Tuple(Vec::new())),       // EMPTY_TUPLE
                 b't' => { let v = self.pop_mark()?; self.stack.push(Value::Tuple(v)); } // TUPLE
-                0x85 | 0x86 | 0x87 => {                                  // TUPLE1..3
+                0x85..=0x87 => {                                  // TUPLE1..3
                     let n = (op - 0x84) as usize;
                     if self.stack.len() < n { return Err(self.err("stack underflow")); }
                     let v = self.stack.split_off(self.stack.len() - n);
