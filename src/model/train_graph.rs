@@ -162,13 +162,16 @@ impl ImageGpt {
         acts.b = b;
         acts.t = t;
         let causal = objective == Objective::Gpt;
-        self.train_forward(acts, causal);
-        let v = self.config.n_colors();
-        let loss = timed(Kernel::Head, || loss::cross_entropy_fused(&mut acts.logits, tokens, &acts.weights, v));
-        if let Some(g) = grads {
-            self.train_backward(acts, g, causal, None);
-        }
-        Ok(loss)
+        // on a pool thread, as ImageGpt::forward: the kernels fork from inside the pool
+        crate::backend::on_pool(|| {
+            self.train_forward(acts, causal);
+            let v = self.config.n_colors();
+            let loss = timed(Kernel::Head, || loss::cross_entropy_fused(&mut acts.logits, tokens, &acts.weights, v));
+            if let Some(g) = grads {
+                self.train_backward(acts, g, causal, None);
+            }
+            Ok(loss)
+        })
     }
 
     /// Fine-tuning step (paper, section 3.4): one causal pass over the image tokens (no SOS,
