@@ -74,6 +74,8 @@ impl LogReg {
 const L: usize = 16;
 /// Rows per task of the loss/gradient pass.
 const ROWS: usize = 512;
+/// Rows whose logits are computed together.
+const G: usize = 4;
 
 /// Loss and gradient at theta = [W (D*K), b (K)], in one pass over x: each task takes a
 /// block of rows, computes their logits, softmax and the (dW, db) contribution while the
@@ -99,47 +101,67 @@ fn loss_grad(theta: &[f32], grad: &mut [f32], x: &[f32], y: &[u16], d: usize, k:
         .map(|t| {
             let mut gw = vec![[0f32; L]; d * kb];
             let mut gb = vec![[0f32; L]; kb];
-            let mut logits = vec![[0f32; L]; kb];
             let mut loss = 0f64;
-            for i in t * ROWS..((t + 1) * ROWS).min(n) {
-                let xi = &x[i * d..(i + 1) * d];
-                logits.copy_from_slice(&bp);
-                for (j, &xv) in xi.iter().enumerate() {
+            // G rows at a time: G independent FMA chains for the logits (one row's chain is
+            // latency-bound), and each gradient entry still adds the rows in order.
+            let (lo, hi) = (t * ROWS, ((t + 1) * ROWS).min(n));
+            let mut logits = vec![[[0f32; L]; G]; kb];
+            let mut i0 = lo;
+            while i0 < hi {
+                let g = G.min(hi - i0);
+                for lb in logits.iter_mut() {
+                    lb.fill([0.0; L]);
+                }
+                for (c, lb) in logits.iter_mut().enumerate() {
+                    for r in 0..g {
+                        lb[r] = bp[c];
+                    }
+                }
+                for j in 0..d {
+                    let xs: [f32; G] = std::array::from_fn(|r| if r < g { x[(i0 + r) * d + j] } else { 0.0 });
                     for (lb, wb) in logits.iter_mut().zip(&wp[j * kb..(j + 1) * kb]) {
-                        for c in 0..L {
-                            lb[c] = xv.mul_add(wb[c], lb[c]);
+                        for r in 0..G {
+                            for c in 0..L {
+                                lb[r][c] = xs[r].mul_add(wb[c], lb[r][c]);
+                            }
                         }
                     }
                 }
-                let m = logits.iter().flatten().fold(f32::NEG_INFINITY, |a, &v| a.max(v));
-                let yi = y[i] as usize;
-                let zy = logits[yi / L][yi % L] - m;
-                let mut sum = 0f32;
-                for lb in logits.iter_mut() {
-                    for v in lb.iter_mut() {
-                        *v = (*v - m).exp();
-                        sum += *v;
+                for r in 0..g {
+                    let m = logits.iter().flat_map(|lb| lb[r]).fold(f32::NEG_INFINITY, f32::max);
+                    let yi = y[i0 + r] as usize;
+                    let zy = logits[yi / L][r][yi % L] - m;
+                    let mut sum = 0f32;
+                    for lb in logits.iter_mut() {
+                        for v in lb[r].iter_mut() {
+                            *v = (*v - m).exp();
+                            sum += *v;
+                        }
+                    }
+                    loss += (sum.ln() - zy) as f64;
+                    // dlogits = (softmax - onehot) / n
+                    let scale = inv_n / sum;
+                    for lb in logits.iter_mut() {
+                        lb[r].iter_mut().for_each(|v| *v *= scale);
+                    }
+                    logits[yi / L][r][yi % L] -= inv_n;
+                    for (gbb, lb) in gb.iter_mut().zip(&logits) {
+                        for c in 0..L {
+                            gbb[c] += lb[r][c];
+                        }
                     }
                 }
-                loss += (sum.ln() - zy) as f64;
-                // dlogits = (softmax - onehot) / n
-                let scale = inv_n / sum;
-                for lb in logits.iter_mut() {
-                    lb.iter_mut().for_each(|v| *v *= scale);
-                }
-                logits[yi / L][yi % L] -= inv_n;
-                for (gbb, lb) in gb.iter_mut().zip(&logits) {
-                    for c in 0..L {
-                        gbb[c] += lb[c];
-                    }
-                }
-                for (j, &xv) in xi.iter().enumerate() {
+                for j in 0..d {
                     for (gwb, lb) in gw[j * kb..(j + 1) * kb].iter_mut().zip(&logits) {
-                        for c in 0..L {
-                            gwb[c] = xv.mul_add(lb[c], gwb[c]);
+                        for r in 0..g {
+                            let xv = x[(i0 + r) * d + j];
+                            for c in 0..L {
+                                gwb[c] = xv.mul_add(lb[r][c], gwb[c]);
+                            }
                         }
                     }
                 }
+                i0 += g;
             }
             (loss, gw, gb)
         })
