@@ -209,7 +209,7 @@ pub fn run_demo(cfg: &DemoConfig, obs: &mut dyn DemoObserver) -> Result<DemoSumm
     // 5. probe every layer
     obs.stage("probe", "logistic regression on every layer's pooled features");
     let t0 = Instant::now();
-    let probe = run_probe(&model, &data, None, &out.join("probe"), 200, &mut NoProgress)?;
+    let probe = run_probe(&model, &data, None, &out.join("probe"), 200, 0, &mut NoProgress)?;
     timings.push(("probe".to_string(), t0.elapsed().as_secs_f64()));
 
     // 6. fine-tune briefly

@@ -123,11 +123,28 @@ pub fn fit_probe(
     }
 }
 
+/// The probe of several layers' features side by side (the paper's ImageNet result, 72.0%,
+/// concatenates 5 layers around the best one).
+#[derive(Clone, Debug, Serialize)]
+pub struct ConcatResult {
+    pub layers: Vec<usize>,
+    pub result: ProbeResult,
+}
+
+/// `width` consecutive indices of `0..n` centred on `best` (shifted to fit inside).
+pub fn concat_window(best: usize, n: usize, width: usize) -> std::ops::Range<usize> {
+    let width = width.min(n);
+    let lo = best.saturating_sub(width / 2).min(n - width);
+    lo..lo + width
+}
+
 /// Everything `igpt probe` reports (probe.json).
 #[derive(Clone, Debug, Serialize)]
 pub struct ProbeReport {
     pub layers: Vec<ProbeResult>,
     pub baseline: ProbeResult,
+    /// With `concat` > 1: the probe of that many consecutive probed layers around the best.
+    pub concat: Option<ConcatResult>,
     pub best_layer: usize,
     pub best_val_acc: f64,
     pub best_test_acc: Option<f64>,
@@ -154,13 +171,16 @@ fn labels_of(f: &TokenFile) -> Result<Vec<u16>> {
 }
 
 /// Probes `layers` (None = all, 0..=n_layer) of `model` on the prepared data in `data_dir`,
-/// writing probe.json and probe.png into `out`.
+/// writing probe.json and probe.png into `out`. With `concat` > 1, also probes the
+/// concatenated features of `concat` consecutive probed layers centred on the best one.
+#[allow(clippy::too_many_arguments)]
 pub fn run_probe(
     model: &ImageGpt,
     data_dir: &std::path::Path,
     layers: Option<Vec<usize>>,
     out: &std::path::Path,
     max_iter: usize,
+    concat: usize,
     progress: &mut dyn ProbeProgress,
 ) -> Result<ProbeReport> {
     let open = |f: &str| TokenFile::open(&data_dir.join(f));
@@ -185,7 +205,8 @@ pub fn run_probe(
     let feature_s = t0.elapsed().as_secs_f64();
     let t1 = std::time::Instant::now();
     let c = model.config.n_embd;
-    progress.stage("probes", layers.len() as u64 + 1);
+    let concat = concat.min(layers.len());
+    progress.stage("probes", layers.len() as u64 + 1 + u64::from(concat > 1));
     let mut results = Vec::new();
     for (i, &l) in layers.iter().enumerate() {
         let te = fte.as_ref().zip(yte.as_ref()).map(|(f, y)| (&f[i][..], &y[..]));
@@ -197,14 +218,35 @@ pub fn run_probe(
     let pte = test.as_ref().map(|t| pixel_features(t, &proc));
     let baseline = fit_probe(None, d_px, k, (&ptr, &ytr), (&pva, &yva), pte.as_deref().zip(yte.as_deref()), max_iter);
     progress.inc(1);
+    let best_i =
+        (0..results.len()).max_by(|&a, &b| results[a].val_acc.total_cmp(&results[b].val_acc)).expect("a layer");
+    let concat = (concat > 1).then(|| {
+        let idx: Vec<usize> = concat_window(best_i, layers.len(), concat).collect();
+        let join = |f: &[Vec<f32>], n: usize| {
+            let mut out = Vec::with_capacity(n * c * idx.len());
+            for r in 0..n {
+                for &i in &idx {
+                    out.extend_from_slice(&f[i][r * c..(r + 1) * c]);
+                }
+            }
+            out
+        };
+        let (xtr, xva) = (join(&ftr, train.count), join(&fva, val.count));
+        let xte = fte.as_ref().zip(test.as_ref()).map(|(f, t)| join(f, t.count));
+        let te = xte.as_deref().zip(yte.as_deref());
+        let result = fit_probe(None, c * idx.len(), k, (&xtr, &ytr), (&xva, &yva), te, max_iter);
+        progress.inc(1);
+        ConcatResult { layers: idx.iter().map(|&i| layers[i]).collect(), result }
+    });
     let fit_s = t1.elapsed().as_secs_f64();
-    let best = results.iter().max_by(|a, b| a.val_acc.total_cmp(&b.val_acc)).expect("at least one layer");
+    let best = &results[best_i];
     let report = ProbeReport {
         best_layer: best.layer.expect("a layer"),
         best_val_acc: best.val_acc,
         best_test_acc: best.test_acc,
         layers: results.clone(),
         baseline,
+        concat,
         n_layer: nl,
         classes: k,
         counts: (train.count, val.count, test.as_ref().map_or(0, |t| t.count)),
@@ -239,4 +281,17 @@ pub fn plot_probe(r: &ProbeReport) -> crate::tokenizer::RgbImage {
         720,
         400,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn concat_window_is_centred_and_fits() {
+        use super::concat_window as w;
+        assert_eq!(w(3, 7, 5), 1..6);
+        assert_eq!(w(0, 7, 5), 0..5);
+        assert_eq!(w(6, 7, 5), 2..7);
+        assert_eq!(w(1, 3, 5), 0..3);
+        assert_eq!(w(4, 9, 2), 3..5);
+    }
 }

@@ -102,19 +102,24 @@ fn probe_reports_every_layer_and_the_baseline() {
     tiny_data(&tmp.path().join("data"));
     let model = load_model(&common::fixture("tiny")).unwrap();
     let r =
-        run_probe(&model, &tmp.path().join("data"), None, &tmp.path().join("report"), 100, &mut NoProgress).unwrap();
+        run_probe(&model, &tmp.path().join("data"), None, &tmp.path().join("report"), 100, 3, &mut NoProgress).unwrap();
     assert_eq!(r.layers.len(), 3); // embeddings + 2 blocks
     assert_eq!(r.counts, (48, 16, 16));
     assert_eq!(r.classes, 2);
     // The classes differ in colour statistics: the raw-pixel baseline and the features separate them.
     assert!(r.baseline.test_acc.unwrap() > 0.8, "{:?}", r.baseline);
     assert!(r.best_val_acc > 0.8, "{:?}", r.layers);
+    // --concat 3: the three layers side by side (3 x 32 features)
+    let cc = r.concat.as_ref().expect("concat asked for");
+    assert_eq!(cc.layers, vec![0, 1, 2]);
+    assert!(cc.result.val_acc > 0.8 && cc.result.layer.is_none(), "{cc:?}");
     for f in ["probe.json", "probe.png"] {
         assert!(tmp.path().join("report").join(f).exists());
     }
-    let err = run_probe(&model, &tmp.path().join("data"), Some(vec![7]), &tmp.path().join("r2"), 10, &mut NoProgress)
-        .unwrap_err()
-        .to_string();
+    let err =
+        run_probe(&model, &tmp.path().join("data"), Some(vec![7]), &tmp.path().join("r2"), 10, 0, &mut NoProgress)
+            .unwrap_err()
+            .to_string();
     assert!(err.contains("layer 7 does not exist"), "{err}");
 }
 

@@ -21,6 +21,10 @@ pub struct ProbeArgs {
     /// L-BFGS iterations per fit.
     #[arg(long, default_value_t = 300)]
     max_iter: usize,
+    /// Also probe the concatenated features of this many consecutive layers around the
+    /// best one (the paper's ImageNet result concatenates 5); 0 = off.
+    #[arg(long, default_value_t = 0)]
+    concat: usize,
     #[arg(long, default_value_t = 0)]
     threads: usize,
     /// Print probe.json on stdout.
@@ -78,7 +82,7 @@ pub fn run(a: ProbeArgs) -> Result<()> {
     let model = super::open_model(&a.model)?;
     let layers = parse_layers(&a.layers)?;
     let mut bar = Bar::new();
-    let r = run_probe(&model, &a.data, layers, &a.out, a.max_iter, &mut bar)
+    let r = run_probe(&model, &a.data, layers, &a.out, a.max_iter, a.concat, &mut bar)
         .with_context(|| format!("probing {} on {}", a.model.display(), a.data.display()))?;
     drop(bar);
     if a.json {
@@ -105,6 +109,17 @@ pub fn run(a: ProbeArgs) -> Result<()> {
         pct(Some(b.val_acc)),
         pct(b.test_acc)
     );
+    if let Some(cc) = &r.concat {
+        let p = &cc.result;
+        println!(
+            "concat {:>7.0e}  {}  {}  {}  (layers {:?} side by side)",
+            p.lambda,
+            pct(Some(p.train_acc)),
+            pct(Some(p.val_acc)),
+            pct(p.test_acc),
+            cc.layers
+        );
+    }
     println!("features {:.1} s, fits {:.1} s -> {}/probe.json, probe.png", r.feature_s, r.fit_s, a.out.display());
     Ok(())
 }
