@@ -11,6 +11,7 @@ pub mod attention;
 pub mod attention_backward;
 pub mod attn_kernels;
 pub mod embed;
+pub mod kv_blocks;
 pub mod loss;
 pub mod math;
 pub mod matmul;
