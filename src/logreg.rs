@@ -109,13 +109,8 @@ fn loss_grad(theta: &[f32], grad: &mut [f32], x: &[f32], y: &[u16], d: usize, k:
             let mut i0 = lo;
             while i0 < hi {
                 let g = G.min(hi - i0);
-                for lb in logits.iter_mut() {
-                    lb.fill([0.0; L]);
-                }
-                for (c, lb) in logits.iter_mut().enumerate() {
-                    for r in 0..g {
-                        lb[r] = bp[c];
-                    }
+                for (lb, b) in logits.iter_mut().zip(&bp) {
+                    lb.fill(*b); // rows >= g are computed and ignored
                 }
                 for j in 0..d {
                     let xs: [f32; G] = std::array::from_fn(|r| if r < g { x[(i0 + r) * d + j] } else { 0.0 });
