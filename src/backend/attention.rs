@@ -89,6 +89,10 @@ pub fn attention_forward(out: &mut [f32], lse: &mut [f32], q: SeqView, k: SeqVie
 /// Attention of T new query rows over the first d.tk positions of `kv` (which already holds
 /// the new rows' keys and values at positions d.tk - T..d.tk).
 pub fn attention_with_kv(out: &mut [f32], lse: &mut [f32], q: SeqView, kv: &KvBlocks, d: AttnDims) {
+    if d.t == 1 {
+        // one query row per sequence (decoding): the bandwidth-bound kernel
+        return super::attn_decode::decode_attention(out, lse, q, kv, d);
+    }
     let c = d.nh * d.hs;
     assert!(out.len() >= d.b * d.t * c && lse.len() >= d.b * d.nh * d.t);
     assert!(d.tk >= d.t && d.tk <= kv.cap && kv.b == d.b && kv.nh == d.nh && kv.hs == d.hs);

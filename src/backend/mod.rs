@@ -9,6 +9,7 @@
 pub mod act;
 pub mod attention;
 pub mod attention_backward;
+pub mod attn_decode;
 pub mod attn_kernels;
 pub mod embed;
 pub mod kv_blocks;
