@@ -2,6 +2,7 @@
 //! `cargo run --release --example mm_bench [THREADS]`.
 use igpt::backend::WeightLayout;
 use igpt::backend::matmul::{matmul_backward_weight, matmul_forward};
+use igpt::backend::matmul_f16::{PackedF16, matmul_packed_f16};
 use std::time::Instant;
 
 fn main() {
@@ -21,11 +22,12 @@ fn decode() {
     let (m, c, layers) = (8, 256, 8);
     let shapes = [(c, 3 * c), (c, c), (c, 4 * c), (4 * c, c)];
     let ws: Vec<Vec<f32>> = (0..layers).flat_map(|_| shapes.iter().map(|&(k, n)| vec![0.01f32; k * n])).collect();
-    let bytes: usize = ws.iter().map(|w| w.len() * 4).sum();
+    let ws16: Vec<PackedF16> = ws.iter().zip(shapes.iter().cycle()).map(|(w, &(k, n))| PackedF16::pack(w, k, n)).collect();
     let x = vec![0.5f32; m * 4 * c];
     let mut y = vec![0f32; m * 4 * c];
     let other = vec![1f32; 16 << 20];
-    for evict in [false, true] {
+    for (f16, evict) in [(false, false), (false, true), (true, false), (true, true)] {
+        let bytes: usize = ws.iter().map(|w| w.len() * if f16 { 2 } else { 4 }).sum();
         let mut total = 0.0;
         let reps = 50;
         for _ in 0..reps {
@@ -33,15 +35,20 @@ fn decode() {
                 std::hint::black_box(other.iter().sum::<f32>());
             }
             let t = Instant::now();
-            for (w, &(k, n)) in ws.iter().zip(shapes.iter().cycle()) {
-                matmul_forward(&mut y, &x, w, None, (m, k, n), WeightLayout::InOut, false);
+            for (i, &(k, n)) in (0..ws.len()).zip(shapes.iter().cycle()) {
+                if f16 {
+                    matmul_packed_f16(&mut y, &x, &ws16[i], None, m, false);
+                } else {
+                    matmul_forward(&mut y, &x, &ws[i], None, (m, k, n), WeightLayout::InOut, false);
+                }
             }
             total += t.elapsed().as_secs_f64();
         }
         let dt = total / reps as f64;
         println!(
-            "decode m=8 products ({} MB of weights{}): {:.2} ms per step, {:.1} GB/s",
+            "decode m=8 products ({} MB of {} weights{}): {:.2} ms per step, {:.1} GB/s",
             bytes >> 20,
+            if f16 { "f16" } else { "f32" },
             if evict { ", caches flushed by 64 MB of other reads" } else { "" },
             dt * 1e3,
             bytes as f64 / dt / 1e9

@@ -114,6 +114,15 @@ fn bench_forward_json_contract() {
     for k in ["tok_s", "step_s", "peak_rss_mb"] {
         assert!(v[k].as_f64().unwrap() > 0.0, "{k}");
     }
+    // sampling with the half-precision cache and decoding weights reports both
+    let shape = ["--n-embd", "32", "--n-layer", "1", "--n-head", "2", "--side", "8", "--colors", "16"];
+    let mut args = vec!["bench", "sample", "--batch", "2", "--kv-cache", "f16", "--weights", "f16", "--json"];
+    args.extend(shape);
+    let (ok, out, err) = igpt(&args);
+    assert!(ok, "{err}");
+    let v = json(&out);
+    assert_eq!((v["mode"].as_str(), v["kv_cache"].as_str(), v["weights"].as_str()), (Some("sample"), Some("f16"), Some("f16")));
+    assert!(v["tok_s"].as_f64().unwrap() > 0.0);
 }
 
 #[test]
@@ -204,11 +213,13 @@ fn sample_and_complete_write_grids_reproducibly() {
     let grid = igpt::tokenizer::RgbImage::open(std::path::Path::new(&p("a.png"))).unwrap();
     assert_eq!((grid.width, grid.height), (3 * 8 * 4 + 4 * 2, 2 * 8 * 4 + 3 * 2)); // 3x2 tiles of 8px x4
     assert_eq!(std::fs::read_dir(p("each")).unwrap().count(), 5);
-    // the half-precision KV cache, and a precision that does not exist
-    let f16 = ["sample", "--model", d, "--num", "3", "--kv-cache", "f16", "--out", &p("h.png")];
+    // the half-precision KV cache and decoding weights, and precisions that do not exist
+    let f16 = ["sample", "--model", d, "--num", "3", "--kv-cache", "f16", "--weights", "f16", "--out", &p("h.png")];
     let (ok, out, err) = igpt(&f16);
     assert!(ok && out.contains("3 images"), "{err}");
     let (ok, _, err) = igpt(&["sample", "--model", d, "--kv-cache", "int4", "--out", &p("x.png")]);
+    assert!(!ok && err.contains("use f32 or f16"), "{err}");
+    let (ok, _, err) = igpt(&["sample", "--model", d, "--weights", "int8", "--out", &p("x.png")]);
     assert!(!ok && err.contains("use f32 or f16"), "{err}");
 
     let img = dir.join("test_image_2.png");

@@ -4,12 +4,12 @@
 mod common;
 
 use common::{Refs, fixture};
-use igpt::model::{KvCache, KvPrecision, Logits, Workspace, load_model};
+use igpt::model::{KvCache, KvPrecision, Logits, WeightPrecision, Workspace, load_model};
 use igpt::sample::{Prompt, Sampler, Sampling, generate};
 
 #[test]
 fn cached_logits_equal_uncached() {
-    let worst = cached_vs_uncached(KvPrecision::F32);
+    let worst = cached_vs_uncached(KvPrecision::F32, WeightPrecision::F32);
     assert!(worst <= 1e-5, "cached vs uncached logits differ by {worst}");
 }
 
@@ -23,19 +23,37 @@ fn f16_cache_halves_memory_and_stays_close() {
     assert_eq!(c32.bytes(), 2 * c16.bytes());
     // 3 (batch) x 3 layers x K and V x 4 heads x 1024 positions x 16 dims x 4 bytes
     assert_eq!(c32.bytes(), 3 * 3 * 2 * 1024 * 64 * 4);
-    let worst = cached_vs_uncached(KvPrecision::F16);
+    let worst = cached_vs_uncached(KvPrecision::F16, WeightPrecision::F32);
     assert!(worst > 1e-6 && worst <= 5e-3, "f16 cache: logits differ by {worst}");
     assert_eq!("f16".parse::<KvPrecision>(), Ok(KvPrecision::F16));
     assert!("int8".parse::<KvPrecision>().unwrap_err().contains("use f32 or f16"));
 }
 
+/// Half-precision decoding weights: logits near the exact ones (not equal: the block
+/// matrices really are rounded), alone and with the f16 cache; the prefill stays f32.
+#[test]
+fn f16_decode_weights_stay_close() {
+    let worst = cached_vs_uncached(KvPrecision::F32, WeightPrecision::F16);
+    assert!(worst > 1e-6 && worst <= 5e-3, "f16 weights: logits differ by {worst}");
+    let worst = cached_vs_uncached(KvPrecision::F16, WeightPrecision::F16);
+    assert!(worst > 1e-6 && worst <= 1e-2, "f16 weights and cache: logits differ by {worst}");
+    let mut model = load_model(&fixture("small")).unwrap();
+    model.set_decode_weights(WeightPrecision::F16);
+    assert_eq!(model.decode_weights(), WeightPrecision::F16);
+    model.set_decode_weights(WeightPrecision::F32);
+    assert_eq!(model.decode_weights(), WeightPrecision::F32);
+    assert!("bf16".parse::<WeightPrecision>().unwrap_err().contains("use f32 or f16"));
+}
+
 /// Largest |cached - uncached| logit over a 100-token prefill and 40 single-token steps.
-fn cached_vs_uncached(prec: KvPrecision) -> f32 {
-    let model = load_model(&fixture("small")).unwrap();
+fn cached_vs_uncached(prec: KvPrecision, weights: WeightPrecision) -> f32 {
+    let mut model = load_model(&fixture("small")).unwrap();
+    model.set_decode_weights(weights);
     let (_, ids) = Refs::load("small").i64("input_ids_full"); // (2, 1024)
     let (b, v, t_pre, steps) = (2, model.config.n_colors(), 100, 40);
     let rows = |upto: usize| -> Vec<u32> { (0..b).flat_map(|i| ids[i * 1024..i * 1024 + upto].to_vec()).collect() };
-    // Uncached: one forward over the longest prefix gives every position's logits.
+    // Uncached: one forward over the longest prefix gives every position's logits (in f32:
+    // only decoding steps read the half weights).
     let mut full = Workspace::new();
     model.forward(&mut full, &rows(t_pre + steps), b, t_pre + steps, Logits::All, false).unwrap();
     let t_all = t_pre + steps;

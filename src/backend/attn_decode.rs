@@ -14,6 +14,7 @@ use rayon::prelude::*;
 
 use super::attention::{AttnDims, SeqView};
 use super::attn_kernels::KB;
+use super::elem::Elem;
 use super::kv_blocks::{KvBlocks, Store};
 use super::math::{exp_sub_sum, max};
 
@@ -54,41 +55,6 @@ fn run<E: Elem>(out: &mut [f32], lse: &mut [f32], q: SeqView, kt: &[E], v: &[E],
             *lse = m + l.ln();
         },
     );
-}
-
-/// A cached key or value: f32 or IEEE half.
-trait Elem: Copy + Send + Sync + 'static {
-    fn f32(self) -> f32;
-    /// 16 consecutive values widened to f32.
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
-    unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512;
-}
-
-impl Elem for f32 {
-    #[inline(always)]
-    fn f32(self) -> f32 {
-        self
-    }
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
-    #[inline(always)]
-    unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512 {
-        // SAFETY: the caller guarantees 16 readable values at p.
-        unsafe { std::arch::x86_64::_mm512_loadu_ps(p) }
-    }
-}
-
-impl Elem for half::f16 {
-    #[inline(always)]
-    fn f32(self) -> f32 {
-        self.to_f32()
-    }
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
-    #[inline(always)]
-    unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512 {
-        use std::arch::x86_64::*;
-        // SAFETY: the caller guarantees 16 readable values (32 bytes) at p.
-        unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i)) }
-    }
 }
 
 /// s (nblk*KB) = q (hs) . K for every key of `nblk` transposed key blocks (hs, KB).

@@ -88,7 +88,7 @@ impl Part<'_> {
     fn set(&mut self, i: usize, x: f32) {
         match self {
             Part::F32(v) => v[i] = x,
-            Part::F16(v) => v[i] = half::f16::from_f32(x.clamp(-65504.0, 65504.0)),
+            Part::F16(v) => v[i] = super::elem::to_f16(x),
         }
     }
 }

@@ -11,11 +11,13 @@ pub mod attention;
 pub mod attention_backward;
 pub mod attn_decode;
 pub mod attn_kernels;
+pub mod elem;
 pub mod embed;
 pub mod kv_blocks;
 pub mod loss;
 pub mod math;
 pub mod matmul;
+pub mod matmul_f16;
 pub mod norm;
 pub mod profile;
 

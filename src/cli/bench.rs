@@ -73,6 +73,9 @@ pub struct BenchArgs {
     /// KV cache precision of `bench sample`: f32 or f16.
     #[arg(long, default_value = "f32")]
     kv_cache: igpt::model::KvPrecision,
+    /// Weights of the decoding steps of `bench sample`: f32 or f16.
+    #[arg(long, default_value = "f32")]
+    weights: igpt::model::WeightPrecision,
 }
 
 pub fn run(cmd: BenchCommand) -> Result<()> {
@@ -211,7 +214,8 @@ fn sample(mut a: BenchArgs) -> Result<()> {
     let batch = a.batch.unwrap_or(8);
     a.batch = Some(batch);
     super::init_threads(a.threads);
-    let model = random_model(&a)?;
+    let mut model = random_model(&a)?;
+    model.set_decode_weights(a.weights);
     let t = a.side * a.side;
     let mut sampler = Sampler::new(2, Sampling::default());
     let mut ws = Workspace::new();
@@ -251,6 +255,7 @@ fn report(mode: &str, a: &BenchArgs, tok_s: f64, step_s: f64) -> Result<()> {
             "n_embd": a.n_embd, "n_layer": a.n_layer, "n_head": a.n_head, "side": a.side,
             "colors": a.colors, "batch": a.batch.unwrap_or(0), "threads": a.threads, "steps": a.steps,
             "kv_cache": format!("{:?}", a.kv_cache).to_lowercase(),
+            "weights": format!("{:?}", a.weights).to_lowercase(),
             "profile_s": profile,
         }));
     }

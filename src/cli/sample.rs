@@ -38,6 +38,10 @@ pub struct SamplingArgs {
     /// logits move by a few 1e-3).
     #[arg(long, default_value = "f32")]
     pub kv_cache: igpt::model::KvPrecision,
+    /// Weights of the decoding steps: f32 (exact) or f16 (a half copy of the block
+    /// matrices: faster, logits move by about 1e-3).
+    #[arg(long, default_value = "f32")]
+    pub weights: igpt::model::WeightPrecision,
 }
 
 impl SamplingArgs {
@@ -109,7 +113,8 @@ pub fn open_causal(dir: &std::path::Path) -> Result<(igpt::model::ImageGpt, Imag
 
 pub fn run(a: SampleArgs) -> Result<()> {
     super::init_threads(a.s.threads);
-    let (model, proc) = open_causal(&a.model)?;
+    let (mut model, proc) = open_causal(&a.model)?;
+    model.set_decode_weights(a.s.weights);
     let (h, w) = proc.hw();
     let n = model.config.n_positions;
     let mut sampler = Sampler::new(a.s.seed, a.s.sampling());

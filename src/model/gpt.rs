@@ -30,6 +30,9 @@ pub struct ImageGpt {
     pub layout: ParamLayout,
     pub params: Vec<f32>,
     pub act: Activation,
+    /// Half copies of the block matrices for decoding steps, by offset of the matrix in
+    /// `params`, when asked ([`ImageGpt::set_decode_weights`]).
+    pub(crate) params_f16: Option<std::collections::BTreeMap<usize, crate::backend::matmul_f16::PackedF16>>,
 }
 
 /// Which logits a forward pass computes.
@@ -134,7 +137,7 @@ impl ImageGpt {
         let act = Activation::from_hf(&config.activation_function)?;
         let layout = ParamLayout::new(&config, kind);
         let params = vec![0.0; layout.total];
-        Ok(ImageGpt { config, kind, layout, params, act })
+        Ok(ImageGpt { config, kind, layout, params, act, params_f16: None })
     }
 
     /// GPT-2 initialisation (nanoGPT `_init_weights`): matrices and embeddings ~ N(0, 0.02)
@@ -340,8 +343,7 @@ impl ImageGpt {
         let (c, inner, n, eps) = (cfg.n_embd, cfg.n_inner(), b * t, cfg.layer_norm_epsilon);
         let BlockBufs { x, ln1, rstd1, qkv, att, lse, x_mid, ln2, rstd2, fc, fc_act } = bufs;
         timed(Kernel::Norm, || norm::rmsnorm_forward(ln1, rstd1, x, self.param(&lo.ln_1), eps));
-        let (wq, bq) = (self.param(&lo.c_attn_w), self.param(&lo.c_attn_b));
-        timed(Kernel::Matmul, || matmul_forward(qkv, ln1, wq, Some(bq), (n, c, 3 * c), WeightLayout::InOut, false));
+        timed(Kernel::Matmul, || self.dense(qkv, ln1, (&lo.c_attn_w, &lo.c_attn_b), (n, c, 3 * c), t, false));
         let qkv = &*qkv;
         let view = |part: usize| SeqView { data: qkv, offset: part * c, batch_stride: t * 3 * c, row_stride: 3 * c };
         let mut dims = AttnDims { b, t, tk: t, nh: cfg.n_head, hs: cfg.head_dim(), causal, scale: self.attn_scale(l) };
@@ -358,14 +360,12 @@ impl ImageGpt {
             }
         }
         // x += att @ c_proj + b  (the gemm accumulates straight into the residual stream)
-        let (wo, bo) = (self.param(&lo.c_proj_w), self.param(&lo.c_proj_b));
-        timed(Kernel::Matmul, || matmul_forward(x, att, wo, Some(bo), (n, c, c), WeightLayout::InOut, true));
+        timed(Kernel::Matmul, || self.dense(x, att, (&lo.c_proj_w, &lo.c_proj_b), (n, c, c), t, true));
         if let Some(m) = x_mid {
             m.copy_from_slice(x);
         }
         timed(Kernel::Norm, || norm::rmsnorm_forward(ln2, rstd2, x, self.param(&lo.ln_2), eps));
-        let (wf, bf) = (self.param(&lo.c_fc_w), self.param(&lo.c_fc_b));
-        timed(Kernel::Matmul, || matmul_forward(fc, ln2, wf, Some(bf), (n, c, inner), WeightLayout::InOut, false));
+        timed(Kernel::Matmul, || self.dense(fc, ln2, (&lo.c_fc_w, &lo.c_fc_b), (n, c, inner), t, false));
         // training keeps the pre-activation; inference applies the activation in place
         let h: &[f32] = match fc_act {
             Some(out) => {
@@ -377,8 +377,7 @@ impl ImageGpt {
                 fc
             }
         };
-        let (wp, bp) = (self.param(&lo.mlp_proj_w), self.param(&lo.mlp_proj_b));
-        timed(Kernel::Matmul, || matmul_forward(x, h, wp, Some(bp), (n, inner, c), WeightLayout::InOut, true));
+        timed(Kernel::Matmul, || self.dense(x, h, (&lo.mlp_proj_w, &lo.mlp_proj_b), (n, inner, c), t, true));
     }
 
     /// HF's `output_attentions` for layer `l`, recomputed from the workspace (uncached only).

@@ -1,0 +1,47 @@
+//! The element types the memory-bound decoding kernels read: f32, or IEEE half (KV caches
+//! and weights stored in f16 to halve the bytes a decoding step reads), widened to f32 in
+//! registers.
+
+/// A stored value the kernels widen to f32.
+pub(crate) trait Elem: Copy + Send + Sync + 'static {
+    fn f32(self) -> f32;
+    /// 16 consecutive values widened to f32.
+    ///
+    /// # Safety
+    /// 16 values must be readable at `p`.
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
+    unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512;
+}
+
+impl Elem for f32 {
+    #[inline(always)]
+    fn f32(self) -> f32 {
+        self
+    }
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
+    #[inline(always)]
+    unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512 {
+        // SAFETY: the caller guarantees 16 readable values at p.
+        unsafe { std::arch::x86_64::_mm512_loadu_ps(p) }
+    }
+}
+
+impl Elem for half::f16 {
+    #[inline(always)]
+    fn f32(self) -> f32 {
+        self.to_f32()
+    }
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
+    #[inline(always)]
+    unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::*;
+        // SAFETY: the caller guarantees 16 readable values (32 bytes) at p.
+        unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i)) }
+    }
+}
+
+/// `x` rounded to half precision, saturating at +-65504 instead of becoming infinite.
+#[inline]
+pub fn to_f16(x: f32) -> half::f16 {
+    half::f16::from_f32(x.clamp(-65504.0, 65504.0))
+}

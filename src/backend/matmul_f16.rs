@@ -1,0 +1,179 @@
+//! Half-precision weights packed for decoding products: out (m, n) = inp (m, k) @ W (k, n)
+//! for a few rows m. Such a product streams W from memory once, so its speed is the speed
+//! of reading W: stored in f16 it is half the bytes, and packed in column panels of 32
+//! ((n/32, k, 32), one 64-byte line per row of a panel) it is read front to back, while each
+//! panel's (m, 32) accumulators stay in registers for the whole of k.
+
+use rayon::prelude::*;
+
+use super::elem::{Elem, to_f16};
+
+/// Columns per panel: two AVX-512 vectors of f32, one cache line of f16.
+pub const PANEL: usize = 32;
+/// Output rows per register block (2 x ROWS accumulators).
+const ROWS: usize = 8;
+
+/// A (k, n) weight matrix in f16, packed as (ceil(n/32), k, 32); columns past n are zero.
+#[derive(Clone, Debug)]
+pub struct PackedF16 {
+    pub k: usize,
+    pub n: usize,
+    data: Vec<half::f16>,
+}
+
+impl PackedF16 {
+    /// Packs a row-major (k, n) f32 matrix (HF Conv1D layout), rounding to half precision
+    /// (saturating at +-65504).
+    pub fn pack(w: &[f32], k: usize, n: usize) -> Self {
+        assert!(w.len() >= k * n, "PackedF16::pack: {} values for a {k} x {n} matrix", w.len());
+        let panels = n.div_ceil(PANEL);
+        let mut data = vec![half::f16::ZERO; panels * k * PANEL];
+        for (p, panel) in data.chunks_exact_mut(k * PANEL).enumerate() {
+            for (kk, row) in panel.chunks_exact_mut(PANEL).enumerate() {
+                let cols = PANEL.min(n - p * PANEL);
+                for (d, &x) in row.iter_mut().zip(&w[kk * n + p * PANEL..kk * n + p * PANEL + cols]) {
+                    *d = to_f16(x);
+                }
+            }
+        }
+        PackedF16 { k, n, data }
+    }
+
+    pub fn bytes(&self) -> usize {
+        2 * self.data.len()
+    }
+}
+
+/// out (m, n) = inp (m, k) @ W + bias, or out += ... when `accumulate`. Each output
+/// accumulates over k in order from zero (f32 FMAs), then joins the bias and `out`, so the
+/// result does not depend on the number of threads.
+///
+/// # Shapes
+/// inp: (m, k); bias: (n); out: (m, n).
+pub fn matmul_packed_f16(out: &mut [f32], inp: &[f32], w: &PackedF16, bias: Option<&[f32]>, m: usize, accumulate: bool) {
+    let (k, n) = (w.k, w.n);
+    assert!(out.len() >= m * n && inp.len() >= m * k && bias.is_none_or(|b| b.len() == n));
+    let panels = n.div_ceil(PANEL);
+    let per_task = panels.div_ceil(rayon::current_num_threads().max(1));
+    let out_ptr = OutPtr(out.as_mut_ptr());
+    let out_ptr = &out_ptr;
+    (0..panels).into_par_iter().with_min_len(per_task).for_each(|p| {
+        let j0 = p * PANEL;
+        let cols = PANEL.min(n - j0);
+        let panel = &w.data[p * k * PANEL..(p + 1) * k * PANEL];
+        let mut y = [0f32; ROWS * PANEL];
+        for r0 in (0..m).step_by(ROWS) {
+            let rows = ROWS.min(m - r0);
+            panel_product(&mut y[..rows * PANEL], &inp[r0 * k..(r0 + rows) * k], panel, k);
+            for i in 0..rows {
+                // SAFETY: panel p owns columns j0..j0+cols of every output row.
+                let dst = unsafe { std::slice::from_raw_parts_mut(out_ptr.0.add((r0 + i) * n + j0), cols) };
+                let src = &y[i * PANEL..i * PANEL + cols];
+                for (c, (d, &a)) in dst.iter_mut().zip(src).enumerate() {
+                    let b = bias.map_or(0.0, |b| b[j0 + c]);
+                    *d = if accumulate { *d + b + a } else { b + a };
+                }
+            }
+        }
+    });
+}
+
+struct OutPtr(*mut f32);
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+/// y (rows, 32) = x (rows, k) @ panel (k, 32), rows <= ROWS.
+fn panel_product(y: &mut [f32], x: &[f32], panel: &[half::f16], k: usize) {
+    let rows = y.len() / PANEL;
+    assert!(rows <= ROWS && x.len() >= rows * k && panel.len() >= k * PANEL);
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
+    // SAFETY: bounds asserted above.
+    unsafe {
+        match rows {
+            1 => return panel_avx512::<1>(y, x, panel, k),
+            2 => return panel_avx512::<2>(y, x, panel, k),
+            3 => return panel_avx512::<3>(y, x, panel, k),
+            4 => return panel_avx512::<4>(y, x, panel, k),
+            5 => return panel_avx512::<5>(y, x, panel, k),
+            6 => return panel_avx512::<6>(y, x, panel, k),
+            7 => return panel_avx512::<7>(y, x, panel, k),
+            _ => return panel_avx512::<8>(y, x, panel, k),
+        }
+    }
+    #[allow(unreachable_code)]
+    panel_plain(y, x, panel, k)
+}
+
+/// [`panel_product`] as plain loops (other targets, and the tests' reference).
+fn panel_plain(y: &mut [f32], x: &[f32], panel: &[half::f16], k: usize) {
+    for (i, yr) in y.chunks_exact_mut(PANEL).enumerate() {
+        let mut acc = [0f32; PANEL];
+        for kk in 0..k {
+            let xv = x[i * k + kk];
+            for (a, w) in acc.iter_mut().zip(&panel[kk * PANEL..(kk + 1) * PANEL]) {
+                *a = xv.mul_add(w.f32(), *a);
+            }
+        }
+        yr.copy_from_slice(&acc);
+    }
+}
+
+/// [`panel_product`] for R rows with AVX-512: R x 2 accumulators for all of k; each panel
+/// row is one 64-byte line, widened once and used by 2R FMAs. Same order as the plain loop.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
+#[inline(never)]
+unsafe fn panel_avx512<const R: usize>(y: &mut [f32], x: &[f32], panel: &[half::f16], k: usize) {
+    use std::arch::x86_64::*;
+    let (xp, wp) = (x.as_ptr(), panel.as_ptr());
+    // SAFETY (offsets): rows < R of x (stride k) and rows < k of the panel (stride 32).
+    unsafe {
+        let mut acc = [[_mm512_setzero_ps(); 2]; R];
+        for kk in 0..k {
+            _mm_prefetch::<_MM_HINT_T0>(wp.wrapping_add((kk + 32) * PANEL) as *const i8);
+            let w0 = half::f16::load16(wp.add(kk * PANEL));
+            let w1 = half::f16::load16(wp.add(kk * PANEL + 16));
+            for (i, a) in acc.iter_mut().enumerate() {
+                let xv = _mm512_set1_ps(*xp.add(i * k + kk));
+                a[0] = _mm512_fmadd_ps(xv, w0, a[0]);
+                a[1] = _mm512_fmadd_ps(xv, w1, a[1]);
+            }
+        }
+        for (i, a) in acc.iter().enumerate() {
+            _mm512_storeu_ps(y.as_mut_ptr().add(i * PANEL), a[0]);
+            _mm512_storeu_ps(y.as_mut_ptr().add(i * PANEL + 16), a[1]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Against a float64 product of the f16-rounded weights: every row count 1..=19 (register
+    /// blocks of 8 and ragged ones), n not a multiple of the panel, bias and accumulation.
+    #[test]
+    fn packed_product_matches_the_rounded_weights() {
+        let (k, n) = (37, 72);
+        let w: Vec<f32> = (0..k * n).map(|i| ((i * 104_729 % 997) as f32 - 498.0) / 211.0).collect();
+        let bias: Vec<f32> = (0..n).map(|j| j as f32 * 0.01).collect();
+        let packed = PackedF16::pack(&w, k, n);
+        for m in 1..=19 {
+            let inp: Vec<f32> = (0..m * k).map(|i| ((i * 7919 % 1013) as f32 - 506.0) / 313.0).collect();
+            let mut out = vec![0.5f32; m * n];
+            matmul_packed_f16(&mut out, &inp, &packed, Some(&bias), m, true);
+            for i in 0..m {
+                for j in 0..n {
+                    let dot: f64 = (0..k).map(|kk| inp[i * k + kk] as f64 * to_f16(w[kk * n + j]).to_f64()).sum();
+                    let want = 0.5 + bias[j] as f64 + dot;
+                    assert!((out[i * n + j] as f64 - want).abs() < 1e-4, "m={m} ({i},{j})");
+                }
+            }
+            // and the vector kernel gives the plain loop's bits
+            let rows = m.min(ROWS);
+            let (mut fast, mut plain) = (vec![0f32; rows * PANEL], vec![1f32; rows * PANEL]);
+            panel_product(&mut fast, &inp, &packed.data[..k * PANEL], k);
+            panel_plain(&mut plain, &inp, &packed.data[..k * PANEL], k);
+            assert!(fast.iter().zip(&plain).all(|(a, b)| a.to_bits() == b.to_bits()), "m={m}");
+        }
+    }
+}
