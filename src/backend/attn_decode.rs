@@ -58,6 +58,7 @@ fn run<E: Elem>(out: &mut [f32], lse: &mut [f32], q: SeqView, kt: &[E], v: &[E],
 }
 
 /// s (nblk*KB) = q (hs) . K for every key of `nblk` transposed key blocks (hs, KB).
+#[allow(clippy::needless_range_loop)] // two accumulator sets indexed in step
 fn scores<E: Elem>(s: &mut [f32], q: &[f32], kt: &[E], hs: usize) {
     let nblk = s.len() / KB;
     assert!(q.len() == hs && kt.len() >= nblk * hs * KB);
@@ -130,6 +131,7 @@ fn weighted_sum<E: Elem>(o: &mut [f32], p: &[f32], v: &[E]) {
 
 /// [`weighted_sum`] for hs = 16 V: rows j, j+1, j+2, j+3 feed four accumulator sets.
 #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
+#[allow(clippy::needless_range_loop)] // four accumulator sets indexed in step
 unsafe fn weighted_sum_avx512<E: Elem, const V: usize>(o: &mut [f32], p: &[f32], v: &[E]) {
     use std::arch::x86_64::*;
     let hs = 16 * V;
