@@ -1,7 +1,7 @@
 //! Half-precision weights for decoding steps. A decoding step (one new token per sequence)
 //! streams every weight matrix from memory once for a handful of rows, so it is bound by
-//! the bytes it reads: an f16 copy of the block matrices, packed for the decoding kernel
-//! ([`PackedF16`]), halves them. Prompts (prefill), full forwards and training keep using
+//! the bytes it reads: an f16 copy of the block matrices and of the output head, packed for
+//! the decoding kernel ([`PackedF16`]), halves them. Prompts (prefill), full forwards and training keep using
 //! the f32 parameters.
 
 use std::collections::BTreeMap;
@@ -12,6 +12,7 @@ use crate::backend::matmul::matmul_forward;
 use crate::backend::matmul_f16::{PackedF16, matmul_packed_f16};
 
 use super::gpt::ImageGpt;
+use super::params::ModelKind;
 
 /// Precision of the weight matrices that decoding steps read.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -19,8 +20,8 @@ pub enum WeightPrecision {
     /// The f32 parameters: cached decoding gives the full forward's logits (to rounding).
     #[default]
     F32,
-    /// An IEEE half copy of the transformer blocks' matrices (biases, norms, embeddings and
-    /// the output head stay f32): faster decoding, logits move by about 1e-3.
+    /// An IEEE half copy of the transformer blocks' matrices and the output head (biases,
+    /// norms and embeddings stay f32): faster decoding, logits move by about 1e-3.
     F16,
 }
 
@@ -36,6 +37,11 @@ impl std::str::FromStr for WeightPrecision {
 }
 
 impl ImageGpt {
+    /// The half copy of the matrix at `w`, when decoding weights are f16.
+    pub(crate) fn half_matrix(&self, w: &Range<usize>) -> Option<&PackedF16> {
+        self.params_f16.as_ref().and_then(|p| p.get(&w.start))
+    }
+
     /// Chooses the weights decoding steps read. F16 takes a packed half copy of the
     /// current block matrices (2 bytes more memory per parameter); change the parameters afterwards
     /// (training) and the copy is stale: set F32, or F16 again to refresh it.
@@ -54,6 +60,12 @@ impl ImageGpt {
                     ] {
                         packed.insert(w.start, PackedF16::pack(self.param(w), k, n));
                     }
+                }
+                if let (Some(head), ModelKind::CausalLm) = (&self.layout.head, self.kind) {
+                    // lm_head is (V-1, C) (nn.Linear): packed transposed, as a (C, V-1) matrix
+                    let (v, w) = (self.config.n_colors(), self.param(head));
+                    let wt: Vec<f32> = (0..c * v).map(|i| w[(i % v) * c + i / v]).collect();
+                    packed.insert(head.start, PackedF16::pack(&wt, c, v));
                 }
                 Some(packed)
             }
@@ -77,7 +89,7 @@ impl ImageGpt {
         accumulate: bool,
     ) {
         let bias = Some(self.param(b));
-        match self.params_f16.as_ref().and_then(|p| p.get(&w.start)) {
+        match self.half_matrix(w) {
             Some(half) if t == 1 => matmul_packed_f16(out, inp, half, bias, dims.0, accumulate),
             _ => matmul_forward(out, inp, self.param(w), bias, dims, WeightLayout::InOut, accumulate),
         }

@@ -422,7 +422,10 @@ impl ImageGpt {
                     .flat_map(|i| ws.last_hidden[((i + 1) * t - 1) * c..(i + 1) * t * c].iter().copied())
                     .collect();
                 ws.logits.resize(b * v, 0.0);
-                matmul_forward(&mut ws.logits, &last, self.param(head), None, (b, c, v), WeightLayout::OutIn, false);
+                match self.half_matrix(head) {
+                    Some(half) if t == 1 => crate::backend::matmul_f16::matmul_packed_f16(&mut ws.logits, &last, half, None, b, false),
+                    _ => matmul_forward(&mut ws.logits, &last, self.param(head), None, (b, c, v), WeightLayout::OutIn, false),
+                }
             }
         }
     }
