@@ -33,7 +33,7 @@ fn main() {
         let (b, layers, past) = (8, env("LAYERS", 8), env("PAST", 512));
         let kv_src: Vec<f32> = (0..b * t * 3 * c).map(|_| rng.normal() as f32).collect();
         let kview = |p: usize| SeqView { data: &kv_src, offset: p * c, batch_stride: t * 3 * c, row_stride: 3 * c };
-        for prec in [KvPrecision::F32, KvPrecision::F16] {
+        for prec in [KvPrecision::F32, KvPrecision::F16, KvPrecision::Int8] {
             let mut caches: Vec<KvBlocks> = (0..layers).map(|_| KvBlocks::with_precision(b, nh, hs, t, prec)).collect();
             for kv in &mut caches {
                 kv.write(kview(1), kview(2), 0, past + 1);

@@ -214,11 +214,13 @@ fn sample_and_complete_write_grids_reproducibly() {
     assert_eq!((grid.width, grid.height), (3 * 8 * 4 + 4 * 2, 2 * 8 * 4 + 3 * 2)); // 3x2 tiles of 8px x4
     assert_eq!(std::fs::read_dir(p("each")).unwrap().count(), 5);
     // the half-precision KV cache and decoding weights, and precisions that do not exist
-    let f16 = ["sample", "--model", d, "--num", "3", "--kv-cache", "f16", "--weights", "f16", "--out", &p("h.png")];
-    let (ok, out, err) = igpt(&f16);
-    assert!(ok && out.contains("3 images"), "{err}");
+    for kv in ["f16", "int8"] {
+        let args = ["sample", "--model", d, "--num", "3", "--kv-cache", kv, "--weights", "f16", "--out", &p("h.png")];
+        let (ok, out, err) = igpt(&args);
+        assert!(ok && out.contains("3 images"), "{kv}: {err}");
+    }
     let (ok, _, err) = igpt(&["sample", "--model", d, "--kv-cache", "int4", "--out", &p("x.png")]);
-    assert!(!ok && err.contains("use f32 or f16"), "{err}");
+    assert!(!ok && err.contains("use f32, f16 or int8"), "{err}");
     let (ok, _, err) = igpt(&["sample", "--model", d, "--weights", "int8", "--out", &p("x.png")]);
     assert!(!ok && err.contains("use f32 or f16"), "{err}");
 

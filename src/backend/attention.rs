@@ -98,8 +98,6 @@ pub fn attention_with_kv(out: &mut [f32], lse: &mut [f32], q: SeqView, kv: &KvBl
     assert!(d.tk >= d.t && d.tk <= kv.cap && kv.b == d.b && kv.nh == d.nh && kv.hs == d.hs);
     let past = d.tk - d.t;
     let nqb = d.t.div_ceil(BQ);
-    let tkp = kv.cap;
-    let (kt_all, v_all) = (&kv.kt, &kv.v);
     let hs = d.hs;
     let out_ptr = SendPtr(out.as_mut_ptr());
     let lse_ptr = SendPtr(lse.as_mut_ptr());
@@ -124,7 +122,7 @@ pub fn attention_with_kv(out: &mut [f32], lse: &mut [f32], q: SeqView, kv: &KvBl
             while k_lo < kmax {
                 let nk = KC.min(kmax - k_lo);
                 // S (nq, nk) panel, KB columns at a time (the last block padded with zero keys)
-                let kt = kt_all.read(bh * hs * tkp + k_lo * hs, nk.next_multiple_of(KB) * hs, &mut sc.kbuf);
+                let kt = kv.keys(bh, k_lo, nk.next_multiple_of(KB), &mut sc.kbuf);
                 for kb in (0..nk).step_by(KB) {
                     attn_kernels::scores(&mut sc.s[kb..], KC, &sc.q, &kt[kb * hs..], KB, nq, hs);
                 }
@@ -145,7 +143,7 @@ pub fn attention_with_kv(out: &mut [f32], lse: &mut [f32], q: SeqView, kv: &KvBl
                         sc.o[r * hs..(r + 1) * hs].iter_mut().for_each(|x| *x *= corr);
                     }
                 }
-                let vb = v_all.read((bh * tkp + k_lo) * hs, nk * hs, &mut sc.vbuf);
+                let vb = kv.values(bh, k_lo, nk, &mut sc.vbuf);
                 attn_kernels::accumulate_pv_any(&mut sc.o, &sc.s, KC, vb, nq, nk, hs); // O += P V
                 k_lo += nk;
             }
@@ -172,7 +170,7 @@ struct Scratch {
     o: Vec<f32>,
     m: Vec<f32>,
     l: Vec<f32>,
-    /// Keys and values of one chunk converted to f32 (half-precision caches only).
+    /// Keys and values of one chunk converted to f32 (f16 and int8 caches only).
     kbuf: Vec<f32>,
     vbuf: Vec<f32>,
 }

@@ -4,8 +4,9 @@
 //! value read, so it is bound by memory bandwidth, and by the latency of dependent FMA
 //! chains when the loops are written for the many-row case. Here each (batch row, head)
 //! computes all its scores first (two key blocks at a time: 8 independent accumulators),
-//! takes one softmax, then sums P V with four independent accumulator sets; f16 caches are
-//! widened in registers (no f32 copy), so they read half the bytes of f32 ones.
+//! takes one softmax, then sums P V with four independent accumulator sets; f16 and int8
+//! caches are widened in registers (no f32 copy), so they read a half or a quarter of the
+//! bytes of f32 ones (int8 scales multiply the scores and the probabilities).
 //!
 //! The sums run in another order than the block-wise forward ([`super::attention`]): the
 //! same results to rounding (relative 1e-7), not the same bits.
@@ -28,13 +29,24 @@ pub fn decode_attention(out: &mut [f32], lse: &mut [f32], q: SeqView, kv: &KvBlo
     assert!(kv.b == d.b && kv.nh == d.nh && kv.hs == d.hs);
     assert!(out.len() >= d.b * d.nh * d.hs && lse.len() >= d.b * d.nh);
     match (&kv.kt, &kv.v) {
-        (Store::F32(k), Store::F32(v)) => run(out, lse, q, k, v, kv.cap, d),
-        (Store::F16(k), Store::F16(v)) => run(out, lse, q, k, v, kv.cap, d),
+        (Store::F32(k), Store::F32(v)) => run(out, lse, q, (k, v), None, kv.cap, d),
+        (Store::F16(k), Store::F16(v)) => run(out, lse, q, (k, v), None, kv.cap, d),
+        (Store::Int8(k, ks), Store::Int8(v, vs)) => run(out, lse, q, (k, v), Some((ks, vs)), kv.cap, d),
         _ => unreachable!("keys and values of a KvBlocks share one precision"),
     }
 }
 
-fn run<E: Elem>(out: &mut [f32], lse: &mut [f32], q: SeqView, kt: &[E], v: &[E], cap: usize, d: AttnDims) {
+/// The step over keys `kt` and values `v` of one storage type; 8-bit stores come with the
+/// scales of every key and value vector, (B*nh, cap) each.
+fn run<E: Elem>(
+    out: &mut [f32],
+    lse: &mut [f32],
+    q: SeqView,
+    (kt, v): (&[E], &[E]),
+    scales: Option<(&[f32], &[f32])>,
+    cap: usize,
+    d: AttnDims,
+) {
     let (hs, nh, tk) = (d.hs, d.nh, d.tk);
     let nblk = tk.div_ceil(KB);
     // out (B, 1, nh*hs) in chunks of hs is (B*nh) head rows in (b, h) order, as is lse.
@@ -47,8 +59,16 @@ fn run<E: Elem>(out: &mut [f32], lse: &mut [f32], q: SeqView, kt: &[E], v: &[E],
             let kt = &kt[bh * hs * cap..bh * hs * cap + nblk * hs * KB];
             let v = &v[bh * cap * hs..bh * cap * hs + tk * hs];
             scores(&mut s[..nblk * KB], qs, kt, hs);
+            let scales = scales.map(|(ks, vs)| (&ks[bh * cap..bh * cap + tk], &vs[bh * cap..bh * cap + tk]));
+            if let Some((ks, _)) = scales {
+                s[..tk].iter_mut().zip(ks).for_each(|(x, &sc)| *x *= sc);
+            }
             let m = max(&s[..tk]);
             let l = exp_sub_sum(&mut s[..tk], m);
+            if let Some((_, vs)) = scales {
+                // p_j v_j = (p_j scale_j) q_j
+                s[..tk].iter_mut().zip(vs).for_each(|(x, &sc)| *x *= sc);
+            }
             weighted_sum(o, &s[..tk], v);
             let inv = 1.0 / l;
             o.iter_mut().for_each(|x| *x *= inv);
@@ -59,6 +79,7 @@ fn run<E: Elem>(out: &mut [f32], lse: &mut [f32], q: SeqView, kt: &[E], v: &[E],
 
 /// s (nblk*KB) = q (hs) . K for every key of `nblk` transposed key blocks (hs, KB).
 #[allow(clippy::needless_range_loop)] // two accumulator sets indexed in step
+#[inline(never)]
 fn scores<E: Elem>(s: &mut [f32], q: &[f32], kt: &[E], hs: usize) {
     let nblk = s.len() / KB;
     assert!(q.len() == hs && kt.len() >= nblk * hs * KB);
@@ -103,6 +124,7 @@ fn scores<E: Elem>(s: &mut [f32], q: &[f32], kt: &[E], hs: usize) {
 }
 
 /// o (hs) = sum_j p[j] v[j] over the rows of v (n, hs), n = p.len().
+#[inline(never)]
 fn weighted_sum<E: Elem>(o: &mut [f32], p: &[f32], v: &[E]) {
     let hs = o.len();
     assert!(v.len() >= p.len() * hs);
@@ -165,8 +187,8 @@ mod tests {
     use crate::backend::attention::{KvPrecision, attention_forward};
 
     /// One decoding step over a cache equals the last row of the full causal forward
-    /// (to rounding: the sums run in another order), for f32 caches and, within the
-    /// rounding of half precision, f16 ones; head sizes with and without a vector kernel.
+    /// (to rounding: the sums run in another order), for f32 caches and, within their
+    /// rounding, f16 and int8 ones; head sizes with and without a vector kernel.
     #[test]
     fn decode_step_matches_the_last_row_of_the_full_forward() {
         for (hs, t) in [(32, 200), (16, 64), (8, 1), (64, 130)] {
@@ -179,7 +201,7 @@ mod tests {
             let (mut full, mut lse_full) = (vec![0f32; b * t * c], vec![0f32; b * nh * t]);
             attention_forward(&mut full, &mut lse_full, view(0), view(1), view(2), d);
             let last = |p: usize| SeqView { offset: p * c + (t - 1) * 3 * c, ..view(p) };
-            for (prec, tol) in [(KvPrecision::F32, 2e-6), (KvPrecision::F16, 5e-3)] {
+            for (prec, tol) in [(KvPrecision::F32, 2e-6), (KvPrecision::F16, 5e-3), (KvPrecision::Int8, 5e-2)] {
                 let mut kv = KvBlocks::with_precision(b, nh, hs, t + 70, prec);
                 kv.write(view(1), view(2), 0, t);
                 let (mut out, mut lse) = (vec![0f32; b * c], vec![0f32; b * nh]);

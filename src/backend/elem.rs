@@ -1,6 +1,6 @@
-//! The element types the memory-bound decoding kernels read: f32, or IEEE half (KV caches
-//! and weights stored in f16 to halve the bytes a decoding step reads), widened to f32 in
-//! registers.
+//! The element types the memory-bound decoding kernels read: f32, IEEE half or 8-bit
+//! integers (KV caches and weights stored narrower to cut the bytes a decoding step reads),
+//! widened to f32 in registers.
 
 /// A stored value the kernels widen to f32.
 pub(crate) trait Elem: Copy + Send + Sync + 'static {
@@ -37,6 +37,20 @@ impl Elem for half::f16 {
         use std::arch::x86_64::*;
         // SAFETY: the caller guarantees 16 readable values (32 bytes) at p.
         unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i)) }
+    }
+}
+
+impl Elem for i8 {
+    #[inline(always)]
+    fn f32(self) -> f32 {
+        self as f32
+    }
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
+    #[inline(always)]
+    unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::*;
+        // SAFETY: the caller guarantees 16 readable values (16 bytes) at p.
+        unsafe { _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p as *const __m128i))) }
     }
 }
 

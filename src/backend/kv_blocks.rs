@@ -1,5 +1,6 @@
-//! The keys and values one attention layer reads, laid out for its kernels, in f32 or f16:
-//! the full forward fills one per call, the KV cache keeps one per layer and appends to it.
+//! The keys and values one attention layer reads, laid out for its kernels, in f32, f16 or
+//! int8: the full forward fills one per call, the KV cache keeps one per layer and appends
+//! to it.
 
 use rayon::prelude::*;
 
@@ -16,6 +17,10 @@ pub enum KvPrecision {
     /// batches (the f32 cache of E=256, 8 layers, batch 256 holds 4.3 GB); logits move
     /// by a few 1e-3 (keys and values keep 11 significant bits).
     F16,
+    /// 8-bit integers with one f32 scale per key or value vector of a head (absmax / 127,
+    /// as llama.cpp's q8_0 cache): a quarter of the f32 bytes (plus 4 bytes per hs values);
+    /// logits move by a few 1e-2 (about 1% of their range).
+    Int8,
 }
 
 impl std::str::FromStr for KvPrecision {
@@ -24,7 +29,8 @@ impl std::str::FromStr for KvPrecision {
         match s {
             "f32" | "fp32" | "float32" => Ok(KvPrecision::F32),
             "f16" | "fp16" | "float16" | "half" => Ok(KvPrecision::F16),
-            other => Err(format!("unknown KV cache precision `{other}`: use f32 or f16")),
+            "int8" | "i8" | "q8" => Ok(KvPrecision::Int8),
+            other => Err(format!("unknown KV cache precision `{other}`: use f32, f16 or int8")),
         }
     }
 }
@@ -34,24 +40,44 @@ impl std::str::FromStr for KvPrecision {
 pub(crate) enum Store {
     F32(Vec<f32>),
     F16(Vec<half::f16>),
+    /// Values and one scale per (batch row, head, position): value = q * scale.
+    Int8(Vec<i8>, Vec<f32>),
 }
 
 impl Store {
-    fn new(prec: KvPrecision, len: usize) -> Self {
+    /// Room for `len` values, `len / hs` vectors.
+    fn new(prec: KvPrecision, len: usize, hs: usize) -> Self {
         match prec {
             KvPrecision::F32 => Store::F32(vec![0.0; len]),
             KvPrecision::F16 => Store::F16(vec![half::f16::ZERO; len]),
+            KvPrecision::Int8 => Store::Int8(vec![0; len], vec![0.0; len / hs.max(1)]),
         }
     }
 
-    /// `len` values from `at` as f32: borrowed (f32) or converted into `buf` (f16).
+    fn bytes(&self) -> usize {
+        match self {
+            Store::F32(v) => 4 * v.len(),
+            Store::F16(v) => 2 * v.len(),
+            Store::Int8(q, sc) => q.len() + 4 * sc.len(),
+        }
+    }
+
+    /// `len` values from `at` as f32: borrowed (f32) or converted into `buf`; `scale_of(i)`
+    /// is the index of the scale of value `at + i` (8-bit stores only).
     #[inline]
-    pub(crate) fn read<'a>(&'a self, at: usize, len: usize, buf: &'a mut Vec<f32>) -> &'a [f32] {
+    fn read<'a>(&'a self, at: usize, len: usize, buf: &'a mut Vec<f32>, scale_of: impl Fn(usize) -> usize) -> &'a [f32] {
         match self {
             Store::F32(v) => &v[at..at + len],
             Store::F16(v) => {
                 buf.resize(len, 0.0);
                 f16_to_f32(&v[at..at + len], buf);
+                buf
+            }
+            Store::Int8(q, sc) => {
+                buf.resize(len, 0.0);
+                for (i, (d, &x)) in buf.iter_mut().zip(&q[at..at + len]).enumerate() {
+                    *d = x as f32 * sc[scale_of(i)];
+                }
                 buf
             }
         }
@@ -77,26 +103,37 @@ fn f16_to_f32(src: &[half::f16], dst: &mut [f32]) {
     }
 }
 
-/// A mutable (batch row, head) part of a [`Store`].
+/// A mutable (batch row, head) part of a [`Store`]: values, and scales by position.
 enum Part<'a> {
     F32(&'a mut [f32]),
     F16(&'a mut [half::f16]),
+    Int8(&'a mut [i8], &'a mut [f32]),
 }
 
 impl Part<'_> {
+    /// Stores the vector `x` of position `pos`, its element i at `at(i)`.
     #[inline]
-    fn set(&mut self, i: usize, x: f32) {
+    fn put(&mut self, pos: usize, x: &[f32], at: impl Fn(usize) -> usize) {
         match self {
-            Part::F32(v) => v[i] = x,
-            Part::F16(v) => v[i] = super::elem::to_f16(x),
+            Part::F32(v) => x.iter().enumerate().for_each(|(i, &e)| v[at(i)] = e),
+            Part::F16(v) => x.iter().enumerate().for_each(|(i, &e)| v[at(i)] = super::elem::to_f16(e)),
+            Part::Int8(q, sc) => {
+                let amax = x.iter().fold(0f32, |m, e| m.max(e.abs()));
+                let scale = if amax > 0.0 && amax.is_finite() { amax / 127.0 } else { 1.0 };
+                sc[pos] = scale;
+                let inv = 1.0 / scale;
+                x.iter().enumerate().for_each(|(i, &e)| q[at(i)] = (e * inv).round().clamp(-127.0, 127.0) as i8);
+            }
         }
     }
 }
 
-fn parts(s: &mut Store, chunk: usize) -> Vec<Part<'_>> {
+/// A store cut into (batch row, head) parts of `chunk` values (`chunk / hs` scales) each.
+fn parts(s: &mut Store, chunk: usize, hs: usize) -> Vec<Part<'_>> {
     match s {
         Store::F32(v) => v.chunks_mut(chunk).map(Part::F32).collect(),
         Store::F16(v) => v.chunks_mut(chunk).map(Part::F16).collect(),
+        Store::Int8(q, sc) => q.chunks_mut(chunk).zip(sc.chunks_mut(chunk / hs)).map(|(q, s)| Part::Int8(q, s)).collect(),
     }
 }
 
@@ -123,7 +160,7 @@ impl KvBlocks {
     pub fn with_precision(b: usize, nh: usize, hs: usize, positions: usize, prec: KvPrecision) -> Self {
         let cap = positions.div_ceil(KB).max(1) * KB;
         let len = b * nh * hs * cap;
-        KvBlocks { b, nh, hs, cap, kt: Store::new(prec, len), v: Store::new(prec, len) }
+        KvBlocks { b, nh, hs, cap, kt: Store::new(prec, len, hs), v: Store::new(prec, len, hs) }
     }
 
     pub fn capacity(&self) -> usize {
@@ -134,35 +171,45 @@ impl KvBlocks {
         match self.kt {
             Store::F32(_) => KvPrecision::F32,
             Store::F16(_) => KvPrecision::F16,
+            Store::Int8(..) => KvPrecision::Int8,
         }
     }
 
     /// Bytes held (keys and values).
     pub fn bytes(&self) -> usize {
-        let per = match self.kt {
-            Store::F32(_) => 4,
-            Store::F16(_) => 2,
-        };
-        2 * self.b * self.nh * self.hs * self.cap * per
+        self.kt.bytes() + self.v.bytes()
+    }
+
+    /// Keys of positions k_lo..k_lo+nk of (batch row, head) `bh` as f32, nk a multiple of
+    /// KB and k_lo of KB: nk/KB transposed blocks (hs, KB).
+    #[inline]
+    pub(crate) fn keys<'a>(&'a self, bh: usize, k_lo: usize, nk: usize, buf: &'a mut Vec<f32>) -> &'a [f32] {
+        let (hs, cap) = (self.hs, self.cap);
+        // value i of the read is key k_lo + (i / (hs KB)) KB + i % KB
+        let scale_of = |i: usize| bh * cap + k_lo + i / (hs * KB) * KB + i % KB;
+        self.kt.read(bh * hs * cap + k_lo * hs, nk * hs, buf, scale_of)
+    }
+
+    /// Values of positions k_lo..k_lo+nk of `bh` as f32, (nk, hs).
+    #[inline]
+    pub(crate) fn values<'a>(&'a self, bh: usize, k_lo: usize, nk: usize, buf: &'a mut Vec<f32>) -> &'a [f32] {
+        let (hs, cap) = (self.hs, self.cap);
+        self.v.read((bh * cap + k_lo) * hs, nk * hs, buf, |i| bh * cap + k_lo + i / hs)
     }
 
     /// Writes positions pos0..pos0+n from (B, n, nh*hs) views of the new keys and values.
     pub fn write(&mut self, k: SeqView, v: SeqView, pos0: usize, n: usize) {
         assert!(pos0 + n <= self.cap, "KvBlocks: position {} beyond capacity {}", pos0 + n, self.cap);
         let (hs, nh, cap) = (self.hs, self.nh, self.cap);
-        let kparts = parts(&mut self.kt, hs * cap);
-        let vparts = parts(&mut self.v, cap * hs);
+        let kparts = parts(&mut self.kt, hs * cap, hs);
+        let vparts = parts(&mut self.v, cap * hs, hs);
         kparts.into_par_iter().zip(vparts).enumerate().for_each(|(bh, (mut kt, mut vv))| {
             let (b, h) = (bh / nh, bh % nh);
             for j in 0..n {
                 let p = pos0 + j;
                 let blk = (p / KB) * hs * KB + p % KB;
-                for (x, &kv) in k.row(b, j, h * hs, hs).iter().enumerate() {
-                    kt.set(blk + x * KB, kv);
-                }
-                for (x, &vv_) in v.row(b, j, h * hs, hs).iter().enumerate() {
-                    vv.set(p * hs + x, vv_);
-                }
+                kt.put(p, k.row(b, j, h * hs, hs), |x| blk + x * KB);
+                vv.put(p, v.row(b, j, h * hs, hs), |x| p * hs + x);
             }
         });
     }

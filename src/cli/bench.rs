@@ -70,7 +70,7 @@ pub struct BenchArgs {
     /// Print JSON on stdout: {"mode","tok_s","step_s","peak_rss_mb",...}.
     #[arg(long)]
     json: bool,
-    /// KV cache precision of `bench sample`: f32 or f16.
+    /// KV cache precision of `bench sample`: f32, f16 or int8.
     #[arg(long, default_value = "f32")]
     kv_cache: igpt::model::KvPrecision,
     /// Weights of the decoding steps of `bench sample`: f32 or f16.
