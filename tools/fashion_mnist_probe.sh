@@ -12,7 +12,9 @@
 #            (lambda on val), beside the raw-pixel logistic regression, and the 5 layers
 #            around the best one side by side (--concat 5, as the paper's ImageNet result)
 #
-# About 77 minutes of training (1.9 s/step) and 40 of probing on 2 CPU cores. Needs the
+# About 77 minutes of training (1.9 s/step) on 2 CPU cores; the probe then takes about 35 min
+# for the features and up to 85 for the fits (6 lambdas per probe; the 1,280-wide
+# concatenation takes most of it), measured while sharing the cores. Needs the
 # Debian package dataset-fashion-mnist, or add --download to the prepare line. The run
 # reported in the README was made in two parts (--stop-after 1800, then --resume), which
 # gives the same batches and the same model as one run.
