@@ -22,7 +22,8 @@ fn decode() {
     let (m, c, layers) = (8, 256, 8);
     let shapes = [(c, 3 * c), (c, c), (c, 4 * c), (4 * c, c)];
     let ws: Vec<Vec<f32>> = (0..layers).flat_map(|_| shapes.iter().map(|&(k, n)| vec![0.01f32; k * n])).collect();
-    let ws16: Vec<PackedF16> = ws.iter().zip(shapes.iter().cycle()).map(|(w, &(k, n))| PackedF16::pack(w, k, n)).collect();
+    let ws16: Vec<PackedF16> =
+        ws.iter().zip(shapes.iter().cycle()).map(|(w, &(k, n))| PackedF16::pack(w, k, n)).collect();
     let x = vec![0.5f32; m * 4 * c];
     let mut y = vec![0f32; m * 4 * c];
     let other = vec![1f32; 16 << 20];

@@ -121,7 +121,10 @@ fn bench_forward_json_contract() {
     let (ok, out, err) = igpt(&args);
     assert!(ok, "{err}");
     let v = json(&out);
-    assert_eq!((v["mode"].as_str(), v["kv_cache"].as_str(), v["weights"].as_str()), (Some("sample"), Some("f16"), Some("f16")));
+    assert_eq!(
+        (v["mode"].as_str(), v["kv_cache"].as_str(), v["weights"].as_str()),
+        (Some("sample"), Some("f16"), Some("f16"))
+    );
     assert!(v["tok_s"].as_f64().unwrap() > 0.0);
 }
 

@@ -208,7 +208,8 @@ mod tests {
                 decode_attention(&mut out, &mut lse, last(0), &kv, AttnDims { t: 1, ..d });
                 for bb in 0..b {
                     let want = &full[(bb * t + t - 1) * c..(bb * t + t) * c];
-                    let worst = out[bb * c..(bb + 1) * c].iter().zip(want).map(|(a, w)| (a - w).abs()).fold(0f32, f32::max);
+                    let worst =
+                        out[bb * c..(bb + 1) * c].iter().zip(want).map(|(a, w)| (a - w).abs()).fold(0f32, f32::max);
                     assert!(worst < tol, "hs={hs} t={t} {prec:?}: max diff {worst}");
                     for h in 0..nh {
                         let (got, want) = (lse[bb * nh + h], lse_full[(bb * nh + h) * t + t - 1]);

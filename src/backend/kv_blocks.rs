@@ -65,7 +65,13 @@ impl Store {
     /// `len` values from `at` as f32: borrowed (f32) or converted into `buf`; `scale_of(i)`
     /// is the index of the scale of value `at + i` (8-bit stores only).
     #[inline]
-    fn read<'a>(&'a self, at: usize, len: usize, buf: &'a mut Vec<f32>, scale_of: impl Fn(usize) -> usize) -> &'a [f32] {
+    fn read<'a>(
+        &'a self,
+        at: usize,
+        len: usize,
+        buf: &'a mut Vec<f32>,
+        scale_of: impl Fn(usize) -> usize,
+    ) -> &'a [f32] {
         match self {
             Store::F32(v) => &v[at..at + len],
             Store::F16(v) => {
@@ -133,7 +139,9 @@ fn parts(s: &mut Store, chunk: usize, hs: usize) -> Vec<Part<'_>> {
     match s {
         Store::F32(v) => v.chunks_mut(chunk).map(Part::F32).collect(),
         Store::F16(v) => v.chunks_mut(chunk).map(Part::F16).collect(),
-        Store::Int8(q, sc) => q.chunks_mut(chunk).zip(sc.chunks_mut(chunk / hs)).map(|(q, s)| Part::Int8(q, s)).collect(),
+        Store::Int8(q, sc) => {
+            q.chunks_mut(chunk).zip(sc.chunks_mut(chunk / hs)).map(|(q, s)| Part::Int8(q, s)).collect()
+        }
     }
 }
 

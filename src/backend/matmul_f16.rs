@@ -50,7 +50,14 @@ impl PackedF16 {
 ///
 /// # Shapes
 /// inp: (m, k); bias: (n); out: (m, n).
-pub fn matmul_packed_f16(out: &mut [f32], inp: &[f32], w: &PackedF16, bias: Option<&[f32]>, m: usize, accumulate: bool) {
+pub fn matmul_packed_f16(
+    out: &mut [f32],
+    inp: &[f32],
+    w: &PackedF16,
+    bias: Option<&[f32]>,
+    m: usize,
+    accumulate: bool,
+) {
     let (k, n) = (w.k, w.n);
     assert!(out.len() >= m * n && inp.len() >= m * k && bias.is_none_or(|b| b.len() == n));
     let panels = n.div_ceil(PANEL);

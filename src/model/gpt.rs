@@ -423,8 +423,18 @@ impl ImageGpt {
                     .collect();
                 ws.logits.resize(b * v, 0.0);
                 match self.half_matrix(head) {
-                    Some(half) if t == 1 => crate::backend::matmul_f16::matmul_packed_f16(&mut ws.logits, &last, half, None, b, false),
-                    _ => matmul_forward(&mut ws.logits, &last, self.param(head), None, (b, c, v), WeightLayout::OutIn, false),
+                    Some(half) if t == 1 => {
+                        crate::backend::matmul_f16::matmul_packed_f16(&mut ws.logits, &last, half, None, b, false)
+                    }
+                    _ => matmul_forward(
+                        &mut ws.logits,
+                        &last,
+                        self.param(head),
+                        None,
+                        (b, c, v),
+                        WeightLayout::OutIn,
+                        false,
+                    ),
                 }
             }
         }
