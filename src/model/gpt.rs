@@ -30,7 +30,7 @@ pub struct ImageGpt {
     pub layout: ParamLayout,
     pub params: Vec<f32>,
     pub act: Activation,
-    /// Half copies of the block matrices for decoding steps, by offset of the matrix in
+    /// Half copies of the block matrices and the output head for decoding steps, by offset in
     /// `params`, when asked ([`ImageGpt::set_decode_weights`]).
     pub(crate) params_f16: Option<std::collections::BTreeMap<usize, crate::backend::matmul_f16::PackedF16>>,
 }
