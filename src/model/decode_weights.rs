@@ -42,9 +42,9 @@ impl ImageGpt {
         self.params_f16.as_ref().and_then(|p| p.get(&w.start))
     }
 
-    /// Chooses the weights decoding steps read. F16 takes a packed half copy of the
-    /// current block matrices (2 bytes more memory per parameter); change the parameters afterwards
-    /// (training) and the copy is stale: set F32, or F16 again to refresh it.
+    /// Chooses the weights decoding steps read. F16 takes a packed half copy of the current
+    /// block matrices and output head (2 bytes more memory per parameter); change the
+    /// parameters afterwards (training) and the copy is stale: set F32, or F16 again.
     pub fn set_decode_weights(&mut self, prec: WeightPrecision) {
         self.params_f16 = match prec {
             WeightPrecision::F32 => None,
