@@ -78,7 +78,6 @@ fn run<E: Elem>(
 }
 
 /// s (nblk*KB) = q (hs) . K for every key of `nblk` transposed key blocks (hs, KB).
-#[allow(clippy::needless_range_loop)] // two accumulator sets indexed in step
 #[inline(never)]
 fn scores<E: Elem>(s: &mut [f32], q: &[f32], kt: &[E], hs: usize) {
     let nblk = s.len() / KB;
@@ -86,28 +85,14 @@ fn scores<E: Elem>(s: &mut [f32], q: &[f32], kt: &[E], hs: usize) {
     #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
     // SAFETY: block i occupies kt[i*hs*KB..(i+1)*hs*KB] and s[i*KB..(i+1)*KB] (asserted).
     unsafe {
-        use std::arch::x86_64::*;
-        const V: usize = KB / 16;
-        let (sp, kp) = (s.as_mut_ptr(), kt.as_ptr());
-        let mut blk = 0;
-        while blk < nblk {
-            // two blocks at a time when there are two: 2 x 4 independent FMA chains
-            let two = blk + 1 < nblk;
-            let (k0, k1) = (kp.add(blk * hs * KB), kp.add((blk + two as usize) * hs * KB));
-            let mut a = [[_mm512_setzero_ps(); V]; 2];
-            for (dd, &qd) in q.iter().enumerate() {
-                let qv = _mm512_set1_ps(qd);
-                for x in 0..V {
-                    a[0][x] = _mm512_fmadd_ps(qv, E::load16(k0.add(dd * KB + 16 * x)), a[0][x]);
-                    a[1][x] = _mm512_fmadd_ps(qv, E::load16(k1.add(dd * KB + 16 * x)), a[1][x]);
-                }
-            }
-            for (i, ai) in a.iter().enumerate().take(1 + two as usize) {
-                for (x, v) in ai.iter().enumerate() {
-                    _mm512_storeu_ps(sp.add((blk + i) * KB + 16 * x), *v);
-                }
-            }
-            blk += 1 + two as usize;
+        // two blocks at a time (2 x 4 independent FMA chains), then a last odd one alone
+        let pairs = nblk / 2;
+        for blk in (0..2 * pairs).step_by(2) {
+            score_blocks::<E, 2>(s.as_mut_ptr().add(blk * KB), q, kt.as_ptr().add(blk * hs * KB), hs);
+        }
+        if nblk % 2 == 1 {
+            let blk = nblk - 1;
+            score_blocks::<E, 1>(s.as_mut_ptr().add(blk * KB), q, kt.as_ptr().add(blk * hs * KB), hs);
         }
     }
     #[cfg(not(all(target_arch = "x86_64", target_feature = "avx512f")))]
@@ -120,6 +105,35 @@ fn scores<E: Elem>(s: &mut [f32], q: &[f32], kt: &[E], hs: usize) {
             }
         }
         sb.copy_from_slice(&acc);
+    }
+}
+
+/// Scores of N consecutive key blocks: N x 4 accumulators over the hs rows.
+///
+/// # Safety
+/// N blocks of (hs, KB) values at `kp`, room for N*KB scores at `sp`.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
+#[inline(always)]
+#[allow(clippy::needless_range_loop)] // N accumulator sets indexed in step
+unsafe fn score_blocks<E: Elem, const N: usize>(sp: *mut f32, q: &[f32], kp: *const E, hs: usize) {
+    use std::arch::x86_64::*;
+    const V: usize = KB / 16;
+    // SAFETY: offsets stay within the N blocks and N*KB scores (the caller's contract).
+    unsafe {
+        let mut a = [[_mm512_setzero_ps(); V]; N];
+        for (dd, &qd) in q.iter().enumerate() {
+            let qv = _mm512_set1_ps(qd);
+            for i in 0..N {
+                for x in 0..V {
+                    a[i][x] = _mm512_fmadd_ps(qv, E::load16(kp.add((i * hs + dd) * KB + 16 * x)), a[i][x]);
+                }
+            }
+        }
+        for (i, ai) in a.iter().enumerate() {
+            for (x, v) in ai.iter().enumerate() {
+                _mm512_storeu_ps(sp.add(i * KB + 16 * x), *v);
+            }
+        }
     }
 }
 
