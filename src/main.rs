@@ -18,7 +18,8 @@ enum Command {
     /// The whole pipeline on bundled emoji32 (prepare, train, sample, complete, probe,
     /// fine-tune) ending in report.html.
     Demo(cli::demo::DemoArgs),
-    /// Config summary, parameter count and palette size of a model directory.
+    /// The engine (kernel set, CPU features, threads) and, with --model, a model directory's
+    /// config summary, parameter count and palette size.
     Info(cli::info::InfoArgs),
     /// Palette token ids of images (HF image-processor semantics, no SOS).
     Encode(cli::encode::EncodeArgs),
@@ -47,6 +48,11 @@ enum Command {
 
 fn main() {
     let cli = Cli::parse();
+    // A kernel set the CPU lacks would crash (illegal instruction) mid-run: refuse it first.
+    if let Err(msg) = igpt::backend::isa::requested() {
+        eprintln!("error: {msg}");
+        std::process::exit(2);
+    }
     let result = match cli.command {
         Command::Demo(a) => cli::demo::run(a),
         Command::Info(a) => cli::info::run(a),

@@ -34,6 +34,43 @@ fn info_reports_config_and_palette() {
     assert!(ok && out.contains("280768"));
 }
 
+/// `info` without a model describes the engine; `IGPT_KERNELS` forces a set, and a name
+/// that is unknown or a set this CPU lacks is refused before anything runs.
+#[test]
+fn info_reports_the_kernel_set_and_igpt_kernels_forces_it() {
+    use igpt::backend::isa::KernelSet;
+    let (ok, out, err) = igpt(&["info", "--json"]);
+    assert!(ok, "{err}");
+    let v = json(&out);
+    let best = KernelSet::best().name();
+    assert_eq!(v["engine"]["kernels"], best);
+    assert_eq!(v["engine"]["kernels_available"].as_array().unwrap().last().unwrap(), "portable");
+    let run = |value: &str, args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_igpt")).args(args).env("IGPT_KERNELS", value).output().unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = run("portable", &["info", "--json"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(json(&out)["engine"]["kernels"], "portable");
+    assert_eq!(json(&out)["engine"]["kernels_forced"], "portable");
+    let shape = ["--n-embd", "32", "--n-layer", "1", "--n-head", "2", "--side", "8", "--colors", "16", "--steps", "1"];
+    let mut args = vec!["bench", "train", "--json"];
+    args.extend(shape);
+    let (code, out, err) = run("portable", &args);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(json(&out)["kernels"], "portable");
+    let (code, _, err) = run("sse9", &["info"]);
+    assert!(code == Some(2) && err.contains("IGPT_KERNELS=sse9") && err.contains("avx512, avx2 or portable"), "{err}");
+    if let Some(missing) = KernelSet::ALL.into_iter().find(|s| !s.supported()) {
+        let (code, _, err) = run(missing.name(), &["info"]);
+        assert!(code == Some(2) && err.contains("this CPU cannot run") && err.contains("unset IGPT_KERNELS"), "{err}");
+    }
+}
+
 #[test]
 fn encode_json_equals_hf_processor_ids() {
     let dir = fixture("small");

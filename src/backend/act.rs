@@ -1,6 +1,7 @@
 //! MLP activations. ImageGPT uses quick_gelu, x * sigmoid(1.702 x) (OpenAI's `gelu2`);
 //! the tanh GELU and ReLU are accepted for configs that name them.
 
+use super::isa::multiversion;
 use rayon::prelude::*;
 
 use super::math::exp;
@@ -38,6 +39,7 @@ impl Activation {
     }
 }
 
+multiversion! {
 /// out = act(inp), element-wise. `out` may be a different buffer (training keeps the input).
 pub fn act_forward(act: Activation, out: &mut [f32], inp: &[f32]) {
     out.par_chunks_mut(4096).zip(inp.par_chunks(4096)).for_each(|(o, x)| {
@@ -49,7 +51,9 @@ pub fn act_forward(act: Activation, out: &mut [f32], inp: &[f32]) {
         }
     });
 }
+}
 
+multiversion! {
 /// x = act(x) in place (inference).
 pub fn act_inplace(act: Activation, x: &mut [f32]) {
     x.par_chunks_mut(4096).for_each(|c| match act {
@@ -57,6 +61,7 @@ pub fn act_inplace(act: Activation, x: &mut [f32]) {
         Activation::GeluTanh => c.iter_mut().for_each(|v| *v = Activation::GeluTanh.apply(*v)),
         Activation::Relu => c.iter_mut().for_each(|v| *v = v.max(0.0)),
     });
+}
 }
 
 impl Activation {
@@ -78,6 +83,7 @@ impl Activation {
     }
 }
 
+multiversion! {
 /// dinp = dout * act'(inp) (overwrites `dinp`).
 pub fn act_backward(act: Activation, dinp: &mut [f32], dout: &[f32], inp: &[f32]) {
     dinp.par_chunks_mut(4096).zip(dout.par_chunks(4096)).zip(inp.par_chunks(4096)).for_each(|((d, g), x)| {
@@ -88,6 +94,7 @@ pub fn act_backward(act: Activation, dinp: &mut [f32], dout: &[f32], inp: &[f32]
             Activation::Relu => it.for_each(|((d, &g), &x)| *d = if x > 0.0 { g } else { 0.0 }),
         }
     });
+}
 }
 
 #[cfg(test)]

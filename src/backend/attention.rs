@@ -11,6 +11,7 @@
 use rayon::prelude::*;
 
 use super::attn_kernels::{self, KB};
+use super::isa::multiversion;
 pub use super::kv_blocks::{KvBlocks, KvPrecision};
 use super::math::{exp, exp_sub_sum, max};
 
@@ -86,6 +87,7 @@ pub fn attention_forward(out: &mut [f32], lse: &mut [f32], q: SeqView, k: SeqVie
     KV.with(|c| *c.borrow_mut() = Some(kv));
 }
 
+multiversion! {
 /// Attention of T new query rows over the first d.tk positions of `kv` (which already holds
 /// the new rows' keys and values at positions d.tk - T..d.tk).
 pub fn attention_with_kv(out: &mut [f32], lse: &mut [f32], q: SeqView, kv: &KvBlocks, d: AttnDims) {
@@ -161,6 +163,7 @@ pub fn attention_with_kv(out: &mut [f32], lse: &mut [f32], q: SeqView, kv: &KvBl
             }
         },
     );
+}
 }
 
 /// Per-thread buffers of one attention task.

@@ -9,6 +9,7 @@ use rayon::prelude::*;
 
 use super::attention::{AttnDims, SeqView};
 use super::attn_kernels::{KB, accumulate_pv, accumulate_pv_any, scores};
+use super::isa::multiversion;
 use super::math::exp;
 
 /// Rows per block (queries and keys alike: the score kernel's width).
@@ -18,6 +19,7 @@ struct SendPtr(*mut f32);
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
+multiversion! {
 /// # Shapes
 /// q, k, v: (B, T, C) views into the layer's qkv; out, dout: (B, T, C) contiguous;
 /// lse: (B, nh, T); dqkv: (B, T, 3C), written (not accumulated) in the [q | k | v] layout.
@@ -132,4 +134,5 @@ pub fn attention_backward(
         }
         SCRATCH.with(|c| *c.borrow_mut() = buf);
     });
+}
 }

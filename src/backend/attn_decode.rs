@@ -16,6 +16,7 @@ use rayon::prelude::*;
 use super::attention::{AttnDims, SeqView};
 use super::attn_kernels::KB;
 use super::elem::Elem;
+use super::isa::{self, KernelSet, multiversion};
 use super::kv_blocks::{KvBlocks, Store};
 use super::math::{exp_sub_sum, max};
 
@@ -63,8 +64,7 @@ fn run<E: Elem>(
             if let Some((ks, _)) = scales {
                 s[..tk].iter_mut().zip(ks).for_each(|(x, &sc)| *x *= sc);
             }
-            let m = max(&s[..tk]);
-            let l = exp_sub_sum(&mut s[..tk], m);
+            let (m, l) = softmax_unnormalised(&mut s[..tk]);
             if let Some((_, vs)) = scales {
                 // p_j v_j = (p_j scale_j) q_j
                 s[..tk].iter_mut().zip(vs).for_each(|(x, &sc)| *x *= sc);
@@ -80,117 +80,71 @@ fn run<E: Elem>(
 /// s (nblk*KB) = q (hs) . K for every key of `nblk` transposed key blocks (hs, KB).
 #[inline(never)]
 fn scores<E: Elem>(s: &mut [f32], q: &[f32], kt: &[E], hs: usize) {
+    scores_on(isa::active(), s, q, kt, hs)
+}
+
+/// [`scores`] with the kernels of `set` (which this CPU must support); every set sums each
+/// score over hs in order from zero, so all give the same bits.
+pub(crate) fn scores_on<E: Elem>(set: KernelSet, s: &mut [f32], q: &[f32], kt: &[E], hs: usize) {
     let nblk = s.len() / KB;
-    assert!(q.len() == hs && kt.len() >= nblk * hs * KB);
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
-    // SAFETY: block i occupies kt[i*hs*KB..(i+1)*hs*KB] and s[i*KB..(i+1)*KB] (asserted).
-    unsafe {
-        // two blocks at a time (2 x 4 independent FMA chains), then a last odd one alone
-        let pairs = nblk / 2;
-        for blk in (0..2 * pairs).step_by(2) {
-            score_blocks::<E, 2>(s.as_mut_ptr().add(blk * KB), q, kt.as_ptr().add(blk * hs * KB), hs);
-        }
-        if nblk % 2 == 1 {
-            let blk = nblk - 1;
-            score_blocks::<E, 1>(s.as_mut_ptr().add(blk * KB), q, kt.as_ptr().add(blk * hs * KB), hs);
-        }
-    }
-    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx512f")))]
-    for (blk, sb) in s.chunks_exact_mut(KB).enumerate() {
-        let mut acc = [0f32; KB];
-        for (dd, &qd) in q.iter().enumerate() {
-            let row = &kt[(blk * hs + dd) * KB..(blk * hs + dd + 1) * KB];
-            for j in 0..KB {
-                acc[j] = qd.mul_add(row[j].f32(), acc[j]);
+    assert!(q.len() == hs && kt.len() >= nblk * hs * KB && set.supported());
+    match set {
+        // SAFETY: the CPU has the set's features (asserted); the kernels check the bounds.
+        #[cfg(target_arch = "x86_64")]
+        KernelSet::Avx512 => unsafe { super::avx512::decode_scores::<E, KB>(s, q, kt) },
+        #[cfg(target_arch = "x86_64")]
+        KernelSet::Avx2 => unsafe { super::avx2::decode_scores::<E, KB>(s, q, kt) },
+        _ => {
+            for (blk, sb) in s.chunks_exact_mut(KB).enumerate() {
+                let mut acc = [0f32; KB];
+                for (dd, &qd) in q.iter().enumerate() {
+                    let row = &kt[(blk * hs + dd) * KB..(blk * hs + dd + 1) * KB];
+                    for j in 0..KB {
+                        acc[j] = qd.mul_add(row[j].f32(), acc[j]);
+                    }
+                }
+                sb.copy_from_slice(&acc);
             }
         }
-        sb.copy_from_slice(&acc);
     }
 }
 
-/// Scores of N consecutive key blocks: N x 4 accumulators over the hs rows.
-///
-/// # Safety
-/// N blocks of (hs, KB) values at `kp`, room for N*KB scores at `sp`.
-#[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
-#[inline(always)]
-#[allow(clippy::needless_range_loop)] // N accumulator sets indexed in step
-unsafe fn score_blocks<E: Elem, const N: usize>(sp: *mut f32, q: &[f32], kp: *const E, hs: usize) {
-    use std::arch::x86_64::*;
-    const V: usize = KB / 16;
-    // SAFETY: offsets stay within the N blocks and N*KB scores (the caller's contract).
-    unsafe {
-        let mut a = [[_mm512_setzero_ps(); V]; N];
-        for (dd, &qd) in q.iter().enumerate() {
-            let qv = _mm512_set1_ps(qd);
-            for i in 0..N {
-                for x in 0..V {
-                    a[i][x] = _mm512_fmadd_ps(qv, E::load16(kp.add((i * hs + dd) * KB + 16 * x)), a[i][x]);
-                }
-            }
-        }
-        for (i, ai) in a.iter().enumerate() {
-            for (x, v) in ai.iter().enumerate() {
-                _mm512_storeu_ps(sp.add(i * KB + 16 * x), *v);
-            }
-        }
+multiversion! {
+    /// s = exp(s - max(s)) in place; returns (max, sum of the results).
+    fn softmax_unnormalised(s: &mut [f32]) -> (f32, f32) {
+        let m = max(s);
+        (m, exp_sub_sum(s, m))
     }
 }
 
 /// o (hs) = sum_j p[j] v[j] over the rows of v (n, hs), n = p.len().
 #[inline(never)]
 fn weighted_sum<E: Elem>(o: &mut [f32], p: &[f32], v: &[E]) {
-    let hs = o.len();
-    assert!(v.len() >= p.len() * hs);
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
-    {
-        // SAFETY: rows < p.len() of v hold hs values each (asserted).
-        match hs {
-            16 => return unsafe { weighted_sum_avx512::<E, 1>(o, p, v) },
-            32 => return unsafe { weighted_sum_avx512::<E, 2>(o, p, v) },
-            64 => return unsafe { weighted_sum_avx512::<E, 4>(o, p, v) },
-            _ => {}
-        }
-    }
-    // four interleaved accumulator rows, as the vector kernel
-    let mut acc = vec![0f32; 4 * hs];
-    for (j, &pj) in p.iter().enumerate() {
-        let a = &mut acc[(j % 4) * hs..(j % 4 + 1) * hs];
-        for (x, e) in a.iter_mut().zip(&v[j * hs..(j + 1) * hs]) {
-            *x = pj.mul_add(e.f32(), *x);
-        }
-    }
-    for (x, ox) in o.iter_mut().enumerate() {
-        *ox = (acc[x] + acc[hs + x]) + (acc[2 * hs + x] + acc[3 * hs + x]);
-    }
+    weighted_sum_on(isa::active(), o, p, v)
 }
 
-/// [`weighted_sum`] for hs = 16 V: rows j, j+1, j+2, j+3 feed four accumulator sets.
-#[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
-#[allow(clippy::needless_range_loop)] // four accumulator sets indexed in step
-unsafe fn weighted_sum_avx512<E: Elem, const V: usize>(o: &mut [f32], p: &[f32], v: &[E]) {
-    use std::arch::x86_64::*;
-    let hs = 16 * V;
-    let n = p.len();
-    let vp = v.as_ptr();
-    // SAFETY (pointer offsets): rows < n of v (checked by the caller), o holds hs values.
-    unsafe {
-        let mut acc = [[_mm512_setzero_ps(); V]; 4];
-        let mut j = 0;
-        while j < n {
-            for (u, a) in acc.iter_mut().enumerate() {
-                if j + u < n {
-                    let pv = _mm512_set1_ps(p[j + u]);
-                    for (x, ax) in a.iter_mut().enumerate() {
-                        *ax = _mm512_fmadd_ps(pv, E::load16(vp.add((j + u) * hs + 16 * x)), *ax);
-                    }
+/// [`weighted_sum`] with the kernels of `set` (which this CPU must support): rows j = 0,
+/// 1, 2, 3 (mod 4) feed four accumulator sets, summed (s0 + s1) + (s2 + s3), in every set.
+pub(crate) fn weighted_sum_on<E: Elem>(set: KernelSet, o: &mut [f32], p: &[f32], v: &[E]) {
+    let hs = o.len();
+    assert!(v.len() >= p.len() * hs && set.supported());
+    match set {
+        // SAFETY: the CPU has the set's features (asserted); the kernels check the bounds.
+        #[cfg(target_arch = "x86_64")]
+        KernelSet::Avx512 if hs.is_multiple_of(16) => unsafe { super::avx512::weighted_sum(o, p, v) },
+        #[cfg(target_arch = "x86_64")]
+        KernelSet::Avx512 | KernelSet::Avx2 if hs.is_multiple_of(8) => unsafe { super::avx2::weighted_sum(o, p, v) },
+        _ => {
+            let mut acc = vec![0f32; 4 * hs];
+            for (j, &pj) in p.iter().enumerate() {
+                let a = &mut acc[(j % 4) * hs..(j % 4 + 1) * hs];
+                for (x, e) in a.iter_mut().zip(&v[j * hs..(j + 1) * hs]) {
+                    *x = pj.mul_add(e.f32(), *x);
                 }
             }
-            j += 4;
-        }
-        for x in 0..V {
-            let s = _mm512_add_ps(_mm512_add_ps(acc[0][x], acc[1][x]), _mm512_add_ps(acc[2][x], acc[3][x]));
-            _mm512_storeu_ps(o.as_mut_ptr().add(16 * x), s);
+            for (x, ox) in o.iter_mut().enumerate() {
+                *ox = (acc[x] + acc[hs + x]) + (acc[2 * hs + x] + acc[3 * hs + x]);
+            }
         }
     }
 }
@@ -199,6 +153,43 @@ unsafe fn weighted_sum_avx512<E: Elem, const V: usize>(o: &mut [f32], p: &[f32],
 mod tests {
     use super::*;
     use crate::backend::attention::{KvPrecision, attention_forward};
+
+    fn same_bits(a: &[f32], b: &[f32]) -> bool {
+        a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+    }
+
+    /// Every kernel set this CPU has gives the portable loops' bits, for each stored element
+    /// type, head size, odd and even block counts and ragged row counts.
+    fn sets_agree<E: Elem>(widen: impl Fn(f32) -> E) {
+        let val = |i: usize, m: usize| ((i * 7919 % m) as f32 - (m / 2) as f32) / m as f32;
+        for hs in [8, 16, 32, 48, 64] {
+            for nblk in [1, 2, 3] {
+                let kt: Vec<E> = (0..nblk * hs * KB).map(|i| widen(val(i, 1013) * 40.0)).collect();
+                let q: Vec<f32> = (0..hs).map(|i| val(i, 101)).collect();
+                let mut want = vec![0f32; nblk * KB];
+                scores_on(KernelSet::Portable, &mut want, &q, &kt, hs);
+                let n = nblk * KB - 7;
+                let v: Vec<E> = (0..n * hs).map(|i| widen(val(i, 977) * 40.0)).collect();
+                let mut o_want = vec![0f32; hs];
+                weighted_sum_on(KernelSet::Portable, &mut o_want, &want[..n], &v);
+                for set in KernelSet::available() {
+                    let mut got = vec![0f32; nblk * KB];
+                    scores_on(set, &mut got, &q, &kt, hs);
+                    assert!(same_bits(&got, &want), "{set} decode scores hs={hs} nblk={nblk}");
+                    let mut o = vec![0f32; hs];
+                    weighted_sum_on(set, &mut o, &want[..n], &v);
+                    assert!(same_bits(&o, &o_want), "{set} weighted sum hs={hs} n={n}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn decode_kernels_agree_across_kernel_sets() {
+        sets_agree::<f32>(|x| x);
+        sets_agree::<half::f16>(half::f16::from_f32);
+        sets_agree::<i8>(|x| x.round() as i8);
+    }
 
     /// One decoding step over a cache equals the last row of the full causal forward
     /// (to rounding: the sums run in another order), for f32 caches and, within their

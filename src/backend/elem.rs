@@ -5,11 +5,17 @@
 /// A stored value the kernels widen to f32.
 pub(crate) trait Elem: Copy + Send + Sync + 'static {
     fn f32(self) -> f32;
-    /// 16 consecutive values widened to f32.
+    /// 8 consecutive values widened to f32 (AVX2 + F16C).
     ///
     /// # Safety
-    /// 16 values must be readable at `p`.
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
+    /// 8 values must be readable at `p`, and the CPU must have AVX2 and F16C.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256;
+    /// 16 consecutive values widened to f32 (AVX-512F).
+    ///
+    /// # Safety
+    /// 16 values must be readable at `p`, and the CPU must have AVX-512F.
+    #[cfg(target_arch = "x86_64")]
     unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512;
 }
 
@@ -18,8 +24,16 @@ impl Elem for f32 {
     fn f32(self) -> f32 {
         self
     }
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
-    #[inline(always)]
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256 {
+        // SAFETY: the caller guarantees 8 readable values at p.
+        unsafe { std::arch::x86_64::_mm256_loadu_ps(p) }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    #[inline]
     unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512 {
         // SAFETY: the caller guarantees 16 readable values at p.
         unsafe { std::arch::x86_64::_mm512_loadu_ps(p) }
@@ -31,8 +45,17 @@ impl Elem for half::f16 {
     fn f32(self) -> f32 {
         self.to_f32()
     }
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
-    #[inline(always)]
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        // SAFETY: the caller guarantees 8 readable values (16 bytes) at p.
+        unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i)) }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    #[inline]
     unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512 {
         use std::arch::x86_64::*;
         // SAFETY: the caller guarantees 16 readable values (32 bytes) at p.
@@ -45,8 +68,17 @@ impl Elem for i8 {
     fn f32(self) -> f32 {
         self as f32
     }
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
-    #[inline(always)]
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        // SAFETY: the caller guarantees 8 readable values (8 bytes) at p.
+        unsafe { _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(p as *const __m128i))) }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    #[inline]
     unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512 {
         use std::arch::x86_64::*;
         // SAFETY: the caller guarantees 16 readable values (16 bytes) at p.

@@ -1,7 +1,9 @@
 //! Token + position embeddings.
 
+use super::isa::multiversion;
 use rayon::prelude::*;
 
+multiversion! {
 /// out[b, t] = wte[tokens[b, t]] + wpe[pos0 + t].
 ///
 /// # Shapes
@@ -17,7 +19,9 @@ pub fn embed_forward(out: &mut [f32], tokens: &[u32], wte: &[f32], wpe: &[f32], 
         }
     });
 }
+}
 
+multiversion! {
 /// Backward of [`embed_forward`] (position 0 start), with an optional per-token multiplier
 /// on the token embedding (BERT: 0 for masked positions).
 ///
@@ -44,4 +48,5 @@ pub fn embed_backward(
             *d += gv;
         }
     }
+}
 }

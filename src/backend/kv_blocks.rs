@@ -6,6 +6,7 @@ use rayon::prelude::*;
 
 use super::attention::SeqView;
 use super::attn_kernels::KB;
+use super::isa::{self, KernelSet};
 
 /// How a KV cache stores keys and values.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -90,21 +91,18 @@ impl Store {
     }
 }
 
-/// dst = src as f32 (exact), 16 values per instruction on AVX-512.
+/// dst = src as f32 (exact), 8 or 16 values per instruction with AVX2 or AVX-512.
 fn f16_to_f32(src: &[half::f16], dst: &mut [f32]) {
     assert_eq!(src.len(), dst.len());
-    let mut i = 0;
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
-    // SAFETY: i + 16 <= len for both slices; f16 is a 2-byte plain value.
-    unsafe {
-        use std::arch::x86_64::*;
-        while i + 16 <= src.len() {
-            let h = _mm256_loadu_si256(src.as_ptr().add(i) as *const __m256i);
-            _mm512_storeu_ps(dst.as_mut_ptr().add(i), _mm512_cvtph_ps(h));
-            i += 16;
-        }
-    }
-    for (d, s) in dst[i..].iter_mut().zip(&src[i..]) {
+    let done = match isa::active() {
+        // SAFETY: `active` returns only sets this CPU supports.
+        #[cfg(target_arch = "x86_64")]
+        KernelSet::Avx512 => unsafe { super::avx512::f16_to_f32(src, dst) },
+        #[cfg(target_arch = "x86_64")]
+        KernelSet::Avx2 => unsafe { super::avx2::f16_to_f32(src, dst) },
+        _ => 0,
+    };
+    for (d, s) in dst[done..].iter_mut().zip(&src[done..]) {
         *d = s.to_f32();
     }
 }

@@ -1,8 +1,10 @@
 //! Cross-entropy fused with its gradient: the logits buffer is turned into dlogits in place,
 //! so a (B*T, V) probability matrix is never stored twice.
 
+use super::isa::multiversion;
 use rayon::prelude::*;
 
+multiversion! {
 /// For each row r with weight w_r > 0: loss_r = logsumexp(row) - row[target_r], and the row
 /// becomes w_r * (softmax(row) - onehot(target_r)). Rows with weight 0 become 0. Returns
 /// sum_r w_r * loss_r (the weighted mean when the weights are 1/count).
@@ -35,6 +37,7 @@ pub fn cross_entropy_fused(logits: &mut [f32], targets: &[u32], weights: &[f32],
         .collect::<Vec<f64>>()
         .iter()
         .sum() // in row order: deterministic
+}
 }
 
 #[cfg(test)]

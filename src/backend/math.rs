@@ -46,7 +46,7 @@ pub fn flush_denormals() {
 }
 
 /// x[i] = exp(x[i] - sub) for all i; returns the sum of the results.
-#[inline]
+#[inline(always)]
 pub fn exp_sub_sum(x: &mut [f32], sub: f32) -> f32 {
     for v in x.iter_mut() {
         *v = exp(*v - sub);
@@ -55,7 +55,7 @@ pub fn exp_sub_sum(x: &mut [f32], sub: f32) -> f32 {
 }
 
 /// Sum of a slice, in 16 interleaved partial sums (vectorises).
-#[inline]
+#[inline(always)]
 pub fn sum(x: &[f32]) -> f32 {
     let mut acc = [0f32; 16];
     let mut chunks = x.chunks_exact(16);
@@ -68,7 +68,7 @@ pub fn sum(x: &[f32]) -> f32 {
 }
 
 /// Maximum of a non-empty slice.
-#[inline]
+#[inline(always)]
 pub fn max(x: &[f32]) -> f32 {
     let mut acc = [f32::NEG_INFINITY; 8];
     let mut chunks = x.chunks_exact(8);

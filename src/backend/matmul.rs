@@ -6,6 +6,8 @@
 
 use gemm::{Parallelism, gemm};
 
+use super::isa::{self, KernelSet, multiversion};
+
 /// How a weight matrix is stored in memory (row-major).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WeightLayout {
@@ -97,7 +99,7 @@ pub fn matmul_forward(
 
 /// Row count up to which [`matmul_small_m`] is used.
 const SMALL_M: usize = 16;
-/// Column granularity of the small-m kernel (one AVX-512 vector).
+/// Column granularity of the small-m kernels (one AVX-512 vector, two AVX2 ones).
 const NC: usize = 16;
 
 /// out (m, n) (+)= inp (m, k) @ W (k, n) for small m (decoding). Each task owns a
@@ -130,10 +132,12 @@ fn matmul_small_m(out: &mut [f32], inp: &[f32], w: &[f32], (m, k, n): (usize, us
     });
 }
 
+multiversion! {
 /// out (m, n) (+)= inp (m, k) @ W^T for W stored (n, k) (nn.Linear), small m: every output
 /// is one dot product (16 partial sums, then their total), columns split between tasks.
-fn matmul_small_m_out_in(out: &mut [f32], inp: &[f32], w: &[f32], (m, k, n): (usize, usize, usize), accumulate: bool) {
+fn matmul_small_m_out_in(out: &mut [f32], inp: &[f32], w: &[f32], mkn: (usize, usize, usize), accumulate: bool) {
     use rayon::prelude::*;
+    let (m, k, n) = mkn;
     let per_task = n.div_ceil(rayon::current_num_threads().max(1));
     let out_ptr = OutPtr(out.as_mut_ptr());
     let out_ptr = &out_ptr;
@@ -149,8 +153,10 @@ fn matmul_small_m_out_in(out: &mut [f32], inp: &[f32], w: &[f32], (m, k, n): (us
         }
     });
 }
+}
 
 /// a . b in 16 interleaved partial sums (vectorises).
+#[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 16];
     let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
@@ -164,33 +170,30 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// y (m, cols) += inp (m, k) @ W[:, j0..j0+cols], y accumulating over k in order.
-fn small_m_range(y: &mut [f32], inp: &[f32], w: &[f32], (m, k, n): (usize, usize, usize), j0: usize, cols: usize) {
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
-    if cols.is_multiple_of(NC) {
-        assert!(y.len() >= m * cols && inp.len() >= m * k && j0 + cols <= n && w.len() >= k * n);
-        let mut r0 = 0;
-        while r0 < m {
-            let rows = (m - r0).min(8);
-            let (yr, xr) = (&mut y[r0 * cols..], &inp[r0 * k..]);
-            // SAFETY: rows r0..r0+rows of y and inp and columns j0..j0+cols of W's k rows
-            // are in bounds (asserted above).
-            unsafe {
-                match rows {
-                    1 => small_m_avx512::<1>(yr, xr, w, k, n, j0, cols),
-                    2 => small_m_avx512::<2>(yr, xr, w, k, n, j0, cols),
-                    3 => small_m_avx512::<3>(yr, xr, w, k, n, j0, cols),
-                    4 => small_m_avx512::<4>(yr, xr, w, k, n, j0, cols),
-                    5 => small_m_avx512::<5>(yr, xr, w, k, n, j0, cols),
-                    6 => small_m_avx512::<6>(yr, xr, w, k, n, j0, cols),
-                    7 => small_m_avx512::<7>(yr, xr, w, k, n, j0, cols),
-                    _ => small_m_avx512::<8>(yr, xr, w, k, n, j0, cols),
-                }
-            }
-            r0 += rows;
-        }
-        return;
+fn small_m_range(y: &mut [f32], inp: &[f32], w: &[f32], mkn: (usize, usize, usize), j0: usize, cols: usize) {
+    small_m_range_on(isa::active(), y, inp, w, mkn, j0, cols)
+}
+
+/// [`small_m_range`] with the kernels of `set` (which this CPU must support); every set
+/// gives the plain loop's bits.
+fn small_m_range_on(
+    set: KernelSet,
+    y: &mut [f32],
+    inp: &[f32],
+    w: &[f32],
+    mkn: (usize, usize, usize),
+    j0: usize,
+    cols: usize,
+) {
+    assert!(set.supported());
+    match set {
+        // SAFETY: the CPU has the set's features (asserted); the kernels check the bounds.
+        #[cfg(target_arch = "x86_64")]
+        KernelSet::Avx512 if cols.is_multiple_of(NC) => unsafe { super::avx512::small_m(y, inp, w, mkn, j0, cols) },
+        #[cfg(target_arch = "x86_64")]
+        KernelSet::Avx2 if cols.is_multiple_of(NC) => unsafe { super::avx2::small_m(y, inp, w, mkn, j0, cols) },
+        _ => small_m_plain(y, inp, w, mkn, j0, cols),
     }
-    small_m_plain(y, inp, w, (m, k, n), j0, cols);
 }
 
 /// [`small_m_range`] as plain loops (other targets, ragged widths, and the tests' reference).
@@ -202,77 +205,6 @@ fn small_m_plain(y: &mut [f32], inp: &[f32], w: &[f32], (m, k, n): (usize, usize
             for (a, &b) in y[i * cols..(i + 1) * cols].iter_mut().zip(wr) {
                 *a = xv.mul_add(b, *a);
             }
-        }
-    }
-}
-
-/// [`small_m_plain`] for R rows with AVX-512: the (R, 32) accumulators of a column panel
-/// stay in registers for KK rows of W, so each loaded W vector feeds R FMAs and y is
-/// loaded and stored once per KK rows (the plain loop is load/store-bound). W is still read
-/// row by row through the task's column range. Same per-element order: identical bits.
-#[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
-#[inline(never)]
-unsafe fn small_m_avx512<const R: usize>(
-    y: &mut [f32],
-    inp: &[f32],
-    w: &[f32],
-    k: usize,
-    n: usize,
-    j0: usize,
-    cols: usize,
-) {
-    use std::arch::x86_64::*;
-    const KK: usize = 8;
-    let (yp, xp, wp) = (y.as_mut_ptr(), inp.as_ptr(), w.as_ptr());
-    let mut kk0 = 0;
-    // SAFETY (all offsets): rows < R of y (stride cols) and inp (stride k), rows < k and
-    // columns j0..j0+cols of w (stride n), as the caller asserted.
-    unsafe {
-        while kk0 < k {
-            let kend = (kk0 + KK).min(k);
-            let mut j = 0;
-            while j + 32 <= cols {
-                let mut acc = [[_mm512_setzero_ps(); 2]; R];
-                for (i, a) in acc.iter_mut().enumerate() {
-                    a[0] = _mm512_loadu_ps(yp.add(i * cols + j));
-                    a[1] = _mm512_loadu_ps(yp.add(i * cols + j + 16));
-                }
-                for kk in kk0..kend {
-                    // the same panel of the next block of rows, for when this sweep comes back
-                    let ahead = wp.wrapping_add((kk + KK) * n + j0 + j) as *const i8;
-                    _mm_prefetch::<_MM_HINT_T0>(ahead);
-                    _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64));
-                    let w0 = _mm512_loadu_ps(wp.add(kk * n + j0 + j));
-                    let w1 = _mm512_loadu_ps(wp.add(kk * n + j0 + j + 16));
-                    for (i, a) in acc.iter_mut().enumerate() {
-                        let xv = _mm512_set1_ps(*xp.add(i * k + kk));
-                        a[0] = _mm512_fmadd_ps(xv, w0, a[0]);
-                        a[1] = _mm512_fmadd_ps(xv, w1, a[1]);
-                    }
-                }
-                for (i, a) in acc.iter().enumerate() {
-                    _mm512_storeu_ps(yp.add(i * cols + j), a[0]);
-                    _mm512_storeu_ps(yp.add(i * cols + j + 16), a[1]);
-                }
-                j += 32;
-            }
-            if j < cols {
-                // a last 16-wide panel
-                let mut acc = [_mm512_setzero_ps(); R];
-                for (i, a) in acc.iter_mut().enumerate() {
-                    *a = _mm512_loadu_ps(yp.add(i * cols + j));
-                }
-                for kk in kk0..kend {
-                    let w0 = _mm512_loadu_ps(wp.add(kk * n + j0 + j));
-                    for (i, a) in acc.iter_mut().enumerate() {
-                        *a = _mm512_fmadd_ps(_mm512_set1_ps(*xp.add(i * k + kk)), w0, *a);
-                    }
-                }
-                for (i, a) in acc.iter().enumerate() {
-                    _mm512_storeu_ps(yp.add(i * cols + j), *a);
-                }
-            }
-            kk0 = kend;
         }
     }
 }
@@ -313,6 +245,7 @@ pub fn matmul_backward_weight(dw: &mut [f32], x: &[f32], dy: &[f32], (m, k, n): 
     }
 }
 
+multiversion! {
 /// db (n) += column sums of dy (m, n).
 pub fn bias_backward(db: &mut [f32], dy: &[f32], n: usize) {
     use rayon::prelude::*;
@@ -332,6 +265,7 @@ pub fn bias_backward(db: &mut [f32], dy: &[f32], n: usize) {
         sums.iter_mut().zip(p).for_each(|(a, b)| *a += b);
     }
     db.iter_mut().zip(sums).for_each(|(d, s)| *d += s);
+}
 }
 
 #[cfg(test)]
@@ -381,11 +315,13 @@ mod tests {
         {
             let inp: Vec<f32> = (0..m * k).map(|i| ((i * 7919 % 1013) as f32 - 506.0) / 313.0).collect();
             let w: Vec<f32> = (0..k * n).map(|i| ((i * 104_729 % 997) as f32 - 498.0) / 211.0).collect();
-            let mut fast = vec![0.25f32; m * cols];
-            let mut plain = fast.clone();
-            small_m_range(&mut fast, &inp, &w, (m, k, n), j0, cols);
+            let mut plain = vec![0.25f32; m * cols];
             small_m_plain(&mut plain, &inp, &w, (m, k, n), j0, cols);
-            assert!(fast.iter().zip(&plain).all(|(a, b)| a.to_bits() == b.to_bits()), "({m},{k},{n})");
+            for set in KernelSet::available() {
+                let mut fast = vec![0.25f32; m * cols];
+                small_m_range_on(set, &mut fast, &inp, &w, (m, k, n), j0, cols);
+                assert!(fast.iter().zip(&plain).all(|(a, b)| a.to_bits() == b.to_bits()), "{set} ({m},{k},{n})");
+            }
         }
     }
 

@@ -7,6 +7,7 @@
 use rayon::prelude::*;
 
 use super::elem::{Elem, to_f16};
+use super::isa::{self, KernelSet};
 
 /// Columns per panel: two AVX-512 vectors of f32, one cache line of f16.
 pub const PANEL: usize = 32;
@@ -91,24 +92,22 @@ unsafe impl Sync for OutPtr {}
 
 /// y (rows, 32) = x (rows, k) @ panel (k, 32), rows <= ROWS.
 fn panel_product(y: &mut [f32], x: &[f32], panel: &[half::f16], k: usize) {
+    panel_product_on(isa::active(), y, x, panel, k)
+}
+
+/// [`panel_product`] with the kernels of `set` (which this CPU must support); every set
+/// accumulates each output over k in order from zero: the plain loop's bits.
+fn panel_product_on(set: KernelSet, y: &mut [f32], x: &[f32], panel: &[half::f16], k: usize) {
     let rows = y.len() / PANEL;
-    assert!(rows <= ROWS && x.len() >= rows * k && panel.len() >= k * PANEL);
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
-    // SAFETY: bounds asserted above.
-    unsafe {
-        match rows {
-            1 => return panel_avx512::<1>(y, x, panel, k),
-            2 => return panel_avx512::<2>(y, x, panel, k),
-            3 => return panel_avx512::<3>(y, x, panel, k),
-            4 => return panel_avx512::<4>(y, x, panel, k),
-            5 => return panel_avx512::<5>(y, x, panel, k),
-            6 => return panel_avx512::<6>(y, x, panel, k),
-            7 => return panel_avx512::<7>(y, x, panel, k),
-            _ => return panel_avx512::<8>(y, x, panel, k),
-        }
+    assert!(rows <= ROWS && x.len() >= rows * k && panel.len() >= k * PANEL && set.supported());
+    match set {
+        // SAFETY: the CPU has the set's features (asserted); the kernels check the bounds.
+        #[cfg(target_arch = "x86_64")]
+        KernelSet::Avx512 => unsafe { super::avx512::panel_f16(y, x, panel, k) },
+        #[cfg(target_arch = "x86_64")]
+        KernelSet::Avx2 => unsafe { super::avx2::panel_f16::<PANEL>(y, x, panel, k) },
+        _ => panel_plain(y, x, panel, k),
     }
-    #[allow(unreachable_code)]
-    panel_plain(y, x, panel, k)
 }
 
 /// [`panel_product`] as plain loops (other targets, and the tests' reference).
@@ -125,42 +124,21 @@ fn panel_plain(y: &mut [f32], x: &[f32], panel: &[half::f16], k: usize) {
     }
 }
 
-/// [`panel_product`] for R rows with AVX-512: R x 2 accumulators for all of k; each panel
-/// row is one 64-byte line, widened once and used by 2R FMAs. Same order as the plain loop.
-#[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
-#[inline(never)]
-unsafe fn panel_avx512<const R: usize>(y: &mut [f32], x: &[f32], panel: &[half::f16], k: usize) {
-    use std::arch::x86_64::*;
-    let (xp, wp) = (x.as_ptr(), panel.as_ptr());
-    // SAFETY (offsets): rows < R of x (stride k) and rows < k of the panel (stride 32).
-    unsafe {
-        let mut acc = [[_mm512_setzero_ps(); 2]; R];
-        for kk in 0..k {
-            _mm_prefetch::<_MM_HINT_T0>(wp.wrapping_add((kk + 32) * PANEL) as *const i8);
-            let w0 = half::f16::load16(wp.add(kk * PANEL));
-            let w1 = half::f16::load16(wp.add(kk * PANEL + 16));
-            for (i, a) in acc.iter_mut().enumerate() {
-                let xv = _mm512_set1_ps(*xp.add(i * k + kk));
-                a[0] = _mm512_fmadd_ps(xv, w0, a[0]);
-                a[1] = _mm512_fmadd_ps(xv, w1, a[1]);
-            }
-        }
-        for (i, a) in acc.iter().enumerate() {
-            _mm512_storeu_ps(y.as_mut_ptr().add(i * PANEL), a[0]);
-            _mm512_storeu_ps(y.as_mut_ptr().add(i * PANEL + 16), a[1]);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     /// Against a float64 product of the f16-rounded weights: every row count 1..=19 (register
-    /// blocks of 8 and ragged ones), n not a multiple of the panel, bias and accumulation.
+    /// blocks of 8 and ragged ones), n not a multiple of the panel, bias and accumulation;
+    /// k below and above the AVX2 kernel's 64-row blocks.
     #[test]
     fn packed_product_matches_the_rounded_weights() {
-        let (k, n) = (37, 72);
+        for (k, n) in [(37, 72), (150, 64)] {
+            packed_case(k, n);
+        }
+    }
+
+    fn packed_case(k: usize, n: usize) {
         let w: Vec<f32> = (0..k * n).map(|i| ((i * 104_729 % 997) as f32 - 498.0) / 211.0).collect();
         let bias: Vec<f32> = (0..n).map(|j| j as f32 * 0.01).collect();
         let packed = PackedF16::pack(&w, k, n);
@@ -177,10 +155,13 @@ mod tests {
             }
             // and the vector kernel gives the plain loop's bits
             let rows = m.min(ROWS);
-            let (mut fast, mut plain) = (vec![0f32; rows * PANEL], vec![1f32; rows * PANEL]);
-            panel_product(&mut fast, &inp, &packed.data[..k * PANEL], k);
+            let mut plain = vec![1f32; rows * PANEL];
             panel_plain(&mut plain, &inp, &packed.data[..k * PANEL], k);
-            assert!(fast.iter().zip(&plain).all(|(a, b)| a.to_bits() == b.to_bits()), "m={m}");
+            for set in KernelSet::available() {
+                let mut fast = vec![0f32; rows * PANEL];
+                panel_product_on(set, &mut fast, &inp, &packed.data[..k * PANEL], k);
+                assert!(fast.iter().zip(&plain).all(|(a, b)| a.to_bits() == b.to_bits()), "{set} m={m}");
+            }
         }
     }
 }

@@ -1,8 +1,8 @@
 //! The compute engine: every numeric kernel of ImageGPT, written out over flat `f32`
 //! slices in the manner of llm.c (one function per kernel, shapes in the doc comment).
 //!
-//! This module is the only place that knows about threads (rayon), SIMD-friendly loops and
-//! the `gemm` crate, so a CUDA backend can sit beside it later without touching `model/`.
+//! This module is the only place that knows about threads (rayon), SIMD (kernel sets chosen
+//! at run time, [`isa`]) and the `gemm` crate, so a CUDA backend can sit beside it later without touching `model/`.
 //! Shape alphabet used throughout the crate: B batch, T time (pixels), C = n_embd,
 //! nh heads, hs head size, V colours, I MLP width.
 
@@ -11,8 +11,11 @@ pub mod attention;
 pub mod attention_backward;
 pub mod attn_decode;
 pub mod attn_kernels;
+pub(crate) mod avx2;
+pub(crate) mod avx512;
 pub mod elem;
 pub mod embed;
+pub mod isa;
 pub mod kv_blocks;
 pub mod loss;
 pub mod math;
@@ -44,10 +47,12 @@ pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     rayon::scope(|_| f())
 }
 
+isa::multiversion! {
 /// x += y, element-wise (the residual connection).
 pub fn add_inplace(x: &mut [f32], y: &[f32]) {
     debug_assert_eq!(x.len(), y.len());
     for (a, b) in x.iter_mut().zip(y) {
         *a += *b;
     }
+}
 }

@@ -1,8 +1,10 @@
 //! ImageGPT's norm (HF `ImageGPTLayerNorm`): y = x / sqrt(mean(x^2) + eps) * w.
 //! No mean subtraction and no bias: an RMS norm with eps inside the square root.
 
+use super::isa::multiversion;
 use rayon::prelude::*;
 
+multiversion! {
 /// # Shapes
 /// inp, out: (N, C) row-major; w: (C); rstd: (N) receives 1 / sqrt(mean(x^2) + eps)
 /// for the backward pass.
@@ -17,7 +19,9 @@ pub fn rmsnorm_forward(out: &mut [f32], rstd: &mut [f32], inp: &[f32], w: &[f32]
         }
     });
 }
+}
 
+multiversion! {
 /// Backward of [`rmsnorm_forward`]: with y = x * r * w and r = (mean(x^2) + eps)^-1/2,
 /// dx_j = r * w_j * dy_j - x_j * r^3 / C * sum_i(dy_i * w_i * x_i), and dw += sum_rows dy * x * r.
 ///
@@ -51,6 +55,7 @@ pub fn rmsnorm_backward(dinp: &mut [f32], dw: &mut [f32], dout: &[f32], inp: &[f
         partial.iter_mut().zip(p).for_each(|(a, b)| *a += b);
     }
     dw.iter_mut().zip(partial).for_each(|(d, p)| *d += p as f32);
+}
 }
 
 #[cfg(test)]

@@ -200,7 +200,8 @@ fn palette(a: PaletteArgs) -> Result<()> {
         );
     }
     println!(
-        "RESULT kmeans k={} pixels={} distinct={} iters={} fit_s={fit_s:.2} inertia_per_pixel={per_px:.6}",
+        "RESULT kmeans kernels={} k={} pixels={} distinct={} iters={} fit_s={fit_s:.2} inertia_per_pixel={per_px:.6}",
+        igpt::backend::isa::active(),
         a.k,
         fit_on.total(),
         fit_on.colors.len(),
@@ -251,7 +252,7 @@ fn report(mode: &str, a: &BenchArgs, tok_s: f64, step_s: f64) -> Result<()> {
         prof.iter().map(|(n, s, _)| (n.to_string(), json!(s))).collect();
     if a.json {
         return super::print_json(&json!({
-            "mode": mode, "tok_s": tok_s, "step_s": step_s, "peak_rss_mb": rss,
+            "mode": mode, "kernels": igpt::backend::isa::active().name(), "tok_s": tok_s, "step_s": step_s, "peak_rss_mb": rss,
             "n_embd": a.n_embd, "n_layer": a.n_layer, "n_head": a.n_head, "side": a.side,
             "colors": a.colors, "batch": a.batch.unwrap_or(0), "threads": a.threads, "steps": a.steps,
             "kv_cache": format!("{:?}", a.kv_cache).to_lowercase(),
@@ -260,7 +261,8 @@ fn report(mode: &str, a: &BenchArgs, tok_s: f64, step_s: f64) -> Result<()> {
         }));
     }
     println!(
-        "RESULT {mode} E={} L={} H={} T={} V={} B={} tok_s={tok_s:.1} step_s={step_s:.4} peak_rss_mb={rss:.0}",
+        "RESULT {mode} kernels={} E={} L={} H={} T={} V={} B={} tok_s={tok_s:.1} step_s={step_s:.4} peak_rss_mb={rss:.0}",
+        igpt::backend::isa::active(),
         a.n_embd,
         a.n_layer,
         a.n_head,

@@ -2,58 +2,106 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
-use serde_json::json;
+use igpt::backend::isa::{self, KernelSet};
+use serde_json::{Value, json};
 
 #[derive(Args)]
 pub struct InfoArgs {
-    /// HF model directory (config.json + model.safetensors or pytorch_model.bin).
+    /// HF model directory (config.json + model.safetensors or pytorch_model.bin); without
+    /// it only the engine is described.
     #[arg(long)]
-    model: PathBuf,
+    model: Option<PathBuf>,
     /// Print JSON on stdout.
     #[arg(long)]
     json: bool,
 }
 
 pub fn run(a: InfoArgs) -> Result<()> {
-    let model = super::open_model(&a.model)?;
-    let c = &model.config;
-    let palette = super::open_processor(&a.model).ok();
-    let n_params = model.params.len();
-    let (h, w) = palette.as_ref().map_or((0, 0), |p| p.hw());
+    let engine = engine();
+    let model = a.model.as_deref().map(model_info).transpose()?;
     if a.json {
-        return super::print_json(&json!({
-            "model": a.model, "class": model.kind.hf_architecture(), "n_params": n_params,
-            "n_layer": c.n_layer, "n_embd": c.n_embd, "n_head": c.n_head, "n_inner": c.n_inner(),
-            "n_positions": c.n_positions, "vocab_size": c.vocab_size, "n_colors": c.n_colors(),
-            "activation_function": c.activation_function, "num_labels": (model.kind == igpt::model::ModelKind::Classifier).then(|| c.num_labels()),
-            "palette_size": palette.as_ref().map(|p| p.n_clusters()), "image_height": h, "image_width": w,
-        }));
+        let mut v = json!({ "engine": engine });
+        if let Some(m) = model {
+            // the model's fields at the top level (as before), the engine beside them
+            v = m;
+            v["engine"] = engine;
+        }
+        return super::print_json(&v);
     }
-    println!("model       {}", a.model.display());
-    println!("class       {}", model.kind.hf_architecture());
-    println!("parameters  {} ({:.2}M)", n_params, n_params as f64 / 1e6);
+    print_engine(&engine);
+    if let Some(m) = model {
+        print_model(&m);
+    }
+    Ok(())
+}
+
+/// The kernel set that runs, the ones this CPU could run, its SIMD features and threads.
+fn engine() -> Value {
+    let names = |v: Vec<KernelSet>| v.into_iter().map(|s| s.name()).collect::<Vec<_>>();
+    json!({
+        "kernels": isa::active().name(),
+        "kernels_available": names(KernelSet::available()),
+        "kernels_forced": std::env::var(isa::ENV).ok().filter(|v| !v.trim().is_empty()),
+        "cpu_features": isa::cpu_features(),
+        "arch": std::env::consts::ARCH,
+        "threads": std::thread::available_parallelism().map_or(1, |n| n.get()),
+    })
+}
+
+fn print_engine(e: &Value) {
+    let list = |k: &str| {
+        e[k].as_array().map_or(String::new(), |a| a.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(", "))
+    };
+    let forced = e["kernels_forced"].as_str().map_or(String::new(), |v| format!(" ({}={v})", isa::ENV));
+    println!(
+        "kernels     {}{forced} (this CPU can run: {})",
+        e["kernels"].as_str().unwrap_or("?"),
+        list("kernels_available")
+    );
+    println!(
+        "cpu         {} with {}; {} threads",
+        e["arch"].as_str().unwrap_or("?"),
+        list("cpu_features"),
+        e["threads"]
+    );
+}
+
+/// The summary of a model directory, as `info --json` has always printed it.
+fn model_info(dir: &std::path::Path) -> Result<Value> {
+    let model = super::open_model(dir)?;
+    let c = &model.config;
+    let palette = super::open_processor(dir).ok();
+    let (h, w) = palette.as_ref().map_or((0, 0), |p| p.hw());
+    Ok(json!({
+        "model": dir, "class": model.kind.hf_architecture(), "n_params": model.params.len(),
+        "n_layer": c.n_layer, "n_embd": c.n_embd, "n_head": c.n_head, "head_dim": c.head_dim(), "n_inner": c.n_inner(),
+        "n_positions": c.n_positions, "vocab_size": c.vocab_size, "n_colors": c.n_colors(), "sos_token": c.sos_token(),
+        "activation_function": c.activation_function,
+        "scale_attn_weights": c.scale_attn_weights, "scale_attn_by_inverse_layer_idx": c.scale_attn_by_inverse_layer_idx,
+        "num_labels": (model.kind == igpt::model::ModelKind::Classifier).then(|| c.num_labels()),
+        "palette_size": palette.as_ref().map(|p| p.n_clusters()), "image_height": h, "image_width": w,
+    }))
+}
+
+fn print_model(m: &Value) {
+    let n = m["n_params"].as_u64().unwrap_or(0);
+    println!("model       {}", m["model"].as_str().unwrap_or("?"));
+    println!("class       {}", m["class"].as_str().unwrap_or("?"));
+    println!("parameters  {n} ({:.2}M)", n as f64 / 1e6);
     println!(
         "shape       {} layers, n_embd {}, {} heads (head size {}), MLP {}",
-        c.n_layer,
-        c.n_embd,
-        c.n_head,
-        c.head_dim(),
-        c.n_inner()
+        m["n_layer"], m["n_embd"], m["n_head"], m["head_dim"], m["n_inner"]
     );
     println!(
         "sequence    {} positions, vocab {} ({} colours + SOS {})",
-        c.n_positions,
-        c.vocab_size,
-        c.n_colors(),
-        c.sos_token()
+        m["n_positions"], m["vocab_size"], m["n_colors"], m["sos_token"]
     );
     println!(
         "attention   scale_attn_weights {}, by_inverse_layer_idx {}",
-        c.scale_attn_weights, c.scale_attn_by_inverse_layer_idx
+        m["scale_attn_weights"], m["scale_attn_by_inverse_layer_idx"]
     );
-    match palette {
-        Some(p) => println!("palette     {} colours, images {}x{} (H x W)", p.n_clusters(), h, w),
+    match m["palette_size"].as_u64() {
+        Some(k) => println!("palette     {k} colours, images {}x{} (H x W)", m["image_height"], m["image_width"]),
         None => println!("palette     none (no preprocessor_config.json)"),
     }
-    Ok(())
 }

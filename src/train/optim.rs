@@ -7,6 +7,7 @@
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use crate::backend::isa::multiversion;
 use crate::model::ParamLayout;
 
 /// AdamW hyper-parameters (defaults: the paper's betas 0.9 / 0.95, eps 1e-8, no decay).
@@ -67,21 +68,27 @@ impl AdamW {
                 params[r.clone()].iter_mut().for_each(|p| *p *= f);
             }
         }
-        params
-            .par_chunks_mut(4096)
-            .zip(grads.par_chunks(4096))
-            .zip(self.m.par_chunks_mut(4096))
-            .zip(self.v.par_chunks_mut(4096))
-            .for_each(|(((p, g), m), v)| {
-                for i in 0..p.len() {
-                    let gi = g[i];
-                    m[i] += (gi - m[i]) * (1.0 - b1); // exp_avg.lerp_(grad, 1 - beta1)
-                    v[i] = v[i] * b2 + (1.0 - b2) * gi * gi;
-                    let denom = v[i].sqrt() / bc2_sqrt + eps;
-                    p[i] -= step_size * m[i] / denom;
-                }
-            });
+        adamw_step(params, grads, &mut self.m, &mut self.v, [b1, b2, eps, bc2_sqrt, step_size]);
     }
+}
+
+multiversion! {
+/// The moment updates and the parameter step of AdamW (torch's `_single_tensor_adamw`),
+/// k = [beta1, beta2, eps, sqrt(bias correction 2), lr / bias correction 1].
+fn adamw_step(params: &mut [f32], grads: &[f32], m: &mut [f32], v: &mut [f32], k: [f32; 5]) {
+    let [b1, b2, eps, bc2_sqrt, step_size] = k;
+    params.par_chunks_mut(4096).zip(grads.par_chunks(4096)).zip(m.par_chunks_mut(4096)).zip(v.par_chunks_mut(4096)).for_each(
+        |(((p, g), m), v)| {
+            for i in 0..p.len() {
+                let gi = g[i];
+                m[i] += (gi - m[i]) * (1.0 - b1); // exp_avg.lerp_(grad, 1 - beta1)
+                v[i] = v[i] * b2 + (1.0 - b2) * gi * gi;
+                let denom = v[i].sqrt() / bc2_sqrt + eps;
+                p[i] -= step_size * m[i] / denom;
+            }
+        },
+    );
+}
 }
 
 /// Global L2 norm of the gradients (computed in f64, in a fixed order).
