@@ -187,10 +187,16 @@ pub unsafe fn decode_scores<E: Elem, const W: usize>(s: &mut [f32], q: &[f32], k
     unsafe {
         for b in 0..nblk {
             let kb = kp.add(b * hs * W);
+            let next = kb.wrapping_add(hs * W) as *const i8;
             let mut acc = [_mm256_setzero_ps(); 8];
             for c in (0..W).step_by(64) {
                 let lanes = ((W - c) / 8).min(8);
                 for (dd, &qd) in q.iter().enumerate() {
+                    // the same row of the next block (blocks follow each other in `KvBlocks`)
+                    let row_bytes = W * std::mem::size_of::<E>();
+                    for o in (0..row_bytes).step_by(64) {
+                        _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(dd * row_bytes + o));
+                    }
                     let qv = _mm256_set1_ps(qd);
                     for x in 0..lanes {
                         acc[x] = _mm256_fmadd_ps(qv, E::load8(kb.add(dd * W + c + 8 * x)), acc[x]);
@@ -234,6 +240,10 @@ unsafe fn weighted_sum_tile<E: Elem, const NV: usize>(op: *mut f32, p: &[f32], v
         let mut acc = [[_mm256_setzero_ps(); NV]; 4];
         let mut j = 0;
         while j < n {
+            // this tile's columns of the 4 rows 64 ahead
+            for u in 64..68 {
+                _mm_prefetch::<_MM_HINT_T0>(vp.wrapping_add((j + u) * hs) as *const i8);
+            }
             for (u, a) in acc.iter_mut().enumerate() {
                 if j + u < n {
                     let pv = _mm256_set1_ps(p[j + u]);
@@ -252,13 +262,15 @@ unsafe fn weighted_sum_tile<E: Elem, const NV: usize>(op: *mut f32, p: &[f32], v
 }
 
 /// y (m, cols) += inp (m, k) @ W[:, j0..j0+cols] for W (k, n) row-major, cols a multiple of
-/// 16 (decoding's few-row products). W is streamed in blocks of KK rows through the task's
-/// columns; every row block of the output reuses that block from L1. Each y element
-/// accumulates over k in order: the plain loop's bits.
+/// 8 (decoding's few-row products). W is streamed in blocks of KK rows through the task's
+/// columns; each block of up to 4 output rows keeps (rows, 8 NV) accumulators in registers
+/// for the block (12 independent FMA chains: 4 x 3 vectors, 2 x 6, 1 x 8), and the other
+/// row blocks reuse the W rows from L1. Each y element accumulates over k in order: the
+/// plain loop's bits.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn small_m(y: &mut [f32], inp: &[f32], w: &[f32], (m, k, n): (usize, usize, usize), j0: usize, cols: usize) {
     const KK: usize = 8;
-    assert!(cols.is_multiple_of(16) && y.len() >= m * cols && inp.len() >= m * k && j0 + cols <= n);
+    assert!(cols.is_multiple_of(8) && y.len() >= m * cols && inp.len() >= m * k && j0 + cols <= n);
     assert!(w.len() >= k * n);
     let (yp, xp, wp) = (y.as_mut_ptr(), inp.as_ptr(), w.as_ptr());
     // SAFETY: rows < m of y (stride cols) and inp (stride k), rows < k and columns
@@ -266,66 +278,101 @@ pub unsafe fn small_m(y: &mut [f32], inp: &[f32], w: &[f32], (m, k, n): (usize, 
     unsafe {
         let mut kk0 = 0;
         while kk0 < k {
-            let kend = (kk0 + KK).min(k);
+            let kb = SmallM { k, n, cols, kk0, kend: (kk0 + KK).min(k) };
             let mut r0 = 0;
             while r0 < m {
-                let rows = (m - r0).min(R);
-                let (yr, xr) = (yp.add(r0 * cols), xp.add(r0 * k));
-                let wr = wp.add(j0);
+                // balanced blocks of at most 4 rows (8 = 4 + 4)
+                let rows = (m - r0).div_ceil((m - r0).div_ceil(4));
+                let (yr, xr, wr, first) = (yp.add(r0 * cols), xp.add(r0 * k), wp.add(j0), r0 == 0);
                 match rows {
-                    1 => small_m_rows::<1>(yr, xr, wr, k, n, cols, kk0, kend, r0 == 0),
-                    2 => small_m_rows::<2>(yr, xr, wr, k, n, cols, kk0, kend, r0 == 0),
-                    3 => small_m_rows::<3>(yr, xr, wr, k, n, cols, kk0, kend, r0 == 0),
-                    4 => small_m_rows::<4>(yr, xr, wr, k, n, cols, kk0, kend, r0 == 0),
-                    5 => small_m_rows::<5>(yr, xr, wr, k, n, cols, kk0, kend, r0 == 0),
-                    _ => small_m_rows::<6>(yr, xr, wr, k, n, cols, kk0, kend, r0 == 0),
+                    1 => small_m_rows::<1, 8>(yr, xr, wr, kb, first),
+                    2 => small_m_rows::<2, 6>(yr, xr, wr, kb, first),
+                    3 => small_m_rows::<3, 4>(yr, xr, wr, kb, first),
+                    _ => small_m_rows::<4, 3>(yr, xr, wr, kb, first),
                 }
                 r0 += rows;
             }
-            kk0 = kend;
+            kk0 = kb.kend;
         }
     }
 }
 
-/// N rows of [`small_m`] over W rows kk0..kend: (N, 16) accumulators per column panel;
-/// the first row block prefetches the next block of W rows.
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-unsafe fn small_m_rows<const N: usize>(
-    yp: *mut f32,
-    xp: *const f32,
-    wp: *const f32,
+/// The sizes of one block of W rows kk0..kend in [`small_m`].
+#[derive(Clone, Copy)]
+struct SmallM {
     k: usize,
     n: usize,
     cols: usize,
     kk0: usize,
     kend: usize,
+}
+
+/// N rows of [`small_m`] over one block of W rows: tiles of NV vectors, then of one.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn small_m_rows<const N: usize, const NV: usize>(
+    yp: *mut f32,
+    xp: *const f32,
+    wp: *const f32,
+    kb: SmallM,
     prefetch: bool,
 ) {
+    let mut j = 0;
+    // SAFETY: the caller's bounds; tiles stay within the `cols` columns.
+    unsafe {
+        while j + 8 * NV <= kb.cols {
+            small_m_tile::<N, NV>(yp, xp, wp, kb, j, prefetch);
+            j += 8 * NV;
+        }
+        while j < kb.cols {
+            small_m_tile::<N, 1>(yp, xp, wp, kb, j, prefetch);
+            j += 8;
+        }
+    }
+}
+
+/// (N, 8 NV) accumulators of columns j.. over the block's W rows; the first row block
+/// prefetches the same columns of the next block of rows.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn small_m_tile<const N: usize, const NV: usize>(
+    yp: *mut f32,
+    xp: *const f32,
+    wp: *const f32,
+    kb: SmallM,
+    j: usize,
+    prefetch: bool,
+) {
+    let SmallM { k, n, cols, kk0, kend } = kb;
     // SAFETY: the caller's bounds.
     unsafe {
-        for j in (0..cols).step_by(16) {
-            let mut acc = [[_mm256_setzero_ps(); 2]; N];
-            for i in 0..N {
-                acc[i][0] = _mm256_loadu_ps(yp.add(i * cols + j));
-                acc[i][1] = _mm256_loadu_ps(yp.add(i * cols + j + 8));
+        let mut acc = [[_mm256_setzero_ps(); NV]; N];
+        for i in 0..N {
+            for x in 0..NV {
+                acc[i][x] = _mm256_loadu_ps(yp.add(i * cols + j + 8 * x));
             }
-            for kk in kk0..kend {
-                if prefetch {
-                    let ahead = wp.wrapping_add((kk + 8) * n + j) as *const i8;
-                    _mm_prefetch::<_MM_HINT_T0>(ahead);
-                }
-                let w0 = _mm256_loadu_ps(wp.add(kk * n + j));
-                let w1 = _mm256_loadu_ps(wp.add(kk * n + j + 8));
-                for i in 0..N {
-                    let xv = _mm256_broadcast_ss(&*xp.add(i * k + kk));
-                    acc[i][0] = _mm256_fmadd_ps(xv, w0, acc[i][0]);
-                    acc[i][1] = _mm256_fmadd_ps(xv, w1, acc[i][1]);
+        }
+        for kk in kk0..kend {
+            if prefetch {
+                let ahead = wp.wrapping_add((kk + 8) * n + j) as *const i8;
+                for o in (0..32 * NV).step_by(64) {
+                    _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(o));
                 }
             }
+            let mut wv = [_mm256_setzero_ps(); NV];
+            for x in 0..NV {
+                wv[x] = _mm256_loadu_ps(wp.add(kk * n + j + 8 * x));
+            }
             for i in 0..N {
-                _mm256_storeu_ps(yp.add(i * cols + j), acc[i][0]);
-                _mm256_storeu_ps(yp.add(i * cols + j + 8), acc[i][1]);
+                let xv = _mm256_broadcast_ss(&*xp.add(i * k + kk));
+                for x in 0..NV {
+                    acc[i][x] = _mm256_fmadd_ps(xv, wv[x], acc[i][x]);
+                }
+            }
+        }
+        for i in 0..N {
+            for x in 0..NV {
+                _mm256_storeu_ps(yp.add(i * cols + j + 8 * x), acc[i][x]);
             }
         }
     }
