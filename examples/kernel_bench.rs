@@ -1,6 +1,6 @@
 //! The attention micro-kernels against their plain-loop versions on 64 x 64 x 32 blocks,
 //! one thread: same bits, and GFLOP/s of each. `cargo run --release --example kernel_bench`.
-use igpt::backend::attn_kernels::{accumulate_pv, accumulate_pv_rows, scores, scores_plain};
+use igpt::backend::attention::kernels::{accumulate_pv, accumulate_pv_rows, scores, scores_plain};
 use std::time::Instant;
 
 const REPS: usize = 20000;

@@ -45,6 +45,88 @@ fn d_true() -> bool {
 fn d_model_type() -> String {
     "imagegpt".into()
 }
+fn d_theta() -> f64 {
+    100.0
+}
+fn d_window() -> i64 {
+    8
+}
+fn is_default<T: Default + PartialEq>(x: &T) -> bool {
+    *x == T::default()
+}
+fn is_d_theta(x: &f64) -> bool {
+    *x == d_theta()
+}
+fn is_d_window(x: &i64) -> bool {
+    *x == d_window()
+}
+
+/// How slot positions enter the model (`../shared/design/architectures.md`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PositionEmbedding {
+    /// HF's `wpe`: one learned vector per slot.
+    #[default]
+    #[serde(rename = "learned_1d")]
+    Learned1d,
+    /// `wpe_row[r] + wpe_col[c]` of the slot's row and column.
+    #[serde(rename = "learned_2d")]
+    Learned2d,
+    /// Axial 2D rotary: q and k of every head rotated by the slot's row (first half) and
+    /// column (second half); no position tensor.
+    #[serde(rename = "rope_2d")]
+    Rope2d,
+}
+
+/// Which keys a query attends to, and how.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttentionKind {
+    /// HF: softmax over every visible key.
+    #[default]
+    Dense,
+    /// Softmax over the keys within `local_rows` rows above and `local_cols` columns either side.
+    #[serde(rename = "local_2d")]
+    Local2d,
+    /// elu + 1 feature maps, no softmax (Katharopoulos et al. 2020).
+    Linear,
+}
+
+impl std::str::FromStr for PositionEmbedding {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        serde_json::from_value(serde_json::Value::String(s.into()))
+            .map_err(|_| format!("unknown position embedding `{s}`: use learned_1d, learned_2d or rope_2d"))
+    }
+}
+
+impl std::str::FromStr for AttentionKind {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        serde_json::from_value(serde_json::Value::String(s.into()))
+            .map_err(|_| format!("unknown attention `{s}`: use dense, local_2d or linear"))
+    }
+}
+
+impl PositionEmbedding {
+    pub fn name(self) -> &'static str {
+        match self {
+            PositionEmbedding::Learned1d => "learned_1d",
+            PositionEmbedding::Learned2d => "learned_2d",
+            PositionEmbedding::Rope2d => "rope_2d",
+        }
+    }
+}
+
+impl AttentionKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            AttentionKind::Dense => "dense",
+            AttentionKind::Local2d => "local_2d",
+            AttentionKind::Linear => "linear",
+        }
+    }
+}
 
 /// The HF ImageGPT configuration. Field names are HF's; see `hf-imagegpt-spec.md` section 1.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -98,6 +180,24 @@ pub struct ImageGptConfig {
     pub architectures: Option<Vec<String>>,
     #[serde(default = "d_model_type")]
     pub model_type: String,
+    // igpt's architecture options (`architectures.md`); each is written only when it differs
+    // from its default, so a plain model's config.json stays transformers' own.
+    /// Pixels per image row W (H = n_positions / W); None = sqrt(n_positions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_width: Option<usize>,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub position_embedding: PositionEmbedding,
+    /// Base of the rotary frequencies (`rope_2d`).
+    #[serde(default = "d_theta", skip_serializing_if = "is_d_theta")]
+    pub rope_theta: f64,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub attention: AttentionKind,
+    /// Rows above the query's row that stay visible (`local_2d`).
+    #[serde(default = "d_window", skip_serializing_if = "is_d_window")]
+    pub local_rows: i64,
+    /// Columns either side of the query's column that stay visible (`local_2d`).
+    #[serde(default = "d_window", skip_serializing_if = "is_d_window")]
+    pub local_cols: i64,
 }
 
 impl Default for ImageGptConfig {
@@ -146,6 +246,29 @@ impl ImageGptConfig {
         self.n_positions = side * side;
         self.vocab_size = colors + 1;
         self
+    }
+
+    /// Whether this is transformers' ImageGPT (no igpt architecture option in use).
+    pub fn is_plain(&self) -> bool {
+        self.position_embedding == PositionEmbedding::Learned1d && self.attention == AttentionKind::Dense
+    }
+
+    /// Pixels per row W: `image_width`, else the integer square root of n_positions.
+    pub fn width(&self) -> usize {
+        self.image_width.unwrap_or_else(|| {
+            let w = (self.n_positions as f64).sqrt().round() as usize;
+            if w * w == self.n_positions { w } else { self.n_positions }
+        })
+    }
+
+    /// Image rows H = n_positions / W.
+    pub fn height(&self) -> usize {
+        self.n_positions / self.width().max(1)
+    }
+
+    /// `local_rows`, `local_cols` as counts (validated non-negative).
+    pub fn local_window(&self) -> (usize, usize) {
+        (self.local_rows.max(0) as usize, self.local_cols.max(0) as usize)
     }
 
     pub fn head_dim(&self) -> usize {
@@ -200,7 +323,55 @@ impl ImageGptConfig {
         if !(self.layer_norm_epsilon >= 0.0) {
             return bad("layer_norm_epsilon must be >= 0".into());
         }
+        self.validate_variant(what)
+    }
+
+    /// The igpt fields: a width that tiles n_positions, a head size rope_2d can split in
+    /// four, a positive theta, non-negative windows.
+    fn validate_variant(&self, what: &str) -> Result<()> {
+        let bad = |msg: String| Err(Error::config(what, msg));
+        match self.image_width {
+            Some(0) => return bad("image_width must be at least 1".into()),
+            Some(w) if !self.n_positions.is_multiple_of(w) => {
+                return bad(format!(
+                    "image_width ({w}) must divide n_positions ({}): set it to the images' width in pixels",
+                    self.n_positions
+                ));
+            }
+            None if self.needs_width() && self.width() * self.width() != self.n_positions => {
+                return bad(format!(
+                    "n_positions ({}) is not a square: set image_width to the images' width in pixels",
+                    self.n_positions
+                ));
+            }
+            _ => {}
+        }
+        if self.position_embedding == PositionEmbedding::Rope2d && !self.head_dim().is_multiple_of(4) {
+            return bad(format!(
+                "rope_2d needs a head size divisible by 4 (n_embd / n_head = {}); change n_embd or n_head",
+                self.head_dim()
+            ));
+        }
+        if !(self.rope_theta > 0.0 && self.rope_theta.is_finite()) {
+            return bad(format!("rope_theta must be a finite number > 0 (got {})", self.rope_theta));
+        }
+        for (name, v) in [("local_rows", self.local_rows), ("local_cols", self.local_cols)] {
+            if v < 0 {
+                return bad(format!("{name} must be >= 0 (got {v}): the number of rows or columns that stay visible"));
+            }
+        }
+        if self.attention == AttentionKind::Linear {
+            return bad("attention `linear` is not available in this igpt yet; use dense or local_2d".into());
+        }
+        if !matches!(self.model_type.as_str(), "imagegpt" | "igpt") {
+            return bad(format!("model_type `{}` is neither imagegpt nor igpt", self.model_type));
+        }
         Ok(())
+    }
+
+    /// Whether the model uses the image's 2D layout (a 2D position code or local attention).
+    fn needs_width(&self) -> bool {
+        self.position_embedding != PositionEmbedding::Learned1d || self.attention == AttentionKind::Local2d
     }
 
     /// Reads and validates a `config.json`.
@@ -216,7 +387,12 @@ impl ImageGptConfig {
     pub fn n_params(&self, head_rows: usize) -> usize {
         let (e, i) = (self.n_embd, self.n_inner());
         let per_layer = 2 * e + (e * 3 * e + 3 * e) + (e * e + e) + (e * i + i) + (i * e + e);
-        self.vocab_size * e + self.n_positions * e + self.n_layer * per_layer + e + head_rows * e
+        let positions = match self.position_embedding {
+            PositionEmbedding::Learned1d => self.n_positions,
+            PositionEmbedding::Learned2d => self.height() + self.width(),
+            PositionEmbedding::Rope2d => 0,
+        };
+        self.vocab_size * e + positions * e + self.n_layer * per_layer + e + head_rows * e
     }
 }
 

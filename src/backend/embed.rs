@@ -1,35 +1,80 @@
-//! Token + position embeddings.
+//! Token + position embeddings: x = s * wte[token] + the slot's rows of the position tables
+//! (one table `wpe` for learned_1d, `wpe_row` and `wpe_col` for learned_2d, none for rope_2d).
 
-use super::isa::multiversion;
+use std::ops::Range;
+
 use rayon::prelude::*;
 
+use super::isa::multiversion;
+
+/// Which row of a position table slot p reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Axis {
+    /// Row p (learned_1d).
+    Slot,
+    /// The image row p div W.
+    Row(usize),
+    /// The image column p mod W.
+    Col(usize),
+}
+
+impl Axis {
+    #[inline(always)]
+    pub fn of(self, p: usize) -> usize {
+        match self {
+            Axis::Slot => p,
+            Axis::Row(w) => p / w,
+            Axis::Col(w) => p % w,
+        }
+    }
+}
+
 multiversion! {
-/// out[b, t] = wte[tokens[b, t]] + wpe[pos0 + t].
+/// out[i] = s_i wte[tokens[i]] + sum of tables[k][axis_k(slot_i)], slot_i = pos0 + i mod t,
+/// s_i = token_scale[i] (1 when None; BERT's masked positions have 0).
 ///
 /// # Shapes
-/// tokens: (B, T); wte: (V + 1, C); wpe: (n_positions, C); out: (B, T, C).
-/// Tokens must already be checked to be < V + 1 and pos0 + T <= n_positions.
-pub fn embed_forward(out: &mut [f32], tokens: &[u32], wte: &[f32], wpe: &[f32], t: usize, pos0: usize, c: usize) {
+/// tokens: (B, T); wte: (V + 1, C); each table: (rows, C); out: (B, T, C).
+/// Tokens must already be checked to be < V + 1, and every slot's rows to exist.
+#[allow(clippy::too_many_arguments)]
+pub fn embed_forward(
+    out: &mut [f32],
+    tokens: &[u32],
+    wte: &[f32],
+    token_scale: Option<&[f32]>,
+    tables: &[(&[f32], Axis)],
+    t: usize,
+    pos0: usize,
+    c: usize,
+) {
     out.par_chunks_mut(c).zip(tokens.par_iter()).enumerate().with_min_len(64).for_each(|(i, (o, &tok))| {
         let pos = pos0 + i % t;
         let te = &wte[tok as usize * c..][..c];
-        let pe = &wpe[pos * c..][..c];
-        for ((o, &a), &b) in o.iter_mut().zip(te).zip(pe) {
-            *o = a + b;
+        let s = token_scale.map_or(1.0, |s| s[i]);
+        if s == 1.0 {
+            o.copy_from_slice(te);
+        } else {
+            o.iter_mut().zip(te).for_each(|(o, &w)| *o = s * w);
+        }
+        for &(table, axis) in tables {
+            let pe = &table[axis.of(pos) * c..][..c];
+            o.iter_mut().zip(pe).for_each(|(o, &p)| *o += p);
         }
     });
 }
 }
 
 multiversion! {
-/// Backward of [`embed_forward`] (position 0 start), with an optional per-token multiplier
-/// on the token embedding (BERT: 0 for masked positions).
+/// Backward of [`embed_forward`] (position 0 start) into a gradient arena: the token rows at
+/// `wte` get s_i dout_i, each table at its range gets dout_i at the slot's row.
 ///
 /// # Shapes
-/// dout: (B, T, C); tokens: (B, T); dwte: (V + 1, C); dwpe: (n_positions, C).
+/// dout: (B, T, C); tokens: (B, T); grads holds (V + 1, C) at `wte` and (rows, C) per table.
+#[allow(clippy::too_many_arguments)]
 pub fn embed_backward(
-    dwte: &mut [f32],
-    dwpe: &mut [f32],
+    grads: &mut [f32],
+    wte: Range<usize>,
+    tables: &[(Range<usize>, Axis)],
     dout: &[f32],
     tokens: &[u32],
     token_scale: Option<&[f32]>,
@@ -40,12 +85,16 @@ pub fn embed_backward(
         let s = token_scale.map_or(1.0, |m| m[i]);
         let pos = i % t;
         if s != 0.0 {
-            for (d, &gv) in dwte[tok as usize * c..][..c].iter_mut().zip(g) {
+            let at = wte.start + tok as usize * c;
+            for (d, &gv) in grads[at..at + c].iter_mut().zip(g) {
                 *d += s * gv;
             }
         }
-        for (d, &gv) in dwpe[pos * c..][..c].iter_mut().zip(g) {
-            *d += gv;
+        for (range, axis) in tables {
+            let at = range.start + axis.of(pos) * c;
+            for (d, &gv) in grads[at..at + c].iter_mut().zip(g) {
+                *d += gv;
+            }
         }
     }
 }

@@ -8,21 +8,18 @@
 
 pub mod act;
 pub mod attention;
-pub mod attention_backward;
-pub mod attn_decode;
-pub mod attn_kernels;
 pub(crate) mod avx2;
 pub(crate) mod avx512;
 pub mod elem;
 pub mod embed;
 pub mod isa;
-pub mod kv_blocks;
 pub mod loss;
 pub mod math;
 pub mod matmul;
 pub mod matmul_f16;
 pub mod norm;
 pub mod profile;
+pub mod rope;
 
 pub use act::Activation;
 pub use matmul::WeightLayout;

@@ -2,7 +2,7 @@
 //! `backend/`. Reads top to bottom like nanoGPT's `model.py`:
 //!
 //! ```text
-//! x = wte[tokens] + wpe[pos]
+//! x = wte[tokens] + position rows (wpe[pos]; or wpe_row[r] + wpe_col[c]; rope_2d: none)
 //! for each block:  x = x + attn(ln_1(x));  x = x + mlp(ln_2(x))
 //! h = ln_f(x);  logits = h @ lm_head^T  (or pooled = mean_t h; logits = pooled @ score^T)
 //! ```
@@ -12,9 +12,9 @@
 
 use std::ops::Range;
 
-use crate::backend::attention::{self, AttnDims, KvBlocks, SeqView};
+use crate::backend::attention::{self, AttnDims, DecodeState, SeqView};
 use crate::backend::profile::{Kernel, timed};
-use crate::backend::{Activation, WeightLayout, act, add_inplace, embed, matmul::matmul_forward, norm};
+use crate::backend::{Activation, WeightLayout, act, add_inplace, matmul::matmul_forward, norm};
 use crate::config::ImageGptConfig;
 use crate::error::{Error, Result};
 use crate::rng::Rng;
@@ -274,14 +274,12 @@ impl ImageGpt {
         ws.attentions.clear();
 
         let x = &mut ws.x[..n * c];
-        timed(Kernel::Embed, || {
-            embed::embed_forward(x, tokens, self.param(&self.layout.wte), self.param(&self.layout.wpe), t, pos0, c)
-        });
+        timed(Kernel::Embed, || self.embed(x, tokens, None, t, pos0));
         for (l, lo) in self.layout.layers.iter().enumerate() {
             if collect_hidden {
                 ws.hidden_states.push(ws.x[..n * c].to_vec());
             }
-            let kv = cache.as_mut().map(|c| (&mut c.layers[l], pos0));
+            let kv = cache.as_mut().map(|c| (c.layers[l].as_mut(), pos0));
             let cached = kv.is_some();
             let (nh, i) = (cfg.n_head, cfg.n_inner());
             let bufs = BlockBufs {
@@ -336,7 +334,7 @@ impl ImageGpt {
         b: usize,
         t: usize,
         bufs: BlockBufs,
-        kv: Option<(&mut KvBlocks, usize)>,
+        kv: Option<(&mut (dyn DecodeState + 'static), usize)>,
         causal: bool,
     ) {
         let cfg = &self.config;
@@ -344,16 +342,16 @@ impl ImageGpt {
         let BlockBufs { x, ln1, rstd1, qkv, att, lse, x_mid, ln2, rstd2, fc, fc_act } = bufs;
         timed(Kernel::Norm, || norm::rmsnorm_forward(ln1, rstd1, x, self.param(&lo.ln_1), eps));
         timed(Kernel::Matmul, || self.dense(qkv, ln1, (&lo.c_attn_w, &lo.c_attn_b), (n, c, 3 * c), t, false));
+        let past = kv.as_ref().map_or(0, |kv| kv.1);
+        timed(Kernel::Attention, || self.rotate_qk(qkv, t, past, false));
         let qkv = &*qkv;
         let view = |part: usize| SeqView { data: qkv, offset: part * c, batch_stride: t * 3 * c, row_stride: 3 * c };
-        let mut dims = AttnDims { b, t, tk: t, nh: cfg.n_head, hs: cfg.head_dim(), causal, scale: self.attn_scale(l) };
+        let mask = self.attention_mask(causal);
+        let mut dims = AttnDims { b, t, tk: t, nh: cfg.n_head, hs: cfg.head_dim(), mask, scale: self.attn_scale(l) };
         match kv {
-            Some((blocks, past)) => {
+            Some((state, past)) => {
                 dims.tk = past + t;
-                timed(Kernel::Attention, || {
-                    blocks.write(view(1), view(2), past, t);
-                    attention::attention_with_kv(att, lse, view(0), blocks, dims)
-                });
+                timed(Kernel::Attention, || state.attend(att, lse, view(0), view(1), view(2), past, dims));
             }
             None => {
                 timed(Kernel::Attention, || attention::attention_forward(att, lse, view(0), view(1), view(2), dims))
@@ -385,7 +383,8 @@ impl ImageGpt {
         let (c, nh) = (self.config.n_embd, self.config.n_head);
         let qkv = &ws.qkv[..b * t * 3 * c];
         let view = |part: usize| SeqView { data: qkv, offset: part * c, batch_stride: t * 3 * c, row_stride: 3 * c };
-        let dims = AttnDims { b, t, tk: t, nh, hs: self.config.head_dim(), causal: true, scale: self.attn_scale(l) };
+        let mask = self.attention_mask(true);
+        let dims = AttnDims { b, t, tk: t, nh, hs: self.config.head_dim(), mask, scale: self.attn_scale(l) };
         let mut probs = Vec::with_capacity(b * nh * t * t);
         for bi in 0..b {
             for h in 0..nh {

@@ -1,14 +1,16 @@
-//! The KV cache of incremental decoding: one [`KvBlocks`] per layer, preallocated for the
-//! whole sequence (no growth per step), plus the number of positions already computed.
+//! The KV cache of incremental decoding: one decoding state per layer (dense: keys and values
+//! of the whole sequence, preallocated; local_2d: a ring of the rows its window reaches),
+//! plus the number of positions already computed.
 //! The attention module owns the layout; callers only create, advance and reset the cache,
 //! so an attention variant with another cache can sit behind the same interface.
 
-use crate::backend::attention::{KvBlocks, KvPrecision};
+use crate::backend::attention::{DecodeState, KvPrecision, new_state};
 use crate::config::ImageGptConfig;
 
 #[derive(Clone, Debug)]
 pub struct KvCache {
-    pub(crate) layers: Vec<KvBlocks>,
+    /// Each layer's decoding state (what its attention variant keeps between steps).
+    pub(crate) layers: Vec<Box<dyn DecodeState>>,
     batch: usize,
     len: usize,
 }
@@ -22,7 +24,8 @@ impl KvCache {
     /// A cache that stores keys and values in `prec`.
     pub fn with_precision(cfg: &ImageGptConfig, batch: usize, prec: KvPrecision) -> Self {
         let (nh, hs, t) = (cfg.n_head, cfg.head_dim(), cfg.n_positions);
-        let layers = (0..cfg.n_layer).map(|_| KvBlocks::with_precision(batch, nh, hs, t, prec)).collect();
+        let mask = super::variant::attention_mask(cfg, true);
+        let layers = (0..cfg.n_layer).map(|_| new_state(mask, batch, nh, hs, t, prec)).collect();
         KvCache { layers, batch, len: 0 }
     }
 

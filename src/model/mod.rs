@@ -14,6 +14,7 @@ pub mod params;
 pub mod pickle;
 pub mod tensors;
 pub mod train_graph;
+pub mod variant;
 pub mod weights;
 
 pub use crate::backend::attention::KvPrecision;

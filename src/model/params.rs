@@ -2,12 +2,12 @@
 //! shape and range of each tensor. Gradients and AdamW moments use the same layout, so an
 //! optimizer step is one loop and checkpoints are keyed by HF names.
 //!
-//! Order: wte, wpe, then per block ln_1, attn.c_attn.{weight,bias}, attn.c_proj.{weight,bias},
+//! Order: wte, the position tables (wpe; or wpe_row, wpe_col; none for rope_2d), then per block ln_1, attn.c_attn.{weight,bias}, attn.c_proj.{weight,bias},
 //! ln_2, mlp.c_fc.{weight,bias}, mlp.c_proj.{weight,bias}; then ln_f and the head.
 
 use std::ops::Range;
 
-use crate::config::ImageGptConfig;
+use crate::config::{ImageGptConfig, PositionEmbedding};
 
 /// Which HF class a checkpoint is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,12 +76,23 @@ pub struct LayerOffsets {
     pub mlp_proj_b: Range<usize>,
 }
 
+/// The position tensors of a model (`position_embedding`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum PositionTables {
+    /// `wpe` (n_positions, C), HF's.
+    Learned1d(Range<usize>),
+    /// `wpe_row` (H, C) and `wpe_col` (W, C).
+    Learned2d { row: Range<usize>, col: Range<usize> },
+    /// None: `rope_2d` rotates q and k instead.
+    Rotary,
+}
+
 /// The complete layout of a model's parameters.
 #[derive(Clone, Debug)]
 pub struct ParamLayout {
     pub entries: Vec<ParamEntry>,
     pub wte: Range<usize>,
-    pub wpe: Range<usize>,
+    pub positions: PositionTables,
     pub layers: Vec<LayerOffsets>,
     pub ln_f: Range<usize>,
     /// `lm_head.weight` (V-1, C) or `score.weight` (num_labels, C); None for the bare model.
@@ -110,7 +121,16 @@ impl ParamLayout {
         let p = kind.prefix();
         let mut b = Builder { entries: Vec::new(), total: 0 };
         let wte = b.add(format!("{p}wte.weight"), &[v, c], false);
-        let wpe = b.add(format!("{p}wpe.weight"), &[cfg.n_positions, c], false);
+        let positions = match cfg.position_embedding {
+            PositionEmbedding::Learned1d => {
+                PositionTables::Learned1d(b.add(format!("{p}wpe.weight"), &[cfg.n_positions, c], false))
+            }
+            PositionEmbedding::Learned2d => PositionTables::Learned2d {
+                row: b.add(format!("{p}wpe_row.weight"), &[cfg.height(), c], false),
+                col: b.add(format!("{p}wpe_col.weight"), &[cfg.width(), c], false),
+            },
+            PositionEmbedding::Rope2d => PositionTables::Rotary,
+        };
         let layers = (0..cfg.n_layer)
             .map(|l| {
                 let h = format!("{p}h.{l}.");
@@ -134,7 +154,7 @@ impl ParamLayout {
             ModelKind::Classifier => Some(b.add("score.weight".into(), &[cfg.num_labels(), c], false)),
             ModelKind::Base => None,
         };
-        ParamLayout { entries: b.entries, wte, wpe, layers, ln_f, head, total: b.total }
+        ParamLayout { entries: b.entries, wte, positions, layers, ln_f, head, total: b.total }
     }
 
     pub fn find(&self, name: &str) -> Option<&ParamEntry> {

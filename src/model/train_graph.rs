@@ -8,11 +8,10 @@
 //!   (position embedding kept), no SOS, bidirectional attention, cross-entropy over the
 //!   masked positions only.
 
-use crate::backend::attention::{AttnDims, SeqView};
-use crate::backend::attention_backward::attention_backward;
+use crate::backend::attention::{AttnDims, SeqView, attention_backward};
 use crate::backend::matmul::{bias_backward, matmul_backward_weight, matmul_forward};
 use crate::backend::profile::{Kernel, timed};
-use crate::backend::{WeightLayout, act, embed, loss, norm};
+use crate::backend::{WeightLayout, act, loss, norm};
 use crate::error::{Error, Result};
 
 use super::gpt::{BlockBufs, ImageGpt};
@@ -255,21 +254,9 @@ impl ImageGpt {
         let (b, t, c, inner, nh) = (a.b, a.t, cfg.n_embd, cfg.n_inner(), cfg.n_head);
         let (n, eps) = (b * t, cfg.layer_norm_epsilon);
         a.layers.resize_with(cfg.n_layer, LayerActs::default);
-        // x = wte[input] * scale + wpe[pos]
+        // x = wte[input] * scale + position rows (BERT: scale 0 at masked positions)
         let x = sized(&mut a.x, n * c);
-        let (wte, wpe) = (self.param(&self.layout.wte), self.param(&self.layout.wpe));
-        timed(Kernel::Embed, || {
-            embed::embed_forward(x, &a.input, wte, wpe, t, 0, c);
-            for (i, row) in x.chunks_exact_mut(c).enumerate() {
-                let s = a.token_scale[i];
-                if s != 1.0 {
-                    // BERT mask: x = s * wte[token] + wpe[pos]
-                    let te = &wte[a.input[i] as usize * c..][..c];
-                    let pe = &wpe[(i % t) * c..][..c];
-                    row.iter_mut().zip(te).zip(pe).for_each(|((x, &w), &p)| *x = s * w + p);
-                }
-            }
-        });
+        timed(Kernel::Embed, || self.embed(x, &a.input, Some(&a.token_scale), t, 0));
         for (l, lo) in self.layout.layers.iter().enumerate() {
             let la = &mut a.layers[l];
             sized(&mut la.x_in, n * c).copy_from_slice(&a.x[..n * c]);
@@ -371,10 +358,13 @@ impl ImageGpt {
             });
             let view =
                 |part: usize| SeqView { data: &la.qkv, offset: part * c, batch_stride: t * 3 * c, row_stride: 3 * c };
-            let dims = AttnDims { b, t, tk: t, nh, hs: cfg.head_dim(), causal, scale: self.attn_scale(l) };
+            let mask = self.attention_mask(causal);
+            let dims = AttnDims { b, t, tk: t, nh, hs: cfg.head_dim(), mask, scale: self.attn_scale(l) };
             let dqkv = sized(&mut a.dqkv, n * 3 * c);
             timed(Kernel::Attention, || {
-                attention_backward(dqkv, &a.datt, &la.att, &la.lse, view(0), view(1), view(2), dims)
+                attention_backward(dqkv, &a.datt, &la.att, &la.lse, view(0), view(1), view(2), dims);
+                // rope_2d: back through the rotation of q and k (qkv holds the rotated ones)
+                self.rotate_qk(dqkv, t, 0, true);
             });
             let dln = sized(&mut a.dln, n * c);
             timed(Kernel::Matmul, || {
@@ -393,13 +383,6 @@ impl ImageGpt {
                 )
             });
         }
-        let (wte, wpe) = (self.layout.wte.clone(), self.layout.wpe.clone());
-        let (gw, gp) = if wte.end <= wpe.start {
-            let (lo, hi) = grads.split_at_mut(wpe.start);
-            (&mut lo[wte], &mut hi[..wpe.end - wpe.start])
-        } else {
-            unreachable!("wte precedes wpe in the layout")
-        };
-        timed(Kernel::Embed, || embed::embed_backward(gw, gp, &a.dx[..n * c], &a.input, Some(&a.token_scale), t, c));
+        timed(Kernel::Embed, || self.embed_backward(grads, &a.dx[..n * c], &a.input, Some(&a.token_scale), t));
     }
 }

@@ -92,7 +92,8 @@ fn fill_params(model: &mut ImageGpt, tensors: TensorMap, dir: &Path, kind: Model
 fn saved_config(model: &ImageGpt) -> ImageGptConfig {
     let mut cfg = model.config.clone();
     cfg.architectures = Some(vec![model.kind.hf_architecture().to_string()]);
-    cfg.model_type = "imagegpt".into();
+    // A variant is not transformers' ImageGPT: its Auto classes must refuse it.
+    cfg.model_type = if cfg.is_plain() { "imagegpt" } else { "igpt" }.into();
     cfg
 }
 

@@ -7,17 +7,13 @@
 
 use rayon::prelude::*;
 
-use super::attention::{AttnDims, SeqView};
-use super::attn_kernels::{KB, accumulate_pv, accumulate_pv_any, scores};
-use super::isa::multiversion;
-use super::math::exp;
+use super::kernels::{KB, accumulate_pv, accumulate_pv_any, scores};
+use super::{AttnDims, Mask, SendPtr, SeqView};
+use crate::backend::isa::multiversion;
+use crate::backend::math::exp;
 
 /// Rows per block (queries and keys alike: the score kernel's width).
 const BB: usize = KB;
-
-struct SendPtr(*mut f32);
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
 
 multiversion! {
 /// # Shapes
@@ -88,9 +84,14 @@ pub fn attention_backward(
         let lse_h = &lse[(b * nh + h) * t..(b * nh + h + 1) * t];
         for k_lo in (0..t).step_by(KB) {
             let nk = KB.min(t - k_lo);
-            let q_start = if d.causal { k_lo } else { 0 };
-            for q_lo in (q_start..t).step_by(BB) {
+            // the query blocks that may see this key block
+            let q_start = d.mask.query_span(k_lo, t).0 / BB * BB;
+            let q_end = d.mask.query_span(k_lo + nk - 1, t).1;
+            for q_lo in (q_start..q_end).step_by(BB) {
                 let nq = BB.min(t - q_lo);
+                if !d.mask.block_visible(q_lo, q_lo + nq, k_lo, k_lo + nk) {
+                    continue;
+                }
                 let qblk = (q_lo / BB) * hs * BB;
                 // S^T (nk, BB) = K Q^T and dP^T = V dO^T
                 scores(pt, BB, &kh[k_lo * hs..], &qt[qblk..], BB, nk, hs);
@@ -108,12 +109,8 @@ pub fn attention_backward(
                         pr[r] = p;
                         dr[r] = p * (dr[r] - db[r]) * d.scale; // dS^T, score scale folded in
                     }
-                    // query r sees key k_lo + j when q_lo + r >= k_lo + j (causal); rows past nq are padding
-                    let lo = if d.causal { (k_lo + j).saturating_sub(q_lo).min(BB) } else { 0 };
-                    pr[..lo].fill(0.0);
-                    dr[..lo].fill(0.0);
-                    pr[nq..].fill(0.0);
-                    dr[nq..].fill(0.0);
+                    // rows past nq are padding; hidden (query, key) pairs give 0
+                    mask_column(pr, dr, d.mask, k_lo + j, q_lo, nq);
                 }
                 // dV += P^T dO, dK += dS^T Q, dQ^T += K^T dS^T
                 accumulate_pv_any(&mut dv[k_lo * hs..], pt, BB, &goh[q_lo * hs..], nk, nq, hs);
@@ -135,4 +132,31 @@ pub fn attention_backward(
         SCRATCH.with(|c| *c.borrow_mut() = buf);
     });
 }
+}
+
+/// Zeroes the probabilities `p` and score gradients `ds` of key slot s for the queries
+/// q_lo.. that do not see it, and the padding rows from nq on.
+#[inline(always)]
+fn mask_column(p: &mut [f32; BB], ds: &mut [f32; BB], mask: Mask, s: usize, q_lo: usize, nq: usize) {
+    match mask {
+        Mask::Causal => {
+            // query r sees key s when q_lo + r >= s
+            let lo = s.saturating_sub(q_lo).min(BB);
+            p[..lo].fill(0.0);
+            ds[..lo].fill(0.0);
+        }
+        Mask::Full => {}
+        Mask::Local2d { .. } => {
+            let mut end = 0;
+            mask.query_runs(s, q_lo, q_lo + nq, |a, b| {
+                p[end..a - q_lo].fill(0.0);
+                ds[end..a - q_lo].fill(0.0);
+                end = b - q_lo;
+            });
+            p[end..nq].fill(0.0);
+            ds[end..nq].fill(0.0);
+        }
+    }
+    p[nq..].fill(0.0);
+    ds[nq..].fill(0.0);
 }

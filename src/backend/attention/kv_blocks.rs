@@ -4,9 +4,9 @@
 
 use rayon::prelude::*;
 
-use super::attention::SeqView;
-use super::attn_kernels::KB;
-use super::isa::{self, KernelSet};
+use super::SeqView;
+use super::kernels::KB;
+use crate::backend::isa::{self, KernelSet};
 
 /// How a KV cache stores keys and values.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -97,9 +97,9 @@ fn f16_to_f32(src: &[half::f16], dst: &mut [f32]) {
     let done = match isa::active() {
         // SAFETY: `active` returns only sets this CPU supports.
         #[cfg(target_arch = "x86_64")]
-        KernelSet::Avx512 => unsafe { super::avx512::f16_to_f32(src, dst) },
+        KernelSet::Avx512 => unsafe { crate::backend::avx512::f16_to_f32(src, dst) },
         #[cfg(target_arch = "x86_64")]
-        KernelSet::Avx2 => unsafe { super::avx2::f16_to_f32(src, dst) },
+        KernelSet::Avx2 => unsafe { crate::backend::avx2::f16_to_f32(src, dst) },
         _ => 0,
     };
     for (d, s) in dst[done..].iter_mut().zip(&src[done..]) {
@@ -120,7 +120,7 @@ impl Part<'_> {
     fn put(&mut self, pos: usize, x: &[f32], at: impl Fn(usize) -> usize) {
         match self {
             Part::F32(v) => x.iter().enumerate().for_each(|(i, &e)| v[at(i)] = e),
-            Part::F16(v) => x.iter().enumerate().for_each(|(i, &e)| v[at(i)] = super::elem::to_f16(e)),
+            Part::F16(v) => x.iter().enumerate().for_each(|(i, &e)| v[at(i)] = crate::backend::elem::to_f16(e)),
             Part::Int8(q, sc) => {
                 let amax = x.iter().fold(0f32, |m, e| m.max(e.abs()));
                 let scale = if amax > 0.0 && amax.is_finite() { amax / 127.0 } else { 1.0 };
@@ -154,6 +154,9 @@ pub struct KvBlocks {
     pub(crate) hs: usize,
     /// Capacity in positions, a multiple of KB (unused positions are zero).
     pub(crate) cap: usize,
+    /// A ring: position p is stored at index p mod cap, so only the last `cap` positions
+    /// are kept (local attention's decoding state); else position p at index p.
+    pub(crate) ring: bool,
     pub(crate) kt: Store,
     pub(crate) v: Store,
 }
@@ -166,7 +169,12 @@ impl KvBlocks {
     pub fn with_precision(b: usize, nh: usize, hs: usize, positions: usize, prec: KvPrecision) -> Self {
         let cap = positions.div_ceil(KB).max(1) * KB;
         let len = b * nh * hs * cap;
-        KvBlocks { b, nh, hs, cap, kt: Store::new(prec, len, hs), v: Store::new(prec, len, hs) }
+        KvBlocks { b, nh, hs, cap, ring: false, kt: Store::new(prec, len, hs), v: Store::new(prec, len, hs) }
+    }
+
+    /// A ring that keeps the last `window` positions (at least; rounded up to a block).
+    pub fn ring(b: usize, nh: usize, hs: usize, window: usize, prec: KvPrecision) -> Self {
+        KvBlocks { ring: true, ..Self::with_precision(b, nh, hs, window, prec) }
     }
 
     pub fn capacity(&self) -> usize {
@@ -203,16 +211,18 @@ impl KvBlocks {
         self.v.read((bh * cap + k_lo) * hs, nk * hs, buf, |i| bh * cap + k_lo + i / hs)
     }
 
-    /// Writes positions pos0..pos0+n from (B, n, nh*hs) views of the new keys and values.
+    /// Writes positions pos0..pos0+n from (B, n, nh*hs) views of the new keys and values
+    /// (a ring keeps the last `cap` of them).
     pub fn write(&mut self, k: SeqView, v: SeqView, pos0: usize, n: usize) {
-        assert!(pos0 + n <= self.cap, "KvBlocks: position {} beyond capacity {}", pos0 + n, self.cap);
-        let (hs, nh, cap) = (self.hs, self.nh, self.cap);
+        assert!(self.ring || pos0 + n <= self.cap, "KvBlocks: position {} beyond capacity {}", pos0 + n, self.cap);
+        let (hs, nh, cap, ring) = (self.hs, self.nh, self.cap, self.ring);
+        let first = if ring { n.saturating_sub(cap) } else { 0 };
         let kparts = parts(&mut self.kt, hs * cap, hs);
         let vparts = parts(&mut self.v, cap * hs, hs);
         kparts.into_par_iter().zip(vparts).enumerate().for_each(|(bh, (mut kt, mut vv))| {
             let (b, h) = (bh / nh, bh % nh);
-            for j in 0..n {
-                let p = pos0 + j;
+            for j in first..n {
+                let p = (pos0 + j) % cap;
                 let blk = (p / KB) * hs * KB + p % KB;
                 kt.put(p, k.row(b, j, h * hs, hs), |x| blk + x * KB);
                 vv.put(p, v.row(b, j, h * hs, hs), |x| p * hs + x);

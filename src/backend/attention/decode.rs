@@ -13,28 +13,70 @@
 
 use rayon::prelude::*;
 
-use super::attention::{AttnDims, SeqView};
-use super::attn_kernels::KB;
-use super::elem::Elem;
-use super::isa::{self, KernelSet, multiversion};
+use super::kernels::KB;
 use super::kv_blocks::{KvBlocks, Store};
-use super::math::{exp_sub_sum, max};
+use super::{AttnDims, SeqView};
+use crate::backend::elem::Elem;
+use crate::backend::isa::{self, KernelSet, multiversion};
+use crate::backend::math::{exp_sub_sum, max};
 
-/// out = softmax(q k^T * scale) v for one query row per batch row (d.t == 1), which sees
-/// the first d.tk positions of `kv` (its own key included).
+/// out = softmax(q k^T * scale) v for one query row per batch row (d.t == 1): query slot
+/// d.tk - 1 over the keys of `kv` its mask shows (its own key included; a ring holds the
+/// last `cap` positions).
 ///
 /// # Shapes
 /// q: (B, 1, nh*hs) view; out: (B, 1, nh*hs); lse: (B, nh, 1) receives max + ln(sum exp).
 pub fn decode_attention(out: &mut [f32], lse: &mut [f32], q: SeqView, kv: &KvBlocks, d: AttnDims) {
-    assert!(d.t == 1 && d.tk >= 1 && d.tk <= kv.cap, "decode_attention: one query row over 1..=cap keys");
+    assert!(d.t == 1 && d.tk >= 1 && (kv.ring || d.tk <= kv.cap), "decode_attention: one query row over 1..=cap keys");
+    assert!(!kv.ring || d.mask.window().is_some_and(|w| w <= kv.cap), "a ring needs a local causal mask it can hold");
     assert!(kv.b == d.b && kv.nh == d.nh && kv.hs == d.hs);
     assert!(out.len() >= d.b * d.nh * d.hs && lse.len() >= d.b * d.nh);
     match (&kv.kt, &kv.v) {
-        (Store::F32(k), Store::F32(v)) => run(out, lse, q, (k, v), None, kv.cap, d),
-        (Store::F16(k), Store::F16(v)) => run(out, lse, q, (k, v), None, kv.cap, d),
-        (Store::Int8(k, ks), Store::Int8(v, vs)) => run(out, lse, q, (k, v), Some((ks, vs)), kv.cap, d),
+        (Store::F32(k), Store::F32(v)) => run(out, lse, q, (k, v), None, keys_of(kv, d), d),
+        (Store::F16(k), Store::F16(v)) => run(out, lse, q, (k, v), None, keys_of(kv, d), d),
+        (Store::Int8(k, ks), Store::Int8(v, vs)) => run(out, lse, q, (k, v), Some((ks, vs)), keys_of(kv, d), d),
         _ => unreachable!("keys and values of a KvBlocks share one precision"),
     }
+}
+
+/// Which stored keys one decoding step reads: indices k0..k1 of each (batch row, head) part
+/// (k0 a multiple of KB), and for a full ring the position each index holds.
+#[derive(Clone, Copy)]
+struct Keys {
+    cap: usize,
+    k0: usize,
+    k1: usize,
+    /// The ring wrapped (index i holds the latest position = i mod cap).
+    wrapped: bool,
+}
+
+fn keys_of(kv: &KvBlocks, d: AttnDims) -> Keys {
+    let p = d.tk - 1;
+    if kv.ring && d.tk > kv.cap {
+        return Keys { cap: kv.cap, k0: 0, k1: kv.cap, wrapped: true };
+    }
+    Keys { cap: kv.cap, k0: d.mask.key_span(p, d.tk).0 / KB * KB, k1: d.tk, wrapped: false }
+}
+
+/// Sets the scores s (indices keys.k0..keys.k1) of keys query p does not see to -inf.
+fn mask_scores(s: &mut [f32], mask: super::Mask, p: usize, keys: Keys, seen: &mut Vec<bool>) {
+    if !matches!(mask, super::Mask::Local2d { .. }) {
+        return; // dense: every stored key is visible
+    }
+    seen.clear();
+    seen.resize(s.len(), false);
+    let (lo, hi) = if keys.wrapped { (p + 1 - keys.cap, p + 1) } else { (keys.k0, keys.k1) };
+    mask.runs(p, lo, hi, |a, b| {
+        for pos in a..b {
+            let i = if keys.wrapped { pos % keys.cap } else { pos } - keys.k0;
+            seen[i] = true;
+        }
+    });
+    s.iter_mut().zip(seen.iter()).for_each(|(x, &v)| {
+        if !v {
+            *x = f32::NEG_INFINITY
+        }
+    });
 }
 
 /// The step over keys `kt` and values `v` of one storage type; 8-bit stores come with the
@@ -45,31 +87,35 @@ fn run<E: Elem>(
     q: SeqView,
     (kt, v): (&[E], &[E]),
     scales: Option<(&[f32], &[f32])>,
-    cap: usize,
+    keys: Keys,
     d: AttnDims,
 ) {
-    let (hs, nh, tk) = (d.hs, d.nh, d.tk);
-    let nblk = tk.div_ceil(KB);
+    let (hs, nh, cap) = (d.hs, d.nh, keys.cap);
+    let (k0, k1) = (keys.k0, keys.k1);
+    let nblk = (k1 - k0).div_ceil(KB);
     // out (B, 1, nh*hs) in chunks of hs is (B*nh) head rows in (b, h) order, as is lse.
     out[..d.b * nh * hs].par_chunks_mut(hs).zip(lse[..d.b * nh].par_iter_mut()).enumerate().for_each_init(
-        || (vec![0f32; hs], vec![0f32; cap]),
-        |(qs, s), (bh, (o, lse))| {
+        || (vec![0f32; hs], vec![0f32; cap], Vec::new()),
+        |(qs, s, seen), (bh, (o, lse))| {
             let (b, h) = (bh / nh, bh % nh);
             qs.iter_mut().zip(q.row(b, 0, h * hs, hs)).for_each(|(a, &x)| *a = x * d.scale);
-            // this (b, h)'s keys: (cap/KB, hs, KB); values: (cap, hs)
-            let kt = &kt[bh * hs * cap..bh * hs * cap + nblk * hs * KB];
-            let v = &v[bh * cap * hs..bh * cap * hs + tk * hs];
+            // this (b, h)'s keys: (cap/KB, hs, KB) from block k0/KB; values: (cap, hs) from k0
+            let base = bh * hs * cap;
+            let kt = &kt[base + k0 * hs..base + k0 * hs + nblk * hs * KB];
+            let v = &v[base + k0 * hs..base + k1 * hs];
+            let n = k1 - k0;
             scores(&mut s[..nblk * KB], qs, kt, hs);
-            let scales = scales.map(|(ks, vs)| (&ks[bh * cap..bh * cap + tk], &vs[bh * cap..bh * cap + tk]));
+            let scales = scales.map(|(ks, vs)| (&ks[bh * cap + k0..bh * cap + k1], &vs[bh * cap + k0..bh * cap + k1]));
             if let Some((ks, _)) = scales {
-                s[..tk].iter_mut().zip(ks).for_each(|(x, &sc)| *x *= sc);
+                s[..n].iter_mut().zip(ks).for_each(|(x, &sc)| *x *= sc);
             }
-            let (m, l) = softmax_unnormalised(&mut s[..tk]);
+            mask_scores(&mut s[..n], d.mask, d.tk - 1, keys, seen);
+            let (m, l) = softmax_unnormalised(&mut s[..n]);
             if let Some((_, vs)) = scales {
                 // p_j v_j = (p_j scale_j) q_j
-                s[..tk].iter_mut().zip(vs).for_each(|(x, &sc)| *x *= sc);
+                s[..n].iter_mut().zip(vs).for_each(|(x, &sc)| *x *= sc);
             }
-            weighted_sum(o, &s[..tk], v);
+            weighted_sum(o, &s[..n], v);
             let inv = 1.0 / l;
             o.iter_mut().for_each(|x| *x *= inv);
             *lse = m + l.ln();
@@ -91,9 +137,9 @@ pub(crate) fn scores_on<E: Elem>(set: KernelSet, s: &mut [f32], q: &[f32], kt: &
     match set {
         // SAFETY: the CPU has the set's features (asserted); the kernels check the bounds.
         #[cfg(target_arch = "x86_64")]
-        KernelSet::Avx512 => unsafe { super::avx512::decode_scores::<E, KB>(s, q, kt) },
+        KernelSet::Avx512 => unsafe { crate::backend::avx512::decode_scores::<E, KB>(s, q, kt) },
         #[cfg(target_arch = "x86_64")]
-        KernelSet::Avx2 => unsafe { super::avx2::decode_scores::<E, KB>(s, q, kt) },
+        KernelSet::Avx2 => unsafe { crate::backend::avx2::decode_scores::<E, KB>(s, q, kt) },
         _ => {
             for (blk, sb) in s.chunks_exact_mut(KB).enumerate() {
                 let mut acc = [0f32; KB];
@@ -131,9 +177,11 @@ pub(crate) fn weighted_sum_on<E: Elem>(set: KernelSet, o: &mut [f32], p: &[f32],
     match set {
         // SAFETY: the CPU has the set's features (asserted); the kernels check the bounds.
         #[cfg(target_arch = "x86_64")]
-        KernelSet::Avx512 if hs.is_multiple_of(16) => unsafe { super::avx512::weighted_sum(o, p, v) },
+        KernelSet::Avx512 if hs.is_multiple_of(16) => unsafe { crate::backend::avx512::weighted_sum(o, p, v) },
         #[cfg(target_arch = "x86_64")]
-        KernelSet::Avx512 | KernelSet::Avx2 if hs.is_multiple_of(8) => unsafe { super::avx2::weighted_sum(o, p, v) },
+        KernelSet::Avx512 | KernelSet::Avx2 if hs.is_multiple_of(8) => unsafe {
+            crate::backend::avx2::weighted_sum(o, p, v)
+        },
         _ => {
             let mut acc = vec![0f32; 4 * hs];
             for (j, &pj) in p.iter().enumerate() {
@@ -202,7 +250,7 @@ mod tests {
             let mut rng = crate::rng::Rng::new(hs as u64);
             let qkv: Vec<f32> = (0..b * t * 3 * c).map(|_| rng.normal() as f32).collect();
             let view = |p: usize| SeqView { data: &qkv, offset: p * c, batch_stride: t * 3 * c, row_stride: 3 * c };
-            let d = AttnDims { b, t, tk: t, nh, hs, causal: true, scale: 0.3 };
+            let d = AttnDims { b, t, tk: t, nh, hs, mask: super::super::Mask::Causal, scale: 0.3 };
             let (mut full, mut lse_full) = (vec![0f32; b * t * c], vec![0f32; b * nh * t]);
             attention_forward(&mut full, &mut lse_full, view(0), view(1), view(2), d);
             let last = |p: usize| SeqView { offset: p * c + (t - 1) * 3 * c, ..view(p) };

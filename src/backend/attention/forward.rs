@@ -1,70 +1,21 @@
-//! Multi-head attention, block by block with an online softmax (flash-attention style):
-//! a (T x T) score matrix is never stored, and key blocks that the causal mask hides
-//! entirely are skipped. The log-sum-exp of every query row is saved, so the backward
-//! pass (and `attention_probs`) can recompute any probability exactly.
-//!
-//! HF semantics (`modeling_imagegpt.py` `ImageGPTAttention._attn`): scores q.k are divided
-//! by sqrt(hs) when `scale_attn_weights` and by (layer_idx + 1) when
-//! `scale_attn_by_inverse_layer_idx`; query row r of a chunk that follows `past` cached
-//! positions sees keys 0..=past + r.
+//! The block-wise forward (flash-attention style): a (T x T) score matrix is never stored,
+//! and key blocks the mask hides entirely are skipped ([`Mask::block_visible`]). The
+//! log-sum-exp of every query row is saved, so the backward pass (and `attention_probs`) can
+//! recompute any probability exactly.
 
 use rayon::prelude::*;
 
-use super::attn_kernels::{self, KB};
-use super::isa::multiversion;
-pub use super::kv_blocks::{KvBlocks, KvPrecision};
-use super::math::{exp, exp_sub_sum, max};
+use super::kernels::{self, KB};
+use super::kv_blocks::KvBlocks;
+use super::{AttnDims, Mask, SendPtr, SeqView};
+use crate::backend::isa::multiversion;
+use crate::backend::math::{exp, exp_sub_sum, max};
 
 /// Query rows per task.
 pub const BQ: usize = 64;
 /// Keys per online-softmax step: KC / KB score kernels fill a (BQ, KC) panel, then each
 /// row's running max and sum are updated once.
 pub const KC: usize = 4 * KB;
-
-/// A (B, rows, cols) view into a flat buffer: element (b, r, c) is at
-/// `offset + b * batch_stride + r * row_stride + c`. Heads are column blocks of width hs.
-#[derive(Clone, Copy, Debug)]
-pub struct SeqView<'a> {
-    pub data: &'a [f32],
-    pub offset: usize,
-    pub batch_stride: usize,
-    pub row_stride: usize,
-}
-
-impl<'a> SeqView<'a> {
-    /// `len` values of row `row` of batch `b` from column `col`.
-    #[inline]
-    pub fn row(&self, b: usize, row: usize, col: usize, len: usize) -> &'a [f32] {
-        let i = self.offset + b * self.batch_stride + row * self.row_stride + col;
-        &self.data[i..i + len]
-    }
-
-    #[inline]
-    pub(crate) fn ptr(&self, b: usize, row: usize, col: usize) -> *const f32 {
-        let i = self.offset + b * self.batch_stride + row * self.row_stride + col;
-        debug_assert!(i < self.data.len());
-        self.data[i..].as_ptr()
-    }
-}
-
-/// Sizes of one attention call.
-#[derive(Clone, Copy, Debug)]
-pub struct AttnDims {
-    pub b: usize,
-    /// Query rows (new positions).
-    pub t: usize,
-    /// Key rows (past + new).
-    pub tk: usize,
-    pub nh: usize,
-    pub hs: usize,
-    pub causal: bool,
-    /// Multiplier of q.k (1/sqrt(hs), times 1/(layer+1) when asked).
-    pub scale: f32,
-}
-
-struct SendPtr(*mut f32);
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
 
 /// out = softmax(q k^T * scale, masked) v, for every batch row and head.
 ///
@@ -93,7 +44,7 @@ multiversion! {
 pub fn attention_with_kv(out: &mut [f32], lse: &mut [f32], q: SeqView, kv: &KvBlocks, d: AttnDims) {
     if d.t == 1 {
         // one query row per sequence (decoding): the bandwidth-bound kernel
-        return super::attn_decode::decode_attention(out, lse, q, kv, d);
+        return super::decode::decode_attention(out, lse, q, kv, d);
     }
     let c = d.nh * d.hs;
     assert!(out.len() >= d.b * d.t * c && lse.len() >= d.b * d.nh * d.t);
@@ -111,7 +62,10 @@ pub fn attention_with_kv(out: &mut [f32], lse: &mut [f32], q: SeqView, kv: &KvBl
             let (b, h) = (bh / d.nh, bh % d.nh);
             let q_lo = qb * BQ;
             let nq = BQ.min(d.t - q_lo);
-            let kmax = if d.causal { past + q_lo + nq } else { d.tk };
+            // the keys any query of this block may see, from a KB-aligned start
+            let (q_first, q_last) = (past + q_lo, past + q_lo + nq - 1);
+            let k_start = d.mask.key_span(q_first, d.tk).0 / KB * KB;
+            let kmax = d.mask.key_span(q_last, d.tk).1;
             // Q block (nq, hs), contiguous and pre-multiplied by the score scale.
             for r in 0..nq {
                 let src = q.row(b, q_lo + r, h * hs, hs);
@@ -120,22 +74,25 @@ pub fn attention_with_kv(out: &mut [f32], lse: &mut [f32], q: SeqView, kv: &KvBl
             sc.o[..nq * hs].fill(0.0);
             sc.m[..nq].fill(f32::NEG_INFINITY);
             sc.l[..nq].fill(0.0);
-            let mut k_lo = 0;
+            let mut k_lo = k_start;
             while k_lo < kmax {
                 let nk = KC.min(kmax - k_lo);
-                // S (nq, nk) panel, KB columns at a time (the last block padded with zero keys)
+                let seen = |kb: usize| d.mask.block_visible(q_first, q_last + 1, k_lo + kb, (k_lo + kb + KB).min(kmax));
+                if !(0..nk).step_by(KB).any(seen) {
+                    k_lo += nk;
+                    continue;
+                }
+                // S (nq, nk) panel, KB columns at a time (the last block padded with zero keys);
+                // blocks no query sees are left out (their scores are masked below)
                 let kt = kv.keys(bh, k_lo, nk.next_multiple_of(KB), &mut sc.kbuf);
-                for kb in (0..nk).step_by(KB) {
-                    attn_kernels::scores(&mut sc.s[kb..], KC, &sc.q, &kt[kb * hs..], KB, nq, hs);
+                for kb in (0..nk).step_by(KB).filter(|&kb| seen(kb)) {
+                    kernels::scores(&mut sc.s[kb..], KC, &sc.q, &kt[kb * hs..], KB, nq, hs);
                 }
                 for r in 0..nq {
                     let row = &mut sc.s[r * KC..r * KC + nk];
-                    let valid = if d.causal { (past + q_lo + r + 1).saturating_sub(k_lo).min(nk) } else { nk };
-                    if valid == 0 {
-                        row.fill(0.0);
+                    let Some((m_new, valid)) = mask_row(row, d.mask, past + q_lo + r, k_lo, sc.m[r]) else {
                         continue;
-                    }
-                    let m_new = sc.m[r].max(max(&row[..valid]));
+                    };
                     let corr = exp(sc.m[r] - m_new);
                     let sum = exp_sub_sum(&mut row[..valid], m_new);
                     row[valid..].fill(0.0);
@@ -146,7 +103,7 @@ pub fn attention_with_kv(out: &mut [f32], lse: &mut [f32], q: SeqView, kv: &KvBl
                     }
                 }
                 let vb = kv.values(bh, k_lo, nk, &mut sc.vbuf);
-                attn_kernels::accumulate_pv_any(&mut sc.o, &sc.s, KC, vb, nq, nk, hs); // O += P V
+                kernels::accumulate_pv_any(&mut sc.o, &sc.s, KC, vb, nq, nk, hs); // O += P V
                 k_lo += nk;
             }
             for r in 0..nq {
@@ -164,6 +121,37 @@ pub fn attention_with_kv(out: &mut [f32], lse: &mut [f32], q: SeqView, kv: &KvBl
         },
     );
 }
+}
+
+/// Masks one row of scores of query slot p over keys k_lo.. (the row's length): returns the
+/// new running maximum (from `m`) and the length of the prefix to exponentiate (causal and
+/// full masks: the visible prefix; local: the row, its hidden entries set to -inf, which
+/// exp turns into 0), or None (the row zeroed) when the row sees no key.
+#[inline(always)]
+fn mask_row(row: &mut [f32], mask: Mask, p: usize, k_lo: usize, m: f32) -> Option<(f32, usize)> {
+    let nk = row.len();
+    let valid = match mask {
+        Mask::Causal => (p + 1).saturating_sub(k_lo).min(nk),
+        Mask::Full => nk,
+        Mask::Local2d { .. } => {
+            let (mut end, mut seen) = (0, 0);
+            mask.runs(p, k_lo, k_lo + nk, |a, b| {
+                row[end..a - k_lo].fill(f32::NEG_INFINITY);
+                (end, seen) = (b - k_lo, seen + b - a);
+            });
+            row[end..].fill(f32::NEG_INFINITY);
+            if seen == 0 {
+                row.fill(0.0);
+                return None;
+            }
+            return Some((m.max(max(row)), nk));
+        }
+    };
+    if valid == 0 {
+        row.fill(0.0);
+        return None;
+    }
+    Some((m.max(max(&row[..valid])), valid))
 }
 
 /// Per-thread buffers of one attention task.
@@ -199,9 +187,8 @@ pub fn attention_probs(q: SeqView, k: SeqView, lse: &[f32], d: AttnDims, b: usiz
     let past = d.tk - d.t.min(d.tk);
     let mut p = vec![0f32; d.t * d.tk];
     for r in 0..d.t {
-        let valid = if d.causal { past + r + 1 } else { d.tk };
         let row_lse = lse[(b * d.nh + h) * d.t + r];
-        for j in 0..valid {
+        for j in (0..d.tk).filter(|&j| d.mask.visible(past + r, j)) {
             let mut dot = 0f32;
             for x in 0..d.hs {
                 // SAFETY: in-bounds by the view's construction (debug-checked).
@@ -227,15 +214,16 @@ mod tests {
                     let at = |row: usize, part: usize, x: usize| {
                         qkv[(b * d.t + row) * 3 * c + part * c + h * d.hs + x] as f64
                     };
-                    let n = if d.causal { r + 1 } else { d.t };
-                    let s: Vec<f64> = (0..n)
-                        .map(|j| (0..d.hs).map(|x| at(r, 0, x) * at(j, 1, x)).sum::<f64>() * d.scale as f64)
+                    let keys: Vec<usize> = (0..d.t).filter(|&j| d.mask.visible(r, j)).collect();
+                    let s: Vec<f64> = keys
+                        .iter()
+                        .map(|&j| (0..d.hs).map(|x| at(r, 0, x) * at(j, 1, x)).sum::<f64>() * d.scale as f64)
                         .collect();
                     let mx = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                     let e: Vec<f64> = s.iter().map(|v| (v - mx).exp()).collect();
                     let z: f64 = e.iter().sum();
                     for x in 0..d.hs {
-                        let v: f64 = (0..n).map(|j| e[j] / z * at(j, 2, x)).sum();
+                        let v: f64 = keys.iter().enumerate().map(|(i, &j)| e[i] / z * at(j, 2, x)).sum();
                         out[(b * d.t + r) * c + h * d.hs + x] = v as f32;
                     }
                 }
@@ -244,15 +232,24 @@ mod tests {
         out
     }
 
+    /// Every mask: causal, full, and local 2D windows (GPT and BERT) over an image 20 wide, so
+    /// that query and key blocks cut image rows anywhere.
     #[test]
-    fn blockwise_matches_naive_causal_and_bidirectional() {
+    fn blockwise_matches_naive_for_every_mask() {
         // T = 300 spans several query and key blocks, with a ragged last block.
         let (b, t, nh, hs) = (2, 300, 3, 8);
         let c = nh * hs;
         let mut rng = crate::rng::Rng::new(3);
         let qkv: Vec<f32> = (0..b * t * 3 * c).map(|_| rng.normal() as f32).collect();
-        for causal in [true, false] {
-            let d = AttnDims { b, t, tk: t, nh, hs, causal, scale: 1.0 / (hs as f32).sqrt() };
+        let masks = [
+            Mask::Causal,
+            Mask::Full,
+            Mask::Local2d { rows: 3, cols: 2, width: 20, causal: true },
+            Mask::Local2d { rows: 2, cols: 5, width: 20, causal: false },
+            Mask::Local2d { rows: 0, cols: 0, width: 20, causal: true },
+        ];
+        for mask in masks {
+            let d = AttnDims { b, t, tk: t, nh, hs, mask, scale: 1.0 / (hs as f32).sqrt() };
             let view =
                 |part: usize| SeqView { data: &qkv, offset: part * c, batch_stride: t * 3 * c, row_stride: 3 * c };
             let mut out = vec![0f32; b * t * c];
@@ -260,7 +257,7 @@ mod tests {
             attention_forward(&mut out, &mut lse, view(0), view(1), view(2), d);
             let want = naive(&qkv, d);
             let worst = out.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-            assert!(worst < 2e-5, "causal={causal}: max diff {worst}");
+            assert!(worst < 2e-5, "{mask:?}: max diff {worst}");
             // probabilities recomputed from lse sum to one
             let p = attention_probs(view(0), view(1), &lse, d, 1, 2);
             for r in [0, 77, 299] {

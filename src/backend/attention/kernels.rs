@@ -3,7 +3,7 @@
 //! Small (64 x 64 x hs) products are where a general gemm loses most to packing and
 //! dispatch; these need no packing beyond a transposed copy of the key block.
 
-use super::isa::{self, KernelSet, multiversion};
+use crate::backend::isa::{self, KernelSet, multiversion};
 
 /// Keys per block in the micro-kernel path.
 pub const KB: usize = 64;
@@ -33,9 +33,9 @@ pub fn scores_on(
     match set {
         // SAFETY: the CPU has the set's features (asserted); the kernels check the bounds.
         #[cfg(target_arch = "x86_64")]
-        KernelSet::Avx512 => unsafe { super::avx512::scores::<KB>(s, s_stride, q, kt, kt_stride, nq, hs) },
+        KernelSet::Avx512 => unsafe { crate::backend::avx512::scores::<KB>(s, s_stride, q, kt, kt_stride, nq, hs) },
         #[cfg(target_arch = "x86_64")]
-        KernelSet::Avx2 => unsafe { super::avx2::scores::<KB>(s, s_stride, q, kt, kt_stride, nq, hs) },
+        KernelSet::Avx2 => unsafe { crate::backend::avx2::scores::<KB>(s, s_stride, q, kt, kt_stride, nq, hs) },
         _ => scores_plain(s, s_stride, q, kt, kt_stride, nq, hs),
     }
 }
@@ -93,10 +93,10 @@ pub fn accumulate_pv_on<const HS: usize>(
     match set {
         // SAFETY: the CPU has the set's features (asserted); the kernels check the bounds.
         #[cfg(target_arch = "x86_64")]
-        KernelSet::Avx512 if HS == 32 => unsafe { super::avx512::accumulate_pv_32(o, p, ps, v, nq, nk) },
+        KernelSet::Avx512 if HS == 32 => unsafe { crate::backend::avx512::accumulate_pv_32(o, p, ps, v, nq, nk) },
         #[cfg(target_arch = "x86_64")]
         KernelSet::Avx512 | KernelSet::Avx2 if HS.is_multiple_of(8) => unsafe {
-            super::avx2::accumulate_pv::<HS>(o, p, ps, v, nq, nk)
+            crate::backend::avx2::accumulate_pv::<HS>(o, p, ps, v, nq, nk)
         },
         // Rows per register block: 8 rows of up to 32 lanes keep 16 accumulators in
         // registers, so each loaded row of V feeds 16 FMAs; wider heads use 4 rows.
