@@ -291,3 +291,32 @@ fn bad_variant_configs_are_refused() {
     assert!(err(c).contains("not a square: set image_width"));
     assert!(load_model(&dir("linear")).unwrap_err().to_string().contains("attention `linear` is not available"));
 }
+
+/// A variant checkpoint round-trips, says `"model_type": "igpt"` and carries its PyTorch
+/// modeling files with an `auto_map` (tools/check_hf_load.py runs them against the fixture's
+/// logits in the reference venv); a plain one stays transformers' own.
+#[test]
+fn variant_checkpoints_carry_their_modeling_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    for name in SOFTMAX_VARIANTS {
+        let model = Fixture::load(name).model();
+        let out = tmp.path().join(name);
+        igpt::model::save_model(&model, &out).unwrap();
+        let back = load_model(&out).unwrap();
+        assert_eq!(back.params, model.params, "{name}");
+        assert_eq!(back.config.attention, model.config.attention);
+        assert_eq!(back.config.position_embedding, model.config.position_embedding);
+        let cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+        assert_eq!(cfg["model_type"], "igpt");
+        assert_eq!(cfg["auto_map"]["AutoModelForCausalLM"], "modeling_igpt.IGPTForCausalImageModeling");
+        let py = std::fs::read_to_string(out.join("modeling_igpt.py")).unwrap();
+        assert!(py.contains("class IGPTForCausalImageModeling") && out.join("configuration_igpt.py").exists());
+    }
+    let plain = load_model(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf-imagegpt/tiny")).unwrap();
+    let out = tmp.path().join("plain");
+    igpt::model::save_model(&plain, &out).unwrap();
+    let cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["model_type"], "imagegpt");
+    assert!(cfg.get("auto_map").is_none() && cfg.get("attention").is_none() && cfg.get("local_rows").is_none());
+    assert!(!out.join("modeling_igpt.py").exists());
+}

@@ -1,16 +1,40 @@
-"""Checks that Hugging Face transformers loads a model directory written by igpt, unchanged.
+"""Checks that Hugging Face transformers loads a model directory written by igpt.
 
     ~/.cache/igpt-ref-venv/bin/python tools/check_hf_load.py IGPT_DIR REFERENCE_DIR
 
-Loads both with transformers (the class named in config.json) and asserts identical logits
-(or last hidden states) on a fixed input; prints one line per model.
+Plain ImageGPT (model_type imagegpt): loads both with transformers (the class named in
+config.json) and asserts identical logits (or last hidden states) on a fixed input.
+A variant (model_type igpt, see architectures.md): loads IGPT_DIR with
+AutoModelForCausalLM.from_pretrained(..., trust_remote_code=True), i.e. the modeling file igpt
+wrote next to the weights, and compares its logits on REFERENCE_DIR/tokens.safetensors
+`input_ids` with REFERENCE_DIR/refs.safetensors `logits` (a variant fixture: an independent
+implementation igpt matches within 2e-5), asserting max |diff| < 1e-4. Prints one line per model.
 """
 import json, sys
 import torch
 import transformers
 
 ours, ref = sys.argv[1], sys.argv[2]
-arch = json.load(open(f"{ours}/config.json"))["architectures"][0]
+cfg_json = json.load(open(f"{ours}/config.json"))
+if cfg_json.get("model_type") == "igpt":
+    from safetensors.torch import load_file
+    m = transformers.AutoModelForCausalLM.from_pretrained(ours, trust_remote_code=True).eval()
+    ids = load_file(f"{ref}/tokens.safetensors")["input_ids"]
+    want = load_file(f"{ref}/refs.safetensors")["logits"]
+    with torch.no_grad():
+        got = m(ids).logits
+    diff = (got - want).abs().max().item()
+    print(f"transformers {transformers.__version__} loaded {ours} ({cfg_json.get('position_embedding', 'learned_1d')}, "
+          f"{cfg_json.get('attention', 'dense')}) with trust_remote_code as {type(m).__name__}: "
+          f"max |diff| vs {ref} logits = {diff:.3e}")
+    assert diff < 1e-4
+    try:
+        transformers.AutoModel.from_pretrained(ours)
+        raise SystemExit("transformers loaded a variant without trust_remote_code")
+    except (ValueError, KeyError, OSError) as e:
+        print(f"  without trust_remote_code it is refused: {type(e).__name__}")
+    sys.exit(0)
+arch = cfg_json["architectures"][0]
 cls = getattr(transformers, arch)
 a = cls.from_pretrained(ours).eval()
 b = cls.from_pretrained(ref).eval()

@@ -76,6 +76,21 @@ pub struct BenchArgs {
     /// Weights of the decoding steps of `bench sample`: f32 or f16.
     #[arg(long, default_value = "f32")]
     weights: igpt::model::WeightPrecision,
+    /// Attention: dense | local_2d (as torch_ref.py --attention).
+    #[arg(long, default_value = "dense")]
+    attention: igpt::config::AttentionKind,
+    /// Position code: learned_1d | learned_2d | rope_2d.
+    #[arg(long, default_value = "learned_1d")]
+    position_embedding: igpt::config::PositionEmbedding,
+    /// local_2d: rows above the query's row that stay visible.
+    #[arg(long, default_value_t = 8)]
+    local_rows: i64,
+    /// local_2d: columns either side of the query's column that stay visible.
+    #[arg(long, default_value_t = 8)]
+    local_cols: i64,
+    /// Base of the rope_2d frequencies.
+    #[arg(long, default_value_t = 100.0)]
+    rope_theta: f64,
 }
 
 pub fn run(cmd: BenchCommand) -> Result<()> {
@@ -89,7 +104,9 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
 
 /// The benchmark model: GPT-2 initialisation of the requested shape.
 fn random_model(a: &BenchArgs) -> Result<ImageGpt> {
-    let cfg = ImageGptConfig::with_shape(a.n_layer, a.n_embd, a.n_head).with_image(a.side, a.colors);
+    let mut cfg = ImageGptConfig::with_shape(a.n_layer, a.n_embd, a.n_head).with_image(a.side, a.colors);
+    (cfg.attention, cfg.position_embedding, cfg.rope_theta) = (a.attention, a.position_embedding, a.rope_theta);
+    (cfg.local_rows, cfg.local_cols) = (a.local_rows, a.local_cols);
     Ok(ImageGpt::init_random(cfg, ModelKind::CausalLm, 0)?)
 }
 
@@ -257,12 +274,16 @@ fn report(mode: &str, a: &BenchArgs, tok_s: f64, step_s: f64) -> Result<()> {
             "colors": a.colors, "batch": a.batch.unwrap_or(0), "threads": a.threads, "steps": a.steps,
             "kv_cache": format!("{:?}", a.kv_cache).to_lowercase(),
             "weights": format!("{:?}", a.weights).to_lowercase(),
+            "attention": a.attention.name(), "position_embedding": a.position_embedding.name(),
+            "local_rows": a.local_rows, "local_cols": a.local_cols,
             "profile_s": profile,
         }));
     }
     println!(
-        "RESULT {mode} kernels={} E={} L={} H={} T={} V={} B={} tok_s={tok_s:.1} step_s={step_s:.4} peak_rss_mb={rss:.0}",
+        "RESULT {mode} kernels={} attention={} pos={} E={} L={} H={} T={} V={} B={} tok_s={tok_s:.1} step_s={step_s:.4} peak_rss_mb={rss:.0}",
         igpt::backend::isa::active(),
+        a.attention.name(),
+        a.position_embedding.name(),
         a.n_embd,
         a.n_layer,
         a.n_head,

@@ -80,6 +80,9 @@ fn model_info(dir: &std::path::Path) -> Result<Value> {
         "scale_attn_weights": c.scale_attn_weights, "scale_attn_by_inverse_layer_idx": c.scale_attn_by_inverse_layer_idx,
         "num_labels": (model.kind == igpt::model::ModelKind::Classifier).then(|| c.num_labels()),
         "palette_size": palette.as_ref().map(|p| p.n_clusters()), "image_height": h, "image_width": w,
+        "model_type": c.model_type, "grid_height": c.height(), "grid_width": c.width(),
+        "position_embedding": c.position_embedding.name(), "rope_theta": c.rope_theta,
+        "attention": c.attention.name(), "local_rows": c.local_rows, "local_cols": c.local_cols,
     }))
 }
 
@@ -97,8 +100,22 @@ fn print_model(m: &Value) {
         m["n_positions"], m["vocab_size"], m["n_colors"], m["sos_token"]
     );
     println!(
-        "attention   scale_attn_weights {}, by_inverse_layer_idx {}",
-        m["scale_attn_weights"], m["scale_attn_by_inverse_layer_idx"]
+        "attention   {}{}; scale_attn_weights {}, by_inverse_layer_idx {}",
+        m["attention"].as_str().unwrap_or("?"),
+        if m["attention"] == "local_2d" {
+            format!(" (rows {} above, columns {} either side)", m["local_rows"], m["local_cols"])
+        } else {
+            String::new()
+        },
+        m["scale_attn_weights"],
+        m["scale_attn_by_inverse_layer_idx"]
+    );
+    println!(
+        "positions   {}{} over {} x {} slots (H x W)",
+        m["position_embedding"].as_str().unwrap_or("?"),
+        if m["position_embedding"] == "rope_2d" { format!(" (theta {})", m["rope_theta"]) } else { String::new() },
+        m["grid_height"],
+        m["grid_width"]
     );
     match m["palette_size"].as_u64() {
         Some(k) => println!("palette     {k} colours, images {}x{} (H x W)", m["image_height"], m["image_width"]),

@@ -35,6 +35,23 @@ pub struct TrainArgs {
     /// Continue from a model directory (HF or igpt checkpoint).
     #[arg(long)]
     init: Option<PathBuf>,
+    /// Position code: learned_1d (HF wpe) | learned_2d (wpe_row + wpe_col) | rope_2d (axial
+    /// rotary) [default: learned_1d].
+    #[arg(long)]
+    position_embedding: Option<igpt::config::PositionEmbedding>,
+    /// Base of the rope_2d frequencies [default: 100].
+    #[arg(long)]
+    rope_theta: Option<f64>,
+    /// Attention: dense (HF) | local_2d (a window of rows above and columns either side)
+    /// [default: dense].
+    #[arg(long)]
+    attention: Option<igpt::config::AttentionKind>,
+    /// local_2d: rows above the query's row that stay visible [default: 8].
+    #[arg(long, allow_negative_numbers = true)]
+    local_rows: Option<i64>,
+    /// local_2d: columns either side of the query's column that stay visible [default: 8].
+    #[arg(long, allow_negative_numbers = true)]
+    local_cols: Option<i64>,
     #[arg(long, value_enum)]
     objective: Option<ObjectiveArg>,
     /// BERT: probability that a position is masked [default: 0.15].
@@ -121,7 +138,12 @@ fn resolve(a: &TrainArgs) -> Result<TrainConfig> {
         seed,
         threads,
         keep,
-        mask_prob
+        mask_prob,
+        position_embedding,
+        rope_theta,
+        attention,
+        local_rows,
+        local_cols
     );
     for (dst, src) in [(&mut c.n_layer, a.n_layer), (&mut c.n_embd, a.n_embd), (&mut c.n_head, a.n_head)] {
         if src.is_some() {
@@ -178,11 +200,15 @@ impl TrainObserver for Console {
     fn start(&mut self, i: &RunInfo) {
         let m = &i.model;
         self.println(format!(
-            "model: {} layers, n_embd {}, {} heads, {} positions, {} colours: {} parameters ({} decayed, {} not)",
+            "model: {} layers, n_embd {}, {} heads, {} positions ({} x {}), {} attention, {} positions code, {} colours: {} parameters ({} decayed, {} not)",
             m.n_layer,
             m.n_embd,
             m.n_head,
             m.n_positions,
+            m.height(),
+            m.width(),
+            m.attention.name(),
+            m.position_embedding.name(),
             m.n_colors(),
             i.n_params,
             i.decayed,

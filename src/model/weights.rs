@@ -97,13 +97,40 @@ fn saved_config(model: &ImageGpt) -> ImageGptConfig {
     cfg
 }
 
-/// Saves `config.json` and `model.safetensors` (F32, HF keys) into `dir`, creating it.
+/// The PyTorch definition of igpt's variants that a variant checkpoint carries, so that
+/// `AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True)` computes igpt's
+/// numbers (transformers' own ImageGPT refuses `"model_type": "igpt"`).
+const REMOTE_FILES: [(&str, &str); 2] = [
+    ("configuration_igpt.py", include_str!("hf_remote/configuration_igpt.py")),
+    ("modeling_igpt.py", include_str!("hf_remote/modeling_igpt.py")),
+];
+
+/// `auto_map` of a variant's config.json.
+const REMOTE_CLASSES: [(&str, &str); 3] = [
+    ("AutoConfig", "configuration_igpt.IGPTConfig"),
+    ("AutoModel", "modeling_igpt.IGPTModel"),
+    ("AutoModelForCausalLM", "modeling_igpt.IGPTForCausalImageModeling"),
+];
+
+/// Saves `config.json` and `model.safetensors` (F32, HF keys) into `dir`, creating it; a
+/// variant (`model_type` igpt) also gets its PyTorch modeling files and an `auto_map`.
 /// Each file is written to a temporary name and renamed.
 pub fn save_model(model: &ImageGpt, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let mut json = serde_json::to_value(saved_config(model)).map_err(|e| Error::Invalid(e.to_string()))?;
     if let Some(obj) = json.as_object_mut() {
         obj.insert("dtype".into(), "float32".into());
+        if !model.config.is_plain() {
+            // transformers' remote-code convention: the files below define these classes
+            let map: serde_json::Map<String, serde_json::Value> =
+                REMOTE_CLASSES.iter().map(|(k, v)| (k.to_string(), (*v).into())).collect();
+            obj.insert("auto_map".into(), map.into());
+        }
+    }
+    if !model.config.is_plain() {
+        for (name, text) in REMOTE_FILES {
+            tensors::write_atomic(&dir.join(name), text.as_bytes())?;
+        }
     }
     let text = serde_json::to_string_pretty(&json).map_err(|e| Error::Invalid(e.to_string()))?;
     tensors::write_atomic(&dir.join("config.json"), text.as_bytes())?;

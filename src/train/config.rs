@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::optim::AdamWConfig;
+use crate::config::{AttentionKind, PositionEmbedding};
 use crate::model::train_graph::Objective;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -23,6 +24,12 @@ pub struct TrainConfig {
     pub n_head: Option<usize>,
     /// Start from this model directory instead of random weights.
     pub init: Option<PathBuf>,
+    /// The architecture options (`architectures.md`); the image width comes from the data.
+    pub position_embedding: PositionEmbedding,
+    pub rope_theta: f64,
+    pub attention: AttentionKind,
+    pub local_rows: i64,
+    pub local_cols: i64,
     pub objective: Objective,
     pub mask_prob: f64,
     pub batch: usize,
@@ -58,6 +65,11 @@ impl Default for TrainConfig {
             n_embd: None,
             n_head: None,
             init: None,
+            position_embedding: PositionEmbedding::Learned1d,
+            rope_theta: 100.0,
+            attention: AttentionKind::Dense,
+            local_rows: 8,
+            local_cols: 8,
             objective: Objective::Gpt,
             mask_prob: 0.15,
             batch: 8,

@@ -121,12 +121,29 @@ pub fn resolve_model(cfg: &TrainConfig, data: &TokenFile) -> Result<ImageGptConf
     }
     m.n_positions = data.seq_len();
     m.vocab_size = data.colors + 1;
+    // the image's width is written only when it is not the square root
+    m.image_width = (data.width * data.width != data.seq_len()).then_some(data.width);
+    (m.position_embedding, m.rope_theta, m.attention) = (cfg.position_embedding, cfg.rope_theta, cfg.attention);
+    (m.local_rows, m.local_cols) = (cfg.local_rows, cfg.local_cols);
     m.validate("train config")?;
     Ok(m)
 }
 
-fn shape_of(c: &ImageGptConfig) -> (usize, usize, usize, usize, usize, usize) {
-    (c.n_layer, c.n_embd, c.n_head, c.n_inner(), c.n_positions, c.vocab_size)
+/// What a checkpoint must share with the run's configuration to resume it: the shape and
+/// the architecture options.
+fn shape_of(c: &ImageGptConfig) -> (usize, usize, usize, usize, usize, usize, String) {
+    let variant = format!(
+        "{} {} {} {}x{} theta {} window {}x{}",
+        c.position_embedding.name(),
+        c.attention.name(),
+        c.width(),
+        c.height(),
+        c.width(),
+        c.rope_theta,
+        c.local_rows,
+        c.local_cols
+    );
+    (c.n_layer, c.n_embd, c.n_head, c.n_inner(), c.n_positions, c.vocab_size, variant)
 }
 
 /// Mean validation loss over the first `eval_batches` batches (fixed images, fixed BERT masks).
