@@ -40,7 +40,7 @@ pub struct TrainArgs {
     #[arg(long)]
     position_embedding: Option<igpt::config::PositionEmbedding>,
     /// Base of the rope_2d frequencies [default: 100].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     rope_theta: Option<f64>,
     /// Attention: dense (HF) | local_2d (a window of rows above and columns either side)
     /// [default: dense].
