@@ -7,6 +7,7 @@ use rayon::prelude::*;
 
 use super::kernels::{self, KB};
 use super::kv_blocks::KvBlocks;
+use super::mask::Side;
 use super::{AttnDims, Mask, SendPtr, SeqView};
 use crate::backend::isa::multiversion;
 use crate::backend::math::{exp, exp_sub_sum, max};
@@ -85,8 +86,21 @@ pub fn attention_with_kv(out: &mut [f32], lse: &mut [f32], q: SeqView, kv: &KvBl
                 // S (nq, nk) panel, KB columns at a time (the last block padded with zero keys);
                 // blocks no query sees are left out (their scores are masked below)
                 let kt = kv.keys(bh, k_lo, nk.next_multiple_of(KB), &mut sc.kbuf);
+                let local = matches!(d.mask, Mask::Local2d { .. });
                 for kb in (0..nk).step_by(KB).filter(|&kb| seen(kb)) {
-                    kernels::scores(&mut sc.s[kb..], KC, &sc.q, &kt[kb * hs..], KB, nq, hs);
+                    if !local {
+                        kernels::scores(&mut sc.s[kb..], KC, &sc.q, &kt[kb * hs..], KB, nq, hs);
+                        continue;
+                    }
+                    // local: per group of G query rows, only the 16-column tiles its window shows
+                    for g in (0..nq).step_by(G) {
+                        let ng = G.min(nq - g);
+                        let Some((c0, c1)) = d.mask.tiles(Side::Keys, past + q_lo + g, ng, k_lo + kb, KB.min(nk - kb)) else {
+                            continue;
+                        };
+                        let (s0, q0) = (&mut sc.s[g * KC + kb + c0..], &sc.q[g * hs..]);
+                        kernels::scores_cols(s0, KC, q0, &kt[kb * hs + c0..], KB, ng, hs, c1 - c0);
+                    }
                 }
                 for r in 0..nq {
                     let row = &mut sc.s[r * KC..r * KC + nk];
@@ -103,7 +117,23 @@ pub fn attention_with_kv(out: &mut [f32], lse: &mut [f32], q: SeqView, kv: &KvBl
                     }
                 }
                 let vb = kv.values(bh, k_lo, nk, &mut sc.vbuf);
-                kernels::accumulate_pv_any(&mut sc.o, &sc.s, KC, vb, nq, nk, hs); // O += P V
+                if !local {
+                    kernels::accumulate_pv_any(&mut sc.o, &sc.s, KC, vb, nq, nk, hs); // O += P V
+                } else {
+                    // the same tiles: the probabilities outside them are 0, adding them changes nothing
+                    for kb in (0..nk).step_by(KB).filter(|&kb| seen(kb)) {
+                        for g in (0..nq).step_by(G) {
+                            let ng = G.min(nq - g);
+                            let Some((c0, c1)) = d.mask.tiles(Side::Keys, past + q_lo + g, ng, k_lo + kb, KB.min(nk - kb))
+                            else {
+                                continue;
+                            };
+                            let (o, p) = (&mut sc.o[g * hs..], &sc.s[g * KC + kb + c0..]);
+                            let nc = (c1 - c0).min(nk - kb - c0);
+                            kernels::accumulate_pv_any(o, p, KC, &vb[(kb + c0) * hs..], ng, nc, hs);
+                        }
+                    }
+                }
                 k_lo += nk;
             }
             for r in 0..nq {
@@ -122,6 +152,9 @@ pub fn attention_with_kv(out: &mut [f32], lse: &mut [f32], q: SeqView, kv: &KvBl
     );
 }
 }
+
+/// Query rows per group of the local path (each group computes only its window's tiles).
+const G: usize = 8;
 
 /// Masks one row of scores of query slot p over keys k_lo.. (the row's length): returns the
 /// new running maximum (from `m`) and the length of the prefix to exponentiate (causal and

@@ -40,6 +40,46 @@ pub fn scores_on(
     }
 }
 
+/// S (nq, w) = Q (nq, hs) @ KT[:, ..w] for w = 16, 32, 48 or 64 columns of a key block (the
+/// columns a local window shows): the same values as the full-width [`scores`] there.
+pub fn scores_cols(
+    s: &mut [f32],
+    s_stride: usize,
+    q: &[f32],
+    kt: &[f32],
+    kt_stride: usize,
+    nq: usize,
+    hs: usize,
+    w: usize,
+) {
+    let set = isa::active();
+    match (set, w) {
+        (_, KB) => scores_on(set, s, s_stride, q, kt, kt_stride, nq, hs),
+        // SAFETY: AVX2 is part of both vector sets (`active` only returns supported ones).
+        #[cfg(target_arch = "x86_64")]
+        (KernelSet::Avx512 | KernelSet::Avx2, 16 | 32 | 48) => unsafe {
+            match w {
+                16 => crate::backend::avx2::scores::<16>(s, s_stride, q, kt, kt_stride, nq, hs),
+                32 => crate::backend::avx2::scores::<32>(s, s_stride, q, kt, kt_stride, nq, hs),
+                _ => crate::backend::avx2::scores::<48>(s, s_stride, q, kt, kt_stride, nq, hs),
+            }
+        },
+        _ => {
+            for r in 0..nq {
+                let mut acc = [0f32; KB];
+                for d in 0..hs {
+                    let qv = q[r * hs + d];
+                    let k = &kt[d * kt_stride..d * kt_stride + w];
+                    for j in 0..w {
+                        acc[j] = qv.mul_add(k[j], acc[j]);
+                    }
+                }
+                s[r * s_stride..r * s_stride + w].copy_from_slice(&acc[..w]);
+            }
+        }
+    }
+}
+
 /// [`scores`] as plain loops (other targets, and the reference of the tests).
 pub fn scores_plain(s: &mut [f32], s_stride: usize, q: &[f32], kt: &[f32], kt_stride: usize, nq: usize, hs: usize) {
     let mut r = 0;

@@ -4,6 +4,15 @@
 //! Positions are slots 0..T of one sequence; a 2D mask knows the image width W and reads the
 //! slot's coordinates r = p div W, c = p mod W.
 
+/// Which side of a (query, key) pair [`Mask::tiles`] looks at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    /// The keys some query of a group sees.
+    Keys,
+    /// The queries that see some key of a group.
+    Queries,
+}
+
 /// The visibility rule of one attention call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mask {
@@ -103,6 +112,22 @@ impl Mask {
             }
             row += 1;
         }
+    }
+
+    /// The 16-aligned span c0..c1 of a block lo..lo+len (len <= 64) holding every slot that
+    /// some slot of x0..x0+n sees (Keys: x are queries; Queries: x are keys), or None. Local
+    /// kernels compute only these tiles of a block.
+    #[inline]
+    pub fn tiles(self, side: Side, x0: usize, n: usize, lo: usize, len: usize) -> Option<(usize, usize)> {
+        let (mut a, mut b) = (usize::MAX, 0);
+        for x in x0..x0 + n {
+            let mut f = |s: usize, e: usize| (a, b) = (a.min(s), b.max(e));
+            match side {
+                Side::Keys => self.runs(x, lo, lo + len, &mut f),
+                Side::Queries => self.query_runs(x, lo, lo + len, &mut f),
+            }
+        }
+        (a < b).then(|| ((a - lo) / 16 * 16, (b - lo).next_multiple_of(16).min(64)))
     }
 
     /// Whether some query of q_lo..q_hi may see some key of k_lo..k_hi (false: the whole
