@@ -39,9 +39,10 @@ fn info_reports_config_and_palette() {
 #[test]
 fn info_reports_the_kernel_set_and_igpt_kernels_forces_it() {
     use igpt::backend::isa::KernelSet;
-    let (ok, out, err) = igpt(&["info", "--json"]);
-    assert!(ok, "{err}");
-    let v = json(&out);
+    let o =
+        Command::new(env!("CARGO_BIN_EXE_igpt")).args(["info", "--json"]).env_remove("IGPT_KERNELS").output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v = json(&String::from_utf8_lossy(&o.stdout));
     let best = KernelSet::best().name();
     assert_eq!(v["engine"]["kernels"], best);
     assert_eq!(v["engine"]["kernels_available"].as_array().unwrap().last().unwrap(), "portable");

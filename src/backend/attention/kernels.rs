@@ -42,6 +42,7 @@ pub fn scores_on(
 
 /// S (nq, w) = Q (nq, hs) @ KT[:, ..w] for w = 16, 32, 48 or 64 columns of a key block (the
 /// columns a local window shows): the same values as the full-width [`scores`] there.
+#[allow(clippy::too_many_arguments)]
 pub fn scores_cols(
     s: &mut [f32],
     s_stride: usize,

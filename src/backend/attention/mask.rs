@@ -166,6 +166,7 @@ impl Mask {
 }
 
 #[cfg(test)]
+#[allow(clippy::needless_range_loop)] // slot indices are the point here
 mod tests {
     use super::*;
 
