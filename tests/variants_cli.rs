@@ -132,3 +132,40 @@ fn bad_variant_flags_are_refused_with_the_field_named() {
     let (okk, _, err) = train(&["--position-embedding", "rope_2d", "--rope-theta", "-1"]);
     assert!(!okk && err.contains("rope_theta must be a finite number > 0"), "{err}");
 }
+
+/// A local model trains, samples and completes at 64x64 (4,096 tokens per image).
+#[test]
+fn a_local_model_trains_samples_and_completes_at_64x64() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let mut proc = json(&std::fs::read_to_string(common::fixture("tiny").join("preprocessor_config.json")).unwrap());
+    proc["size"] = serde_json::json!({"height": 64, "width": 64});
+    std::fs::write(data.join("preprocessor_config.json"), proc.to_string()).unwrap();
+    let mut rng = Rng::new(5);
+    for (name, n) in [("train", 4), ("val", 2), ("test", 2)] {
+        // smooth-ish images: runs of one colour along each row
+        let toks: Vec<u16> = (0..n * 4096).map(|i| ((i / 8 + rng.below(2) as usize) % 16) as u16).collect();
+        tokens::write(&data.join(format!("{name}.tokens")), &toks, None, (64, 64), 16).unwrap();
+    }
+    let (d, run) = (data.to_str().unwrap(), tmp.path().join("run"));
+    let r = run.to_str().unwrap();
+    let args = ["train", "--data", d, "--out", r, "--steps", "2", "--batch", "2", "--n-layer", "1", "--n-embd", "16"];
+    let mut args = args.to_vec();
+    args.extend(["--n-head", "2", "--attention", "local_2d", "--local-rows", "2", "--local-cols", "2", "--json"]);
+    let s = json(&ok(&args));
+    assert!(s["best_val_loss"].as_f64().unwrap().is_finite(), "{s}");
+    let b = run.join("best");
+    let info = json(&ok(&["info", "--model", b.to_str().unwrap(), "--json"]));
+    assert_eq!((info["n_positions"].as_u64(), info["grid_width"].as_u64()), (Some(4096), Some(64)));
+    let out = tmp.path().join("s.png");
+    ok(&["sample", "--model", b.to_str().unwrap(), "--num", "1", "--scale", "1", "--out", out.to_str().unwrap()]);
+    let grid = igpt::tokenizer::RgbImage::open(&out).unwrap();
+    assert!(grid.width >= 64 && grid.height >= 64, "{}x{}", grid.width, grid.height);
+    let c = tmp.path().join("c.png");
+    let cargs = ["complete", "--model", b.to_str().unwrap(), "--data", d, "--count", "1", "--samples", "1"];
+    let mut cargs = cargs.to_vec();
+    cargs.extend(["--scale", "1", "--out", c.to_str().unwrap()]);
+    ok(&cargs);
+    assert!(c.exists());
+}
