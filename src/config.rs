@@ -10,6 +10,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::backend::attention::Mask;
 use crate::error::{Error, Result};
 
 fn d_vocab() -> usize {
@@ -264,6 +265,19 @@ impl ImageGptConfig {
     /// Image rows H = n_positions / W.
     pub fn height(&self) -> usize {
         self.n_positions / self.width().max(1)
+    }
+
+    /// The attention mask under the GPT (`causal`) or BERT objective (linear attention has
+    /// kernels of its own, not a softmax mask).
+    pub fn attention_mask(&self, causal: bool) -> Mask {
+        match self.attention {
+            AttentionKind::Local2d => {
+                let (rows, cols) = self.local_window();
+                Mask::Local2d { rows, cols, width: self.width(), causal }
+            }
+            AttentionKind::Dense | AttentionKind::Linear if causal => Mask::Causal,
+            AttentionKind::Dense | AttentionKind::Linear => Mask::Full,
+        }
     }
 
     /// `local_rows`, `local_cols` as counts (validated non-negative).

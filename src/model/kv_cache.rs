@@ -24,7 +24,7 @@ impl KvCache {
     /// A cache that stores keys and values in `prec`.
     pub fn with_precision(cfg: &ImageGptConfig, batch: usize, prec: KvPrecision) -> Self {
         let (nh, hs, t) = (cfg.n_head, cfg.head_dim(), cfg.n_positions);
-        let mask = super::variant::attention_mask(cfg, true);
+        let mask = cfg.attention_mask(true);
         let layers = (0..cfg.n_layer).map(|_| new_state(mask, batch, nh, hs, t, prec)).collect();
         KvCache { layers, batch, len: 0 }
     }

@@ -6,33 +6,15 @@
 use crate::backend::attention::Mask;
 use crate::backend::embed::{self, Axis};
 use crate::backend::rope::Rope;
-use crate::config::{AttentionKind, ImageGptConfig, PositionEmbedding};
+use crate::config::PositionEmbedding;
 
 use super::gpt::ImageGpt;
 use super::params::PositionTables;
 
-/// The attention mask of a model with `cfg` under the GPT (`causal`) or BERT objective.
-pub fn attention_mask(cfg: &ImageGptConfig, causal: bool) -> Mask {
-    match cfg.attention {
-        AttentionKind::Local2d => {
-            let (rows, cols) = cfg.local_window();
-            Mask::Local2d { rows, cols, width: cfg.width(), causal }
-        }
-        // linear attention has its own kernels (not a softmax mask)
-        AttentionKind::Dense | AttentionKind::Linear => {
-            if causal {
-                Mask::Causal
-            } else {
-                Mask::Full
-            }
-        }
-    }
-}
-
 impl ImageGpt {
     /// The attention mask of this model for the objective.
     pub fn attention_mask(&self, causal: bool) -> Mask {
-        attention_mask(&self.config, causal)
+        self.config.attention_mask(causal)
     }
 
     /// The position tables with the axis each is read along (parameter ranges).

@@ -8,8 +8,9 @@
 use rayon::prelude::*;
 
 use super::kernels::{KB, accumulate_pv, accumulate_pv_any, scores_cols};
+use super::mask::Mask;
 use super::mask::Side;
-use super::{AttnDims, Mask, SendPtr, SeqView};
+use super::view::{AttnDims, SendPtr, SeqView};
 use crate::backend::isa::multiversion;
 use crate::backend::math::exp;
 

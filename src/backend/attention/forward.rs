@@ -7,8 +7,9 @@ use rayon::prelude::*;
 
 use super::kernels::{self, KB};
 use super::kv_blocks::KvBlocks;
+use super::mask::Mask;
 use super::mask::Side;
-use super::{AttnDims, Mask, SendPtr, SeqView};
+use super::view::{AttnDims, SendPtr, SeqView};
 use crate::backend::isa::multiversion;
 use crate::backend::math::{exp, exp_sub_sum, max};
 
@@ -236,6 +237,7 @@ pub fn attention_probs(q: SeqView, k: SeqView, lse: &[f32], d: AttnDims, b: usiz
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::attention::KvPrecision;
 
     /// Naive float64 reference: full score matrix, masked, softmax.
     fn naive(qkv: &[f32], d: AttnDims) -> Vec<f32> {
@@ -296,6 +298,40 @@ mod tests {
             for r in [0, 77, 299] {
                 let z: f32 = p[r * t..(r + 1) * t].iter().sum();
                 assert!((z - 1.0).abs() < 1e-5, "row {r} sums to {z}");
+            }
+        }
+    }
+
+    /// One decoding step over a cache equals the last row of the full causal forward
+    /// (to rounding: the sums run in another order), for f32 caches and, within their
+    /// rounding, f16 and int8 ones; head sizes with and without a vector kernel.
+    #[test]
+    fn decode_step_matches_the_last_row_of_the_full_forward() {
+        for (hs, t) in [(32, 200), (16, 64), (8, 1), (64, 130)] {
+            let (b, nh) = (3, 2);
+            let c = nh * hs;
+            let mut rng = crate::rng::Rng::new(hs as u64);
+            let qkv: Vec<f32> = (0..b * t * 3 * c).map(|_| rng.normal() as f32).collect();
+            let view = |p: usize| SeqView { data: &qkv, offset: p * c, batch_stride: t * 3 * c, row_stride: 3 * c };
+            let d = AttnDims { b, t, tk: t, nh, hs, mask: Mask::Causal, scale: 0.3 };
+            let (mut full, mut lse_full) = (vec![0f32; b * t * c], vec![0f32; b * nh * t]);
+            attention_forward(&mut full, &mut lse_full, view(0), view(1), view(2), d);
+            let last = |p: usize| SeqView { offset: p * c + (t - 1) * 3 * c, ..view(p) };
+            for (prec, tol) in [(KvPrecision::F32, 2e-6), (KvPrecision::F16, 5e-3), (KvPrecision::Int8, 5e-2)] {
+                let mut kv = KvBlocks::with_precision(b, nh, hs, t + 70, prec);
+                kv.write(view(1), view(2), 0, t);
+                let (mut out, mut lse) = (vec![0f32; b * c], vec![0f32; b * nh]);
+                super::super::decode::decode_attention(&mut out, &mut lse, last(0), &kv, AttnDims { t: 1, ..d });
+                for bb in 0..b {
+                    let want = &full[(bb * t + t - 1) * c..(bb * t + t) * c];
+                    let worst =
+                        out[bb * c..(bb + 1) * c].iter().zip(want).map(|(a, w)| (a - w).abs()).fold(0f32, f32::max);
+                    assert!(worst < tol, "hs={hs} t={t} {prec:?}: max diff {worst}");
+                    for h in 0..nh {
+                        let (got, want) = (lse[bb * nh + h], lse_full[(bb * nh + h) * t + t - 1]);
+                        assert!((got - want).abs() < 10.0 * tol, "lse {got} vs {want}");
+                    }
+                }
             }
         }
     }

@@ -4,8 +4,8 @@
 
 use rayon::prelude::*;
 
-use super::SeqView;
 use super::kernels::KB;
+use super::view::SeqView;
 use crate::backend::isa::{self, KernelSet};
 
 /// How a KV cache stores keys and values.

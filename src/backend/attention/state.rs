@@ -5,7 +5,8 @@
 
 use super::forward::{attention_forward, attention_with_kv};
 use super::kv_blocks::{KvBlocks, KvPrecision};
-use super::{AttnDims, Mask, SeqView};
+use super::mask::Mask;
+use super::view::{AttnDims, SeqView};
 
 /// What a layer keeps between decoding steps.
 pub trait DecodeState: Send + Sync + std::fmt::Debug {

@@ -1,0 +1,51 @@
+//! The shapes attention calls share: views into the model's buffers and the sizes of a call.
+
+use super::mask::Mask;
+
+/// A (B, rows, cols) view into a flat buffer: element (b, r, c) is at
+/// `offset + b * batch_stride + r * row_stride + c`. Heads are column blocks of width hs.
+#[derive(Clone, Copy, Debug)]
+pub struct SeqView<'a> {
+    pub data: &'a [f32],
+    pub offset: usize,
+    pub batch_stride: usize,
+    pub row_stride: usize,
+}
+
+impl<'a> SeqView<'a> {
+    /// `len` values of row `row` of batch `b` from column `col`.
+    #[inline]
+    pub fn row(&self, b: usize, row: usize, col: usize, len: usize) -> &'a [f32] {
+        let i = self.offset + b * self.batch_stride + row * self.row_stride + col;
+        &self.data[i..i + len]
+    }
+
+    #[inline]
+    pub(crate) fn ptr(&self, b: usize, row: usize, col: usize) -> *const f32 {
+        let i = self.offset + b * self.batch_stride + row * self.row_stride + col;
+        debug_assert!(i < self.data.len());
+        self.data[i..].as_ptr()
+    }
+}
+
+/// Sizes of one attention call.
+#[derive(Clone, Copy, Debug)]
+pub struct AttnDims {
+    pub b: usize,
+    /// Query rows (new positions).
+    pub t: usize,
+    /// Key rows (past + new).
+    pub tk: usize,
+    pub nh: usize,
+    pub hs: usize,
+    /// Which keys each query sees (slots: query row r is slot tk - t + r).
+    pub mask: Mask,
+    /// Multiplier of q.k (1/sqrt(hs), times 1/(layer+1) when asked).
+    pub scale: f32,
+}
+
+/// A pointer that parallel tasks write through, each to its own disjoint part.
+pub(crate) struct SendPtr(pub(crate) *mut f32);
+// SAFETY: every user writes a range no other task touches (documented at each use).
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
