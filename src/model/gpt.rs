@@ -59,9 +59,9 @@ pub struct Workspace {
     rstd2: Vec<f32>,
     /// (B, T, 3C): [q | k | v] per row.
     qkv: Vec<f32>,
-    /// Attention output (B, T, C) and row log-sum-exp (B, nh, T).
+    /// Attention output (B, T, C) and what the attention keeps of it.
     att: Vec<f32>,
-    lse: Vec<f32>,
+    saved: attention::Saved,
     /// MLP hidden (B, T, I).
     fc: Vec<f32>,
     /// ln_f output (B, T, C): HF's last_hidden_state.
@@ -97,7 +97,6 @@ impl Workspace {
         grow(&mut self.rstd2, n);
         grow(&mut self.qkv, n * 3 * c);
         grow(&mut self.att, n * c);
-        grow(&mut self.lse, n * cfg.n_head);
         grow(&mut self.fc, n * i);
         grow(&mut self.last_hidden, n * c);
         self.b = b;
@@ -113,7 +112,7 @@ impl Workspace {
 }
 
 /// The buffers one block reads and writes, shapes for N = B*T rows: x (N, C) residual,
-/// ln1/ln2 (N, C), rstd1/rstd2 (N), qkv (N, 3C), att (N, C), lse (B, nh, T), fc (N, I);
+/// ln1/ln2 (N, C), rstd1/rstd2 (N), qkv (N, 3C), att (N, C), the attention's saved state, fc (N, I);
 /// x_mid (N, C) receives the residual after attention and fc_act (N, I) the activation
 /// when given (training), else the activation is applied to fc in place.
 pub(crate) struct BlockBufs<'a> {
@@ -122,7 +121,7 @@ pub(crate) struct BlockBufs<'a> {
     pub rstd1: &'a mut [f32],
     pub qkv: &'a mut [f32],
     pub att: &'a mut [f32],
-    pub lse: &'a mut [f32],
+    pub saved: &'a mut attention::Saved,
     pub x_mid: Option<&'a mut [f32]>,
     pub ln2: &'a mut [f32],
     pub rstd2: &'a mut [f32],
@@ -281,14 +280,14 @@ impl ImageGpt {
             }
             let kv = cache.as_mut().map(|c| (c.layers[l].as_mut(), pos0));
             let cached = kv.is_some();
-            let (nh, i) = (cfg.n_head, cfg.n_inner());
+            let i = cfg.n_inner();
             let bufs = BlockBufs {
                 x: &mut ws.x[..n * c],
                 ln1: &mut ws.ln[..n * c],
                 rstd1: &mut ws.rstd[..n],
                 qkv: &mut ws.qkv[..n * 3 * c],
                 att: &mut ws.att[..n * c],
-                lse: &mut ws.lse[..b * nh * t],
+                saved: &mut ws.saved,
                 x_mid: None,
                 ln2: &mut ws.ln2[..n * c],
                 rstd2: &mut ws.rstd2[..n],
@@ -339,7 +338,7 @@ impl ImageGpt {
     ) {
         let cfg = &self.config;
         let (c, inner, n, eps) = (cfg.n_embd, cfg.n_inner(), b * t, cfg.layer_norm_epsilon);
-        let BlockBufs { x, ln1, rstd1, qkv, att, lse, x_mid, ln2, rstd2, fc, fc_act } = bufs;
+        let BlockBufs { x, ln1, rstd1, qkv, att, saved, x_mid, ln2, rstd2, fc, fc_act } = bufs;
         timed(Kernel::Norm, || norm::rmsnorm_forward(ln1, rstd1, x, self.param(&lo.ln_1), eps));
         timed(Kernel::Matmul, || self.dense(qkv, ln1, (&lo.c_attn_w, &lo.c_attn_b), (n, c, 3 * c), t, false));
         let past = kv.as_ref().map_or(0, |kv| kv.1);
@@ -351,11 +350,9 @@ impl ImageGpt {
         match kv {
             Some((state, past)) => {
                 dims.tk = past + t;
-                timed(Kernel::Attention, || state.attend(att, lse, view(0), view(1), view(2), past, dims));
+                timed(Kernel::Attention, || state.attend(att, saved, view(0), view(1), view(2), past, dims));
             }
-            None => {
-                timed(Kernel::Attention, || attention::attention_forward(att, lse, view(0), view(1), view(2), dims))
-            }
+            None => timed(Kernel::Attention, || attention::forward(att, saved, view(0), view(1), view(2), dims)),
         }
         // x += att @ c_proj + b  (the gemm accumulates straight into the residual stream)
         timed(Kernel::Matmul, || self.dense(x, att, (&lo.c_proj_w, &lo.c_proj_b), (n, c, c), t, true));
@@ -388,7 +385,7 @@ impl ImageGpt {
         let mut probs = Vec::with_capacity(b * nh * t * t);
         for bi in 0..b {
             for h in 0..nh {
-                probs.extend(attention::attention_probs(view(0), view(1), &ws.lse, dims, bi, h));
+                probs.extend(attention::probs(view(0), view(1), &ws.saved, dims, bi, h));
             }
         }
         ws.attentions.push(probs);

@@ -8,7 +8,7 @@
 //!   (position embedding kept), no SOS, bidirectional attention, cross-entropy over the
 //!   masked positions only.
 
-use crate::backend::attention::{AttnDims, SeqView, attention_backward};
+use crate::backend::attention::{self, AttnDims, Saved, SeqView};
 use crate::backend::matmul::{bias_backward, matmul_backward_weight, matmul_forward};
 use crate::backend::profile::{Kernel, timed};
 use crate::backend::{WeightLayout, act, loss, norm};
@@ -33,7 +33,7 @@ struct LayerActs {
     rstd1: Vec<f32>,  // (N)
     qkv: Vec<f32>,    // (N, 3C)
     att: Vec<f32>,    // (N, C) attention output before c_proj
-    lse: Vec<f32>,    // (B, nh, T)
+    saved: Saved,     // what the attention keeps for its backward
     x_mid: Vec<f32>,  // (N, C) residual after attention
     ln2: Vec<f32>,    // (N, C)
     rstd2: Vec<f32>,  // (N)
@@ -251,7 +251,7 @@ impl ImageGpt {
 
     fn train_forward(&self, a: &mut TrainActs, causal: bool) {
         let cfg = &self.config;
-        let (b, t, c, inner, nh) = (a.b, a.t, cfg.n_embd, cfg.n_inner(), cfg.n_head);
+        let (b, t, c, inner) = (a.b, a.t, cfg.n_embd, cfg.n_inner());
         let (n, eps) = (b * t, cfg.layer_norm_epsilon);
         a.layers.resize_with(cfg.n_layer, LayerActs::default);
         // x = wte[input] * scale + position rows (BERT: scale 0 at masked positions)
@@ -266,7 +266,7 @@ impl ImageGpt {
                 rstd1: sized(&mut la.rstd1, n),
                 qkv: sized(&mut la.qkv, n * 3 * c),
                 att: sized(&mut la.att, n * c),
-                lse: sized(&mut la.lse, b * nh * t),
+                saved: &mut la.saved,
                 x_mid: Some(sized(&mut la.x_mid, n * c)),
                 ln2: sized(&mut la.ln2, n * c),
                 rstd2: sized(&mut la.rstd2, n),
@@ -362,7 +362,7 @@ impl ImageGpt {
             let dims = AttnDims { b, t, tk: t, nh, hs: cfg.head_dim(), mask, scale: self.attn_scale(l) };
             let dqkv = sized(&mut a.dqkv, n * 3 * c);
             timed(Kernel::Attention, || {
-                attention_backward(dqkv, &a.datt, &la.att, &la.lse, view(0), view(1), view(2), dims);
+                attention::backward(dqkv, &a.datt, &la.att, &la.saved, view(0), view(1), view(2), dims);
                 // rope_2d: back through the rotation of q and k (qkv holds the rotated ones)
                 self.rotate_qk(dqkv, t, 0, true);
             });

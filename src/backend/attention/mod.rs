@@ -26,3 +26,53 @@ pub use kv_blocks::{KvBlocks, KvPrecision};
 pub use mask::Mask;
 pub use state::{DecodeState, new_state};
 pub use view::{AttnDims, SeqView};
+
+/// What an attention forward keeps for the backward and for inspection, owned by the
+/// attention variant (softmax: the log-sum-exp of every query row, (B, nh, T)); the model
+/// only holds it between the two passes.
+#[derive(Clone, Debug, Default)]
+pub struct Saved {
+    lse: Vec<f32>,
+}
+
+impl Saved {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Room for a call of sizes `d`.
+    pub(crate) fn sized(&mut self, d: &AttnDims) -> &mut [f32] {
+        let n = d.b * d.nh * d.t;
+        if self.lse.len() < n {
+            self.lse.resize(n, 0.0);
+        }
+        &mut self.lse[..n]
+    }
+}
+
+/// The attention of a full sequence: out (B, T, nh*hs) from q, k, v views, keeping what the
+/// backward needs in `saved`.
+pub fn forward(out: &mut [f32], saved: &mut Saved, q: SeqView, k: SeqView, v: SeqView, d: AttnDims) {
+    attention_forward(out, saved.sized(&d), q, k, v, d)
+}
+
+/// The gradients dqkv (B, T, 3 nh hs) of a [`forward`] from dout.
+#[allow(clippy::too_many_arguments)]
+pub fn backward(
+    dqkv: &mut [f32],
+    dout: &[f32],
+    out: &[f32],
+    saved: &Saved,
+    q: SeqView,
+    k: SeqView,
+    v: SeqView,
+    d: AttnDims,
+) {
+    attention_backward(dqkv, dout, out, &saved.lse, q, k, v, d)
+}
+
+/// The attention probabilities (T, Tk) of batch row b, head h of the last [`forward`] (HF's
+/// `output_attentions`, for inspection).
+pub fn probs(q: SeqView, k: SeqView, saved: &Saved, d: AttnDims, b: usize, h: usize) -> Vec<f32> {
+    attention_probs(q, k, &saved.lse, d, b, h)
+}

@@ -3,6 +3,7 @@
 //! (dense softmax: every key and value so far; `local_2d`: a ring of the last rows its window
 //! can reach, so the memory does not grow with the image).
 
+use super::Saved;
 use super::forward::{attention_forward, attention_with_kv};
 use super::kv_blocks::{KvBlocks, KvPrecision};
 use super::mask::Mask;
@@ -11,12 +12,13 @@ use super::view::{AttnDims, SeqView};
 /// What a layer keeps between decoding steps.
 pub trait DecodeState: Send + Sync + std::fmt::Debug {
     /// Stores the keys and values of the new slots past..past+t and writes the attention of
-    /// their queries into `out` (B, t, nh*hs) and `lse` (B, nh, t). d.tk = past + t.
+    /// their queries into `out` (B, t, nh*hs), keeping what a backward or an inspection needs
+    /// in `saved`. d.tk = past + t.
     #[allow(clippy::too_many_arguments)]
     fn attend(
         &mut self,
         out: &mut [f32],
-        lse: &mut [f32],
+        saved: &mut Saved,
         q: SeqView,
         k: SeqView,
         v: SeqView,
@@ -59,13 +61,14 @@ impl DecodeState for KvBlocks {
     fn attend(
         &mut self,
         out: &mut [f32],
-        lse: &mut [f32],
+        saved: &mut Saved,
         q: SeqView,
         k: SeqView,
         v: SeqView,
         past: usize,
         d: AttnDims,
     ) {
+        let lse = saved.sized(&d);
         if !self.ring || d.t == 1 || (past + d.t <= self.cap) {
             self.write(k, v, past, d.t);
             return attention_with_kv(out, lse, q, self, d);
