@@ -263,7 +263,7 @@ fn sample_and_complete_write_grids_reproducibly() {
     let (ok, _, err) = igpt(&["sample", "--model", d, "--kv-cache", "int4", "--out", &p("x.png")]);
     assert!(!ok && err.contains("use f32, f16 or int8"), "{err}");
     let (ok, _, err) = igpt(&["sample", "--model", d, "--weights", "int8", "--out", &p("x.png")]);
-    assert!(!ok && err.contains("use f32 or f16"), "{err}");
+    assert!(!ok && err.contains("use f32, f32-unpacked or f16"), "{err}");
 
     let img = dir.join("test_image_2.png");
     let (ok, out, err) = igpt(&[

@@ -57,7 +57,7 @@ fn f16_decode_weights_stay_close() {
     assert_eq!(model.decode_weights(), WeightPrecision::F16);
     model.set_decode_weights(WeightPrecision::F32);
     assert_eq!(model.decode_weights(), WeightPrecision::F32);
-    assert!("bf16".parse::<WeightPrecision>().unwrap_err().contains("use f32 or f16"));
+    assert!("bf16".parse::<WeightPrecision>().unwrap_err().contains("use f32, f32-unpacked or f16"));
 }
 
 /// Largest |cached - uncached| logit over a 100-token prefill and 40 single-token steps.

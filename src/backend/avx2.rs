@@ -378,12 +378,12 @@ unsafe fn small_m_tile<const N: usize, const NV: usize>(
     }
 }
 
-/// y (rows, P) = x (rows, k) @ panel (k, P) for an f16 panel of P columns (P a multiple of
+/// y (rows, P) = x (rows, k) @ panel (k, P) for a panel of P columns of f16 or f32 (P a multiple of
 /// 16): per 16-column half and block of R rows, the accumulators live in y between blocks
 /// of 64 panel rows (reloaded exactly), so the block's panel rows stay in L1 for the other
 /// half and the other row blocks. Each y element accumulates over k in order from zero.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn panel_f16<const P: usize>(y: &mut [f32], x: &[f32], panel: &[half::f16], k: usize) {
+pub unsafe fn panel<E: Elem, const P: usize>(y: &mut [f32], x: &[f32], panel: &[E], k: usize) {
     const KB: usize = 64;
     let rows = y.len() / P;
     assert!(P.is_multiple_of(16) && x.len() >= rows * k && panel.len() >= k * P);
@@ -399,12 +399,12 @@ pub unsafe fn panel_f16<const P: usize>(y: &mut [f32], x: &[f32], panel: &[half:
                     let n = (rows - r0).min(R);
                     let (yr, xr, wc) = (yp.add(r0 * P + c), xp.add(r0 * k), wp.add(c));
                     match n {
-                        1 => panel_rows::<P, 1>(yr, xr, wc, k, kk0, kend),
-                        2 => panel_rows::<P, 2>(yr, xr, wc, k, kk0, kend),
-                        3 => panel_rows::<P, 3>(yr, xr, wc, k, kk0, kend),
-                        4 => panel_rows::<P, 4>(yr, xr, wc, k, kk0, kend),
-                        5 => panel_rows::<P, 5>(yr, xr, wc, k, kk0, kend),
-                        _ => panel_rows::<P, 6>(yr, xr, wc, k, kk0, kend),
+                        1 => panel_rows::<E, P, 1>(yr, xr, wc, k, kk0, kend),
+                        2 => panel_rows::<E, P, 2>(yr, xr, wc, k, kk0, kend),
+                        3 => panel_rows::<E, P, 3>(yr, xr, wc, k, kk0, kend),
+                        4 => panel_rows::<E, P, 4>(yr, xr, wc, k, kk0, kend),
+                        5 => panel_rows::<E, P, 5>(yr, xr, wc, k, kk0, kend),
+                        _ => panel_rows::<E, P, 6>(yr, xr, wc, k, kk0, kend),
                     }
                     r0 += n;
                 }
@@ -415,10 +415,10 @@ pub unsafe fn panel_f16<const P: usize>(y: &mut [f32], x: &[f32], panel: &[half:
 
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-unsafe fn panel_rows<const P: usize, const N: usize>(
+unsafe fn panel_rows<E: Elem, const P: usize, const N: usize>(
     yp: *mut f32,
     xp: *const f32,
-    wp: *const half::f16,
+    wp: *const E,
     k: usize,
     kk0: usize,
     kend: usize,
@@ -432,8 +432,8 @@ unsafe fn panel_rows<const P: usize, const N: usize>(
         }
         for kk in kk0..kend {
             _mm_prefetch::<_MM_HINT_T0>(wp.wrapping_add((kk + 64) * P) as *const i8);
-            let w0 = half::f16::load8(wp.add(kk * P));
-            let w1 = half::f16::load8(wp.add(kk * P + 8));
+            let w0 = E::load8(wp.add(kk * P));
+            let w1 = E::load8(wp.add(kk * P + 8));
             for i in 0..N {
                 let xv = _mm256_broadcast_ss(&*xp.add(i * k + kk));
                 acc[i][0] = _mm256_fmadd_ps(xv, w0, acc[i][0]);

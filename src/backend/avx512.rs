@@ -316,40 +316,40 @@ unsafe fn small_m_rows<const R: usize>(
     }
 }
 
-/// y (rows, 32) = x (rows, k) @ panel (k, 32) for an f16 panel, rows <= 8: rows x 2
+/// y (rows, 32) = x (rows, k) @ panel (k, 32) for an f16 or f32 panel, rows <= 8: rows x 2
 /// accumulators for all of k; each panel row is one 64-byte line, widened once and used by
 /// 2 x rows FMAs.
 #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,f16c")]
-pub unsafe fn panel_f16(y: &mut [f32], x: &[f32], panel: &[half::f16], k: usize) {
+pub unsafe fn panel<E: Elem>(y: &mut [f32], x: &[f32], panel: &[E], k: usize) {
     let rows = y.len() / 32;
     assert!(rows <= 8 && x.len() >= rows * k && panel.len() >= k * 32);
     // SAFETY: bounds asserted above.
     unsafe {
         match rows {
             0 => {}
-            1 => panel_rows::<1>(y, x, panel, k),
-            2 => panel_rows::<2>(y, x, panel, k),
-            3 => panel_rows::<3>(y, x, panel, k),
-            4 => panel_rows::<4>(y, x, panel, k),
-            5 => panel_rows::<5>(y, x, panel, k),
-            6 => panel_rows::<6>(y, x, panel, k),
-            7 => panel_rows::<7>(y, x, panel, k),
-            _ => panel_rows::<8>(y, x, panel, k),
+            1 => panel_rows::<E, 1>(y, x, panel, k),
+            2 => panel_rows::<E, 2>(y, x, panel, k),
+            3 => panel_rows::<E, 3>(y, x, panel, k),
+            4 => panel_rows::<E, 4>(y, x, panel, k),
+            5 => panel_rows::<E, 5>(y, x, panel, k),
+            6 => panel_rows::<E, 6>(y, x, panel, k),
+            7 => panel_rows::<E, 7>(y, x, panel, k),
+            _ => panel_rows::<E, 8>(y, x, panel, k),
         }
     }
 }
 
 #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,f16c")]
 #[inline]
-unsafe fn panel_rows<const R: usize>(y: &mut [f32], x: &[f32], panel: &[half::f16], k: usize) {
+unsafe fn panel_rows<E: Elem, const R: usize>(y: &mut [f32], x: &[f32], panel: &[E], k: usize) {
     let (xp, wp) = (x.as_ptr(), panel.as_ptr());
     // SAFETY (offsets): rows < R of x (stride k) and rows < k of the panel (stride 32).
     unsafe {
         let mut acc = [[_mm512_setzero_ps(); 2]; R];
         for kk in 0..k {
             _mm_prefetch::<_MM_HINT_T0>(wp.wrapping_add((kk + 32) * 32) as *const i8);
-            let w0 = half::f16::load16(wp.add(kk * 32));
-            let w1 = half::f16::load16(wp.add(kk * 32 + 16));
+            let w0 = E::load16(wp.add(kk * 32));
+            let w1 = E::load16(wp.add(kk * 32 + 16));
             for (i, a) in acc.iter_mut().enumerate() {
                 let xv = _mm512_set1_ps(*xp.add(i * k + kk));
                 a[0] = _mm512_fmadd_ps(xv, w0, a[0]);

@@ -3,7 +3,7 @@
 //! widened to f32 in registers.
 
 /// A stored value the kernels widen to f32.
-pub(crate) trait Elem: Copy + Send + Sync + 'static {
+pub trait Elem: Copy + Send + Sync + 'static {
     fn f32(self) -> f32;
     /// 8 consecutive values widened to f32 (AVX2 + F16C).
     ///

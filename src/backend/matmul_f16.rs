@@ -14,34 +14,55 @@ pub const PANEL: usize = 32;
 /// Output rows per register block (2 x ROWS accumulators).
 const ROWS: usize = 8;
 
-/// A (k, n) weight matrix in f16, packed as (ceil(n/32), k, 32); columns past n are zero.
+/// A (k, n) weight matrix stored as `E` (f16 or f32), packed as (ceil(n/32), k, 32); columns
+/// past n are zero.
 #[derive(Clone, Debug)]
-pub struct PackedF16 {
+pub struct Packed<E> {
     pub k: usize,
     pub n: usize,
-    data: Vec<half::f16>,
+    data: Vec<E>,
 }
 
-impl PackedF16 {
+/// Half-precision packed weights.
+pub type PackedF16 = Packed<half::f16>;
+/// f32 packed weights: the f32 parameters' exact values, in the panel layout.
+pub type PackedF32 = Packed<f32>;
+
+/// How a packed element is made from an f32 parameter.
+pub trait PackElem: Elem + Default {
+    fn from_f32(x: f32) -> Self;
+}
+impl PackElem for half::f16 {
+    fn from_f32(x: f32) -> Self {
+        to_f16(x)
+    }
+}
+impl PackElem for f32 {
+    fn from_f32(x: f32) -> Self {
+        x
+    }
+}
+
+impl<E: PackElem> Packed<E> {
     /// Packs a row-major (k, n) f32 matrix (HF Conv1D layout), rounding to half precision
     /// (saturating at +-65504).
     pub fn pack(w: &[f32], k: usize, n: usize) -> Self {
-        assert!(w.len() >= k * n, "PackedF16::pack: {} values for a {k} x {n} matrix", w.len());
+        assert!(w.len() >= k * n, "Packed::pack: {} values for a {k} x {n} matrix", w.len());
         let panels = n.div_ceil(PANEL);
-        let mut data = vec![half::f16::ZERO; panels * k * PANEL];
+        let mut data = vec![E::default(); panels * k * PANEL];
         for (p, panel) in data.chunks_exact_mut(k * PANEL).enumerate() {
             for (kk, row) in panel.chunks_exact_mut(PANEL).enumerate() {
                 let cols = PANEL.min(n - p * PANEL);
                 for (d, &x) in row.iter_mut().zip(&w[kk * n + p * PANEL..kk * n + p * PANEL + cols]) {
-                    *d = to_f16(x);
+                    *d = E::from_f32(x);
                 }
             }
         }
-        PackedF16 { k, n, data }
+        Packed { k, n, data }
     }
 
     pub fn bytes(&self) -> usize {
-        2 * self.data.len()
+        std::mem::size_of::<E>() * self.data.len()
     }
 }
 
@@ -51,10 +72,10 @@ impl PackedF16 {
 ///
 /// # Shapes
 /// inp: (m, k); bias: (n); out: (m, n).
-pub fn matmul_packed_f16(
+pub fn matmul_packed<E: PackElem>(
     out: &mut [f32],
     inp: &[f32],
-    w: &PackedF16,
+    w: &Packed<E>,
     bias: Option<&[f32]>,
     m: usize,
     accumulate: bool,
@@ -91,27 +112,27 @@ unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
 /// y (rows, 32) = x (rows, k) @ panel (k, 32), rows <= ROWS.
-fn panel_product(y: &mut [f32], x: &[f32], panel: &[half::f16], k: usize) {
+fn panel_product<E: Elem>(y: &mut [f32], x: &[f32], panel: &[E], k: usize) {
     panel_product_on(isa::active(), y, x, panel, k)
 }
 
 /// [`panel_product`] with the kernels of `set` (which this CPU must support); every set
 /// accumulates each output over k in order from zero: the plain loop's bits.
-fn panel_product_on(set: KernelSet, y: &mut [f32], x: &[f32], panel: &[half::f16], k: usize) {
+fn panel_product_on<E: Elem>(set: KernelSet, y: &mut [f32], x: &[f32], panel: &[E], k: usize) {
     let rows = y.len() / PANEL;
     assert!(rows <= ROWS && x.len() >= rows * k && panel.len() >= k * PANEL && set.supported());
     match set {
         // SAFETY: the CPU has the set's features (asserted); the kernels check the bounds.
         #[cfg(target_arch = "x86_64")]
-        KernelSet::Avx512 => unsafe { super::avx512::panel_f16(y, x, panel, k) },
+        KernelSet::Avx512 => unsafe { super::avx512::panel(y, x, panel, k) },
         #[cfg(target_arch = "x86_64")]
-        KernelSet::Avx2 => unsafe { super::avx2::panel_f16::<PANEL>(y, x, panel, k) },
+        KernelSet::Avx2 => unsafe { super::avx2::panel::<E, PANEL>(y, x, panel, k) },
         _ => panel_plain(y, x, panel, k),
     }
 }
 
 /// [`panel_product`] as plain loops (other targets, and the tests' reference).
-fn panel_plain(y: &mut [f32], x: &[f32], panel: &[half::f16], k: usize) {
+fn panel_plain<E: Elem>(y: &mut [f32], x: &[f32], panel: &[E], k: usize) {
     for (i, yr) in y.chunks_exact_mut(PANEL).enumerate() {
         let mut acc = [0f32; PANEL];
         for kk in 0..k {
@@ -145,7 +166,7 @@ mod tests {
         for m in 1..=19 {
             let inp: Vec<f32> = (0..m * k).map(|i| ((i * 7919 % 1013) as f32 - 506.0) / 313.0).collect();
             let mut out = vec![0.5f32; m * n];
-            matmul_packed_f16(&mut out, &inp, &packed, Some(&bias), m, true);
+            matmul_packed(&mut out, &inp, &packed, Some(&bias), m, true);
             for i in 0..m {
                 for j in 0..n {
                     let dot: f64 = (0..k).map(|kk| inp[i * k + kk] as f64 * to_f16(w[kk * n + j]).to_f64()).sum();

@@ -73,7 +73,7 @@ pub struct BenchArgs {
     /// KV cache precision of `bench sample`: f32, f16 or int8.
     #[arg(long, default_value = "f32")]
     kv_cache: igpt::model::KvPrecision,
-    /// Weights of the decoding steps of `bench sample`: f32 or f16.
+    /// Weights of the decoding steps of `bench sample`: f32 (packed copy), f32-unpacked or f16.
     #[arg(long, default_value = "f32")]
     weights: igpt::model::WeightPrecision,
     /// Attention: dense | local_2d (as torch_ref.py --attention).
@@ -273,7 +273,7 @@ fn report(mode: &str, a: &BenchArgs, tok_s: f64, step_s: f64) -> Result<()> {
             "n_embd": a.n_embd, "n_layer": a.n_layer, "n_head": a.n_head, "side": a.side,
             "colors": a.colors, "batch": a.batch.unwrap_or(0), "threads": a.threads, "steps": a.steps,
             "kv_cache": format!("{:?}", a.kv_cache).to_lowercase(),
-            "weights": format!("{:?}", a.weights).to_lowercase(),
+            "weights": a.weights.name(),
             "attention": a.attention.name(), "position_embedding": a.position_embedding.name(),
             "local_rows": a.local_rows, "local_cols": a.local_cols,
             "profile_s": profile,

@@ -38,8 +38,9 @@ pub struct SamplingArgs {
     /// logits move by a few 1e-3) or int8 (a quarter; logits move by a few 1e-2).
     #[arg(long, default_value = "f32")]
     pub kv_cache: igpt::model::KvPrecision,
-    /// Weights of the decoding steps: f32 (exact) or f16 (a half copy of the block
-    /// matrices: faster, logits move by about 1e-3).
+    /// Weights of the decoding steps: f32 (exact; a copy of the block matrices packed for
+    /// decoding, 4 bytes more per parameter), f32-unpacked (exact, no copy, slower) or f16 (a
+    /// half copy: faster still, logits move by about 1e-3).
     #[arg(long, default_value = "f32")]
     pub weights: igpt::model::WeightPrecision,
 }

@@ -1,25 +1,30 @@
-//! Half-precision weights for decoding steps. A decoding step (one new token per sequence)
-//! streams every weight matrix from memory once for a handful of rows, so it is bound by
-//! the bytes it reads: an f16 copy of the block matrices and of the output head, packed for
-//! the decoding kernel ([`PackedF16`]), halves them. Prompts (prefill), full forwards and training keep using
-//! the f32 parameters.
+//! Weights packed for decoding steps. A decoding step (one new token per sequence) streams
+//! every weight matrix from memory once for a handful of rows, so it is bound by how fast it
+//! reads them: a copy of the block matrices and of the output head packed in 32-column panels
+//! ([`Packed`]: each thread reads one contiguous region front to back, with its accumulators
+//! in registers for all of k) reads them at nearly the machine's streaming rate, in f32 (the
+//! same values and sums: the parameters' results) or in f16 (half the bytes). Prompts
+//! (prefill), full forwards and training use the f32 parameters.
 
 use std::collections::BTreeMap;
 use std::ops::Range;
 
 use crate::backend::WeightLayout;
 use crate::backend::matmul::matmul_forward;
-use crate::backend::matmul_f16::{PackedF16, matmul_packed_f16};
+use crate::backend::matmul_f16::{PackElem, Packed, PackedF16, PackedF32, matmul_packed};
 
 use super::gpt::ImageGpt;
 use super::params::ModelKind;
 
-/// Precision of the weight matrices that decoding steps read.
+/// The weight matrices that decoding steps read.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum WeightPrecision {
-    /// The f32 parameters: cached decoding gives the full forward's logits (to rounding).
+    /// An f32 copy of the block matrices and the output head packed for decoding (4 more
+    /// bytes per parameter): cached decoding gives the full forward's logits (to rounding).
     #[default]
     F32,
+    /// The f32 parameters as they are (no copy; slower decoding, the same results).
+    F32Unpacked,
     /// An IEEE half copy of the transformer blocks' matrices and the output head (biases,
     /// norms and embeddings stay f32): faster decoding, logits move by about 1e-3.
     F16,
@@ -30,54 +35,93 @@ impl std::str::FromStr for WeightPrecision {
     fn from_str(s: &str) -> std::result::Result<Self, String> {
         match s {
             "f32" | "fp32" | "float32" => Ok(WeightPrecision::F32),
+            "f32-unpacked" => Ok(WeightPrecision::F32Unpacked),
             "f16" | "fp16" | "float16" | "half" => Ok(WeightPrecision::F16),
-            other => Err(format!("unknown weight precision `{other}`: use f32 or f16")),
+            other => Err(format!("unknown weight precision `{other}`: use f32, f32-unpacked or f16")),
         }
     }
 }
 
-impl ImageGpt {
-    /// The half copy of the matrix at `w`, when decoding weights are f16.
-    pub(crate) fn half_matrix(&self, w: &Range<usize>) -> Option<&PackedF16> {
-        self.params_f16.as_ref().and_then(|p| p.get(&w.start))
+impl WeightPrecision {
+    /// The name the `--weights` flag takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            WeightPrecision::F32 => "f32",
+            WeightPrecision::F32Unpacked => "f32-unpacked",
+            WeightPrecision::F16 => "f16",
+        }
     }
+}
 
-    /// Chooses the weights decoding steps read. F16 takes a packed half copy of the current
-    /// block matrices and output head (2 bytes more memory per parameter); change the
-    /// parameters afterwards (training) and the copy is stale: set F32, or F16 again.
+/// The packed copies decoding steps read, by the offset of their matrix in `params`.
+#[derive(Clone, Debug)]
+pub(crate) enum DecodeMatrices {
+    F32(BTreeMap<usize, PackedF32>),
+    F16(BTreeMap<usize, PackedF16>),
+}
+
+impl ImageGpt {
+    /// Chooses the weights decoding steps read. F32 and F16 take a packed copy of the current
+    /// block matrices and output head (4 or 2 bytes more memory per parameter); change the
+    /// parameters afterwards (training) and the copy is stale: set the precision again.
     pub fn set_decode_weights(&mut self, prec: WeightPrecision) {
-        self.params_f16 = match prec {
-            WeightPrecision::F32 => None,
-            WeightPrecision::F16 => {
-                let (c, inner) = (self.config.n_embd, self.config.n_inner());
-                let mut packed = BTreeMap::new();
-                for lo in &self.layout.layers {
-                    for (w, k, n) in [
-                        (&lo.c_attn_w, c, 3 * c),
-                        (&lo.c_proj_w, c, c),
-                        (&lo.c_fc_w, c, inner),
-                        (&lo.mlp_proj_w, inner, c),
-                    ] {
-                        packed.insert(w.start, PackedF16::pack(self.param(w), k, n));
-                    }
-                }
-                if let (Some(head), ModelKind::CausalLm) = (&self.layout.head, self.kind) {
-                    // lm_head is (V-1, C) (nn.Linear): packed transposed, as a (C, V-1) matrix
-                    let (v, w) = (self.config.n_colors(), self.param(head));
-                    let wt: Vec<f32> = (0..c * v).map(|i| w[(i % v) * c + i / v]).collect();
-                    packed.insert(head.start, PackedF16::pack(&wt, c, v));
-                }
-                Some(packed)
-            }
+        self.decode_matrices = match prec {
+            WeightPrecision::F32Unpacked => None,
+            WeightPrecision::F32 => Some(DecodeMatrices::F32(self.pack_matrices())),
+            WeightPrecision::F16 => Some(DecodeMatrices::F16(self.pack_matrices())),
         };
     }
 
+    /// Every block matrix and the output head packed as `E`, by offset in `params`.
+    fn pack_matrices<E: PackElem>(&self) -> BTreeMap<usize, Packed<E>> {
+        let (c, inner) = (self.config.n_embd, self.config.n_inner());
+        let mut packed = BTreeMap::new();
+        for lo in &self.layout.layers {
+            for (w, k, n) in
+                [(&lo.c_attn_w, c, 3 * c), (&lo.c_proj_w, c, c), (&lo.c_fc_w, c, inner), (&lo.mlp_proj_w, inner, c)]
+            {
+                packed.insert(w.start, Packed::pack(self.param(w), k, n));
+            }
+        }
+        if let (Some(head), ModelKind::CausalLm) = (&self.layout.head, self.kind) {
+            // lm_head is (V-1, C) (nn.Linear): packed transposed, as a (C, V-1) matrix
+            let (v, w) = (self.config.n_colors(), self.param(head));
+            let wt: Vec<f32> = (0..c * v).map(|i| w[(i % v) * c + i / v]).collect();
+            packed.insert(head.start, Packed::pack(&wt, c, v));
+        }
+        packed
+    }
+
     pub fn decode_weights(&self) -> WeightPrecision {
-        if self.params_f16.is_some() { WeightPrecision::F16 } else { WeightPrecision::F32 }
+        match self.decode_matrices {
+            None => WeightPrecision::F32Unpacked,
+            Some(DecodeMatrices::F32(_)) => WeightPrecision::F32,
+            Some(DecodeMatrices::F16(_)) => WeightPrecision::F16,
+        }
+    }
+
+    /// out (rows, n) (+)= inp (rows, k) @ W (+ bias) from the packed copy of the matrix at
+    /// `w`, when there is one; false when there is none.
+    pub(crate) fn packed_product(
+        &self,
+        out: &mut [f32],
+        inp: &[f32],
+        w: &Range<usize>,
+        bias: Option<&[f32]>,
+        rows: usize,
+        accumulate: bool,
+    ) -> bool {
+        match &self.decode_matrices {
+            Some(DecodeMatrices::F32(p)) => p.get(&w.start).map(|m| matmul_packed(out, inp, m, bias, rows, accumulate)),
+            Some(DecodeMatrices::F16(p)) => p.get(&w.start).map(|m| matmul_packed(out, inp, m, bias, rows, accumulate)),
+            None => None,
+        }
+        .is_some()
     }
 
     /// out (N, n) (+)= inp (N, k) @ W + bias for a block's Conv1D weight `w` and bias `b`:
-    /// from the half copy in decoding steps (`t` == 1) when there is one, else in f32.
+    /// from the packed copy in decoding steps (`t` == 1) when there is one, else from the
+    /// parameters.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn dense(
         &self,
@@ -89,9 +133,8 @@ impl ImageGpt {
         accumulate: bool,
     ) {
         let bias = Some(self.param(b));
-        match self.half_matrix(w) {
-            Some(half) if t == 1 => matmul_packed_f16(out, inp, half, bias, dims.0, accumulate),
-            _ => matmul_forward(out, inp, self.param(w), bias, dims, WeightLayout::InOut, accumulate),
+        if t != 1 || !self.packed_product(out, inp, w, bias, dims.0, accumulate) {
+            matmul_forward(out, inp, self.param(w), bias, dims, WeightLayout::InOut, accumulate)
         }
     }
 }

@@ -30,9 +30,9 @@ pub struct ImageGpt {
     pub layout: ParamLayout,
     pub params: Vec<f32>,
     pub act: Activation,
-    /// Half copies of the block matrices and the output head for decoding steps, by offset in
-    /// `params`, when asked ([`ImageGpt::set_decode_weights`]).
-    pub(crate) params_f16: Option<std::collections::BTreeMap<usize, crate::backend::matmul_f16::PackedF16>>,
+    /// Packed copies of the block matrices and the output head for decoding steps, when asked
+    /// ([`ImageGpt::set_decode_weights`]).
+    pub(crate) decode_matrices: Option<super::decode_weights::DecodeMatrices>,
 }
 
 /// Which logits a forward pass computes.
@@ -136,7 +136,7 @@ impl ImageGpt {
         let act = Activation::from_hf(&config.activation_function)?;
         let layout = ParamLayout::new(&config, kind);
         let params = vec![0.0; layout.total];
-        Ok(ImageGpt { config, kind, layout, params, act, params_f16: None })
+        Ok(ImageGpt { config, kind, layout, params, act, decode_matrices: None })
     }
 
     /// GPT-2 initialisation (nanoGPT `_init_weights`): matrices and embeddings ~ N(0, 0.02)
@@ -418,19 +418,8 @@ impl ImageGpt {
                     .flat_map(|i| ws.last_hidden[((i + 1) * t - 1) * c..(i + 1) * t * c].iter().copied())
                     .collect();
                 ws.logits.resize(b * v, 0.0);
-                match self.half_matrix(head) {
-                    Some(half) if t == 1 => {
-                        crate::backend::matmul_f16::matmul_packed_f16(&mut ws.logits, &last, half, None, b, false)
-                    }
-                    _ => matmul_forward(
-                        &mut ws.logits,
-                        &last,
-                        self.param(head),
-                        None,
-                        (b, c, v),
-                        WeightLayout::OutIn,
-                        false,
-                    ),
+                if t != 1 || !self.packed_product(&mut ws.logits, &last, head, None, b, false) {
+                    matmul_forward(&mut ws.logits, &last, self.param(head), None, (b, c, v), WeightLayout::OutIn, false)
                 }
             }
         }
