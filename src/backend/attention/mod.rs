@@ -16,6 +16,7 @@ pub mod decode;
 pub mod forward;
 pub mod kernels;
 pub mod kv_blocks;
+pub mod linear;
 pub mod mask;
 pub mod state;
 mod view;
