@@ -1,7 +1,9 @@
 //! Micro-benchmark of the attention kernel alone: `cargo run --release --example attn_bench [THREADS]`.
 //! Full causal attention over 1,024 positions, then decoding steps (one query row per
 //! sequence against a KV cache) with f32 and f16 caches, reported as the cache bandwidth.
-use igpt::backend::attention::{AttnDims, KvBlocks, KvPrecision, Mask, SeqView, attention_forward, attention_with_kv};
+use igpt::backend::attention::{
+    AttnDims, Form, KvBlocks, KvPrecision, Mask, SeqView, attention_forward, attention_with_kv,
+};
 use std::time::Instant;
 
 fn main() {
@@ -11,7 +13,7 @@ fn main() {
     let qkv: Vec<f32> = (0..b * t * 3 * c).map(|_| rng.normal() as f32).collect();
     let mut out = vec![0f32; b * t * c];
     let mut lse = vec![0f32; b * nh * t];
-    let d = AttnDims { b, t, tk: t, nh, hs, mask: Mask::Causal, scale: 0.17 };
+    let d = AttnDims { b, t, tk: t, nh, hs, mask: Mask::Causal, form: Form::Softmax, scale: 0.17 };
     let view = |p: usize| SeqView { data: &qkv, offset: p * c, batch_stride: t * 3 * c, row_stride: 3 * c };
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(std::env::args().nth(1).map_or(2, |s| s.parse().unwrap()))
@@ -39,7 +41,7 @@ fn main() {
                 kv.write(kview(1), kview(2), 0, past + 1);
             }
             let q = SeqView { data: &kv_src, offset: 0, batch_stride: t * 3 * c, row_stride: 3 * c };
-            let d = AttnDims { b, t: 1, tk: past + 1, nh, hs, mask: Mask::Causal, scale: 0.17 };
+            let d = AttnDims { b, t: 1, tk: past + 1, nh, hs, mask: Mask::Causal, form: Form::Softmax, scale: 0.17 };
             let mut out = vec![0f32; b * c];
             let mut lse = vec![0f32; b * nh];
             for _ in 0..3 {

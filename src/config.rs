@@ -10,7 +10,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::backend::attention::Mask;
+use crate::backend::attention::{Form, Mask};
 use crate::error::{Error, Result};
 
 fn d_vocab() -> usize {
@@ -280,6 +280,11 @@ impl ImageGptConfig {
         }
     }
 
+    /// How attention weighs the keys its mask shows.
+    pub fn attention_form(&self) -> Form {
+        if self.attention == AttentionKind::Linear { Form::Linear } else { Form::Softmax }
+    }
+
     /// `local_rows`, `local_cols` as counts (validated non-negative).
     pub fn local_window(&self) -> (usize, usize) {
         (self.local_rows.max(0) as usize, self.local_cols.max(0) as usize)
@@ -373,9 +378,6 @@ impl ImageGptConfig {
             if v < 0 {
                 return bad(format!("{name} must be >= 0 (got {v}): the number of rows or columns that stay visible"));
             }
-        }
-        if self.attention == AttentionKind::Linear {
-            return bad("attention `linear` is not available in this igpt yet; use dense or local_2d".into());
         }
         if !matches!(self.model_type.as_str(), "imagegpt" | "igpt") {
             return bad(format!("model_type `{}` is neither imagegpt nor igpt", self.model_type));

@@ -139,6 +139,13 @@ pub fn generate(
         return Err(Error::Invalid("sampling needs a causal model with an lm_head".into()));
     }
     sampler.sampling.validate()?;
+    if model.config.attention == crate::config::AttentionKind::Linear && sampler.sampling.kv_cache != KvPrecision::F32 {
+        return Err(Error::Invalid(format!(
+            "--kv-cache {:?} does not apply to linear attention: its decoding state (S and z per head) is f32 and does not grow with the image; use --kv-cache f32",
+            sampler.sampling.kv_cache
+        )
+        .to_lowercase()));
+    }
     let (b, n, v) = (prompt.known.len(), model.config.n_positions, model.config.n_colors());
     if b == 0 {
         return Ok(Vec::new());

@@ -237,6 +237,11 @@ fn sample(mut a: BenchArgs) -> Result<()> {
     let t = a.side * a.side;
     let mut sampler = Sampler::new(2, Sampling::default());
     let mut ws = Workspace::new();
+    if a.attention == igpt::config::AttentionKind::Linear && a.kv_cache != igpt::model::KvPrecision::F32 {
+        anyhow::bail!(
+            "--kv-cache does not apply to --attention linear (its decoding state S, z is f32 and constant in size); use --kv-cache f32"
+        );
+    }
     let mut cache = KvCache::with_precision(&model.config, batch, a.kv_cache);
     let v = model.config.n_colors();
     let mut dt = 0.0;

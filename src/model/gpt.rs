@@ -346,7 +346,16 @@ impl ImageGpt {
         let qkv = &*qkv;
         let view = |part: usize| SeqView { data: qkv, offset: part * c, batch_stride: t * 3 * c, row_stride: 3 * c };
         let mask = self.attention_mask(causal);
-        let mut dims = AttnDims { b, t, tk: t, nh: cfg.n_head, hs: cfg.head_dim(), mask, scale: self.attn_scale(l) };
+        let mut dims = AttnDims {
+            b,
+            t,
+            tk: t,
+            nh: cfg.n_head,
+            hs: cfg.head_dim(),
+            mask,
+            form: self.config.attention_form(),
+            scale: self.attn_scale(l),
+        };
         match kv {
             Some((state, past)) => {
                 dims.tk = past + t;
@@ -381,7 +390,16 @@ impl ImageGpt {
         let qkv = &ws.qkv[..b * t * 3 * c];
         let view = |part: usize| SeqView { data: qkv, offset: part * c, batch_stride: t * 3 * c, row_stride: 3 * c };
         let mask = self.attention_mask(true);
-        let dims = AttnDims { b, t, tk: t, nh, hs: self.config.head_dim(), mask, scale: self.attn_scale(l) };
+        let dims = AttnDims {
+            b,
+            t,
+            tk: t,
+            nh,
+            hs: self.config.head_dim(),
+            mask,
+            form: self.config.attention_form(),
+            scale: self.attn_scale(l),
+        };
         let mut probs = Vec::with_capacity(b * nh * t * t);
         for bi in 0..b {
             for h in 0..nh {

@@ -24,8 +24,8 @@ impl KvCache {
     /// A cache that stores keys and values in `prec`.
     pub fn with_precision(cfg: &ImageGptConfig, batch: usize, prec: KvPrecision) -> Self {
         let (nh, hs, t) = (cfg.n_head, cfg.head_dim(), cfg.n_positions);
-        let mask = cfg.attention_mask(true);
-        let layers = (0..cfg.n_layer).map(|_| new_state(mask, batch, nh, hs, t, prec)).collect();
+        let spec = (cfg.attention_mask(true), cfg.attention_form());
+        let layers = (0..cfg.n_layer).map(|_| new_state(spec, batch, nh, hs, t, prec)).collect();
         KvCache { layers, batch, len: 0 }
     }
 

@@ -122,6 +122,11 @@ impl ImageGpt {
                 "training needs a model with an lm_head (ImageGPTForCausalImageModeling)".into(),
             ));
         }
+        if grads.is_some() && self.config.attention == crate::config::AttentionKind::Linear {
+            return Err(Error::Invalid(
+                "training with attention `linear` is not available in this igpt yet (inference is); use dense or local_2d".into(),
+            ));
+        }
         if grads.as_ref().is_some_and(|g| g.len() != self.params.len()) {
             return Err(Error::Invalid("gradient buffer does not match the parameters".into()));
         }
@@ -191,6 +196,9 @@ impl ImageGpt {
         t: usize,
         gen_weight: f64,
     ) -> Result<(f64, f64, usize)> {
+        if self.config.attention == crate::config::AttentionKind::Linear {
+            return Err(Error::Invalid("fine-tuning with attention `linear` is not available in this igpt yet".into()));
+        }
         if self.kind != ModelKind::CausalLm || t < 2 || tokens.len() != b * t || labels.len() != b {
             return Err(Error::Invalid("fine-tuning needs a causal model and (B, T >= 2) tokens with B labels".into()));
         }
@@ -359,7 +367,16 @@ impl ImageGpt {
             let view =
                 |part: usize| SeqView { data: &la.qkv, offset: part * c, batch_stride: t * 3 * c, row_stride: 3 * c };
             let mask = self.attention_mask(causal);
-            let dims = AttnDims { b, t, tk: t, nh, hs: cfg.head_dim(), mask, scale: self.attn_scale(l) };
+            let dims = AttnDims {
+                b,
+                t,
+                tk: t,
+                nh,
+                hs: cfg.head_dim(),
+                mask,
+                form: self.config.attention_form(),
+                scale: self.attn_scale(l),
+            };
             let dqkv = sized(&mut a.dqkv, n * 3 * c);
             timed(Kernel::Attention, || {
                 attention::backward(dqkv, &a.datt, &la.att, &la.saved, view(0), view(1), view(2), dims);

@@ -10,6 +10,8 @@ use rayon::prelude::*;
 use super::kernels::{KB, accumulate_pv, accumulate_pv_any, scores_cols};
 use super::mask::Mask;
 use super::mask::Side;
+#[cfg(test)]
+use super::view::Form;
 use super::view::{AttnDims, SendPtr, SeqView};
 use crate::backend::isa::multiversion;
 use crate::backend::math::exp;
@@ -201,7 +203,7 @@ mod tests {
             let mut rng = crate::rng::Rng::new(t as u64);
             let qkv: Vec<f32> = (0..b * t * 3 * c).map(|_| rng.normal() as f32).collect();
             let dout: Vec<f32> = (0..b * t * c).map(|_| rng.normal() as f32).collect();
-            let d = AttnDims { b, t, tk: t, nh, hs, mask, scale: 0.4 };
+            let d = AttnDims { b, t, tk: t, nh, hs, mask, form: Form::Softmax, scale: 0.4 };
             let view = |p: usize| SeqView { data: &qkv, offset: p * c, batch_stride: t * 3 * c, row_stride: 3 * c };
             let (mut out, mut lse) = (vec![0f32; b * t * c], vec![0f32; b * nh * t]);
             attention_forward(&mut out, &mut lse, view(0), view(1), view(2), d);

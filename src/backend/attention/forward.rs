@@ -9,6 +9,8 @@ use super::kernels::{self, KB};
 use super::kv_blocks::KvBlocks;
 use super::mask::Mask;
 use super::mask::Side;
+#[cfg(test)]
+use super::view::Form;
 use super::view::{AttnDims, SendPtr, SeqView};
 use crate::backend::isa::multiversion;
 use crate::backend::math::{exp, exp_sub_sum, max};
@@ -284,7 +286,7 @@ mod tests {
             Mask::Local2d { rows: 0, cols: 0, width: 20, causal: true },
         ];
         for mask in masks {
-            let d = AttnDims { b, t, tk: t, nh, hs, mask, scale: 1.0 / (hs as f32).sqrt() };
+            let d = AttnDims { b, t, tk: t, nh, hs, mask, form: Form::Softmax, scale: 1.0 / (hs as f32).sqrt() };
             let view =
                 |part: usize| SeqView { data: &qkv, offset: part * c, batch_stride: t * 3 * c, row_stride: 3 * c };
             let mut out = vec![0f32; b * t * c];
@@ -313,7 +315,7 @@ mod tests {
             let mut rng = crate::rng::Rng::new(hs as u64);
             let qkv: Vec<f32> = (0..b * t * 3 * c).map(|_| rng.normal() as f32).collect();
             let view = |p: usize| SeqView { data: &qkv, offset: p * c, batch_stride: t * 3 * c, row_stride: 3 * c };
-            let d = AttnDims { b, t, tk: t, nh, hs, mask: Mask::Causal, scale: 0.3 };
+            let d = AttnDims { b, t, tk: t, nh, hs, mask: Mask::Causal, form: Form::Softmax, scale: 0.3 };
             let (mut full, mut lse_full) = (vec![0f32; b * t * c], vec![0f32; b * nh * t]);
             attention_forward(&mut full, &mut lse_full, view(0), view(1), view(2), d);
             let last = |p: usize| SeqView { offset: p * c + (t - 1) * 3 * c, ..view(p) };

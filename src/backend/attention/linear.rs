@@ -6,12 +6,14 @@
 //! needs, so a decoding step costs the same at every position.
 //!
 //! The full-sequence pass works in chunks of C positions: within a chunk the masked (C x C)
-//! product, across chunks the carried (S, z); never a state per position. The model is not
-//! wired to it yet (`attention: linear` is refused by the config until its backward lands).
+//! product, across chunks the carried (S, z); never a state per position. Inference only so
+//! far: training with `attention: linear` is refused until its backward lands (#14).
 
 use rayon::prelude::*;
 
 use super::mask::Mask;
+#[cfg(test)]
+use super::view::Form;
 use super::view::{AttnDims, SendPtr, SeqView};
 
 /// The denominator's guard (architectures.md).
@@ -121,6 +123,23 @@ fn read_state(y: &mut [f32], fq: &[f32], s: &[f32], z: &[f32]) {
     }
 }
 
+/// The weights a_ps / sum_s a_ps (without eps) of batch row b, head h: (T, T), 0 where not
+/// visible. For inspection (HF's `output_attentions`).
+pub fn linear_probs(q: SeqView, k: SeqView, d: AttnDims, b: usize, h: usize) -> Vec<f32> {
+    let (t, hs) = (d.t, d.hs);
+    let mut p = vec![0f32; t * d.tk];
+    for r in 0..t {
+        let qr: Vec<f32> = q.row(b, r, h * hs, hs).iter().map(|&x| phi(x)).collect();
+        let row = &mut p[r * d.tk..(r + 1) * d.tk];
+        for (s, w) in row.iter_mut().enumerate().filter(|(s, _)| d.mask.visible(d.tk - t + r, *s)) {
+            *w = qr.iter().zip(k.row(b, s, h * hs, hs)).map(|(a, &x)| a * phi(x)).sum();
+        }
+        let z: f32 = row.iter().sum();
+        row.iter_mut().for_each(|w| *w /= z);
+    }
+    p
+}
+
 /// The decoding state of linear attention for B sequences and nh heads: S (hs x hs) and z
 /// (hs) per (batch row, head), whatever the position.
 #[derive(Clone, Debug)]
@@ -208,7 +227,7 @@ mod tests {
             let view = |p: usize| SeqView { data: &qkv, offset: p * c, batch_stride: t * 3 * c, row_stride: 3 * c };
             for causal in [true, false] {
                 let mask = if causal { Mask::Causal } else { Mask::Full };
-                let d = AttnDims { b: 1, t, tk: t, nh, hs, mask, scale: 1.0 };
+                let d = AttnDims { b: 1, t, tk: t, nh, hs, mask, form: Form::Softmax, scale: 1.0 };
                 let mut out = vec![0f32; t * c];
                 linear_forward(&mut out, view(0), view(1), view(2), d);
                 let want = naive(&qkv, t, nh, hs, causal);

@@ -26,7 +26,7 @@ pub use forward::{attention_forward, attention_probs, attention_with_kv};
 pub use kv_blocks::{KvBlocks, KvPrecision};
 pub use mask::Mask;
 pub use state::{DecodeState, new_state};
-pub use view::{AttnDims, SeqView};
+pub use view::{AttnDims, Form, SeqView};
 
 /// What an attention forward keeps for the backward and for inspection, owned by the
 /// attention variant (softmax: the log-sum-exp of every query row, (B, nh, T)); the model
@@ -54,7 +54,10 @@ impl Saved {
 /// The attention of a full sequence: out (B, T, nh*hs) from q, k, v views, keeping what the
 /// backward needs in `saved`.
 pub fn forward(out: &mut [f32], saved: &mut Saved, q: SeqView, k: SeqView, v: SeqView, d: AttnDims) {
-    attention_forward(out, saved.sized(&d), q, k, v, d)
+    match d.form {
+        Form::Softmax => attention_forward(out, saved.sized(&d), q, k, v, d),
+        Form::Linear => linear::linear_forward(out, q, k, v, d),
+    }
 }
 
 /// The gradients dqkv (B, T, 3 nh hs) of a [`forward`] from dout.
@@ -69,11 +72,15 @@ pub fn backward(
     v: SeqView,
     d: AttnDims,
 ) {
+    assert!(d.form == Form::Softmax, "the backward of linear attention is not in this igpt yet");
     attention_backward(dqkv, dout, out, &saved.lse, q, k, v, d)
 }
 
 /// The attention probabilities (T, Tk) of batch row b, head h of the last [`forward`] (HF's
 /// `output_attentions`, for inspection).
 pub fn probs(q: SeqView, k: SeqView, saved: &Saved, d: AttnDims, b: usize, h: usize) -> Vec<f32> {
-    attention_probs(q, k, &saved.lse, d, b, h)
+    match d.form {
+        Form::Softmax => attention_probs(q, k, &saved.lse, d, b, h),
+        Form::Linear => linear::linear_probs(q, k, d, b, h),
+    }
 }

@@ -6,8 +6,9 @@
 use super::Saved;
 use super::forward::{attention_forward, attention_with_kv};
 use super::kv_blocks::{KvBlocks, KvPrecision};
+use super::linear::LinearState;
 use super::mask::Mask;
-use super::view::{AttnDims, SeqView};
+use super::view::{AttnDims, Form, SeqView};
 
 /// What a layer keeps between decoding steps.
 pub trait DecodeState: Send + Sync + std::fmt::Debug {
@@ -37,15 +38,19 @@ impl Clone for Box<dyn DecodeState> {
     }
 }
 
-/// The state a layer with `mask` needs for `batch` sequences of up to `positions` slots.
+/// The state a layer with `mask` and `form` needs for `batch` sequences of up to `positions`
+/// slots (linear attention: S and z in f32, whatever `prec`).
 pub fn new_state(
-    mask: Mask,
+    (mask, form): (Mask, Form),
     batch: usize,
     nh: usize,
     hs: usize,
     positions: usize,
     prec: KvPrecision,
 ) -> Box<dyn DecodeState> {
+    if form == Form::Linear {
+        return Box::new(LinearState::new(batch, nh, hs));
+    }
     match mask.window() {
         Some(w) if w < positions => Box::new(KvBlocks::ring(batch, nh, hs, w, prec)),
         _ => Box::new(KvBlocks::with_precision(batch, nh, hs, positions, prec)),
@@ -99,6 +104,41 @@ impl DecodeState for KvBlocks {
 
     fn precision(&self) -> KvPrecision {
         KvBlocks::precision(self)
+    }
+
+    fn clone_box(&self) -> Box<dyn DecodeState> {
+        Box::new(self.clone())
+    }
+}
+
+impl DecodeState for LinearState {
+    fn attend(
+        &mut self,
+        out: &mut [f32],
+        _saved: &mut Saved,
+        q: SeqView,
+        k: SeqView,
+        v: SeqView,
+        _past: usize,
+        d: AttnDims,
+    ) {
+        // one position at a time: constant work per position, whatever the length
+        let c = d.nh * d.hs;
+        let mut o1 = vec![0f32; d.b * c];
+        for r in 0..d.t {
+            self.step(&mut o1, q, k, v, r);
+            for b in 0..d.b {
+                out[(b * d.t + r) * c..(b * d.t + r + 1) * c].copy_from_slice(&o1[b * c..(b + 1) * c]);
+            }
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        LinearState::bytes(self)
+    }
+
+    fn precision(&self) -> KvPrecision {
+        KvPrecision::F32
     }
 
     fn clone_box(&self) -> Box<dyn DecodeState> {

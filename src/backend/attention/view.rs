@@ -40,8 +40,20 @@ pub struct AttnDims {
     pub hs: usize,
     /// Which keys each query sees (slots: query row r is slot tk - t + r).
     pub mask: Mask,
+    /// How the visible keys are weighed: softmax of the scores, or linear feature maps.
+    pub form: Form,
     /// Multiplier of q.k (1/sqrt(hs), times 1/(layer+1) when asked).
     pub scale: f32,
+}
+
+/// The form of attention over the keys a [`Mask`] shows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Form {
+    /// softmax(q . k * scale) (HF; dense and local_2d).
+    #[default]
+    Softmax,
+    /// phi(q) . phi(k) normalised, phi = elu + 1 ([`super::linear`]); causal or full masks.
+    Linear,
 }
 
 /// A pointer that parallel tasks write through, each to its own disjoint part.
