@@ -50,7 +50,8 @@ fn every_command_runs_with_every_variant() {
     tiny_data(&data);
     let d = data.to_str().unwrap();
     let img = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/variants/local/test_image_0.png");
-    let variants: [&[&str]; 3] = [
+    let variants: [&[&str]; 4] = [
+        &["--attention", "linear", "--position-embedding", "learned_2d"],
         &["--attention", "local_2d", "--local-rows", "2", "--local-cols", "1", "--position-embedding", "learned_2d"],
         &["--position-embedding", "rope_2d", "--rope-theta", "50"],
         &["--attention", "local_2d", "--local-rows", "1", "--local-cols", "2", "--position-embedding", "rope_2d"],

@@ -122,11 +122,6 @@ impl ImageGpt {
                 "training needs a model with an lm_head (ImageGPTForCausalImageModeling)".into(),
             ));
         }
-        if grads.is_some() && self.config.attention == crate::config::AttentionKind::Linear {
-            return Err(Error::Invalid(
-                "training with attention `linear` is not available in this igpt yet (inference is); use dense or local_2d".into(),
-            ));
-        }
         if grads.as_ref().is_some_and(|g| g.len() != self.params.len()) {
             return Err(Error::Invalid("gradient buffer does not match the parameters".into()));
         }
@@ -196,9 +191,6 @@ impl ImageGpt {
         t: usize,
         gen_weight: f64,
     ) -> Result<(f64, f64, usize)> {
-        if self.config.attention == crate::config::AttentionKind::Linear {
-            return Err(Error::Invalid("fine-tuning with attention `linear` is not available in this igpt yet".into()));
-        }
         if self.kind != ModelKind::CausalLm || t < 2 || tokens.len() != b * t || labels.len() != b {
             return Err(Error::Invalid("fine-tuning needs a causal model and (B, T >= 2) tokens with B labels".into()));
         }

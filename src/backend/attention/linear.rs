@@ -252,3 +252,97 @@ mod tests {
         }
     }
 }
+
+/// phi'(x): 1 for x > 0, exp(x) below.
+#[inline(always)]
+fn dphi(x: f32) -> f32 {
+    if x > 0.0 { 1.0 } else { x.exp() }
+}
+
+/// Backward of [`linear_forward`] from dout, written into dqkv (B, T, 3C) in the [q | k | v]
+/// layout. With n_p = phi(q_p) S_p, d_p = phi(q_p) . z_p + eps, y_p = n_p / d_p:
+/// dn_p = dy_p / d_p, dd_p = -(dy_p . y_p) / d_p; dphi(q_p) = S_p dn_p + z_p dd_p; and with the
+/// reverse sums R_s = sum_{p >= s} phi(q_p) dn_p^T, r_s = sum_{p >= s} dd_p phi(q_p):
+/// dphi(k_s) = R_s v_s + r_s, dv_s = R_s^T phi(k_s) (BERT: every sum over all positions).
+/// Two running sweeps per head, O(T hs^2), no state kept per position.
+#[allow(clippy::too_many_arguments)]
+pub fn linear_backward(dqkv: &mut [f32], dout: &[f32], out: &[f32], q: SeqView, k: SeqView, v: SeqView, d: AttnDims) {
+    let (t, nh, hs) = (d.t, d.nh, d.hs);
+    let c = nh * hs;
+    assert!(d.tk == t && dqkv.len() >= d.b * t * 3 * c && dout.len() >= d.b * t * c);
+    let causal = d.mask.is_causal();
+    let dst = SendPtr(dqkv.as_mut_ptr());
+    let dst = &dst;
+    (0..d.b * nh).into_par_iter().for_each(|bh| {
+        let (b, h) = (bh / nh, bh % nh);
+        let col = h * hs;
+        let raw = |x: SeqView| -> Vec<f32> { (0..t).flat_map(|r| x.row(b, r, col, hs).to_vec()).collect() };
+        let (rq, rk, vv) = (raw(q), raw(k), raw(v));
+        let (fq, fk): (Vec<f32>, Vec<f32>) =
+            (rq.iter().map(|&x| phi(x)).collect(), rk.iter().map(|&x| phi(x)).collect());
+        let row = |x: &[f32], r: usize| x[r * hs..(r + 1) * hs].to_vec();
+        let gy: Vec<f32> = (0..t).flat_map(|r| dout[(b * t + r) * c + col..][..hs].to_vec()).collect();
+        let yo: Vec<f32> = (0..t).flat_map(|r| out[(b * t + r) * c + col..][..hs].to_vec()).collect();
+        // forward sweep: S_p, z_p (all of them for BERT), dn_p, dd_p and dphi(q_p)
+        let (mut s, mut z) = if causal { (vec![0f32; hs * hs], vec![0f32; hs]) } else { state_of(&fk, &vv, 0, t, hs) };
+        let (mut dn, mut dd, mut dq) = (vec![0f32; t * hs], vec![0f32; t], vec![0f32; t * hs]);
+        for p in 0..t {
+            if causal {
+                let (kr, vr) = (row(&fk, p), row(&vv, p));
+                for i in 0..hs {
+                    z[i] += kr[i];
+                    s[i * hs..(i + 1) * hs].iter_mut().zip(&vr).for_each(|(a, &b)| *a += kr[i] * b);
+                }
+            }
+            let qp = &fq[p * hs..(p + 1) * hs];
+            let den: f32 = qp.iter().zip(&z).map(|(a, b)| a * b).sum::<f32>() + EPS;
+            let g = &gy[p * hs..(p + 1) * hs];
+            dd[p] = -g.iter().zip(&yo[p * hs..(p + 1) * hs]).map(|(a, b)| a * b).sum::<f32>() / den;
+            for j in 0..hs {
+                dn[p * hs + j] = g[j] / den;
+            }
+            for i in 0..hs {
+                let sd: f32 = (0..hs).map(|j| s[i * hs + j] * dn[p * hs + j]).sum();
+                dq[p * hs + i] = (sd + z[i] * dd[p]) * dphi(rq[p * hs + i]);
+            }
+        }
+        // reverse sweep: R_s, r_s (all positions for BERT), dphi(k_s), dv_s
+        let (mut rr, mut rv) = (vec![0f32; hs * hs], vec![0f32; hs]);
+        let add = |rr: &mut [f32], rv: &mut [f32], p: usize| {
+            for i in 0..hs {
+                rv[i] += dd[p] * fq[p * hs + i];
+                rr[i * hs..(i + 1) * hs]
+                    .iter_mut()
+                    .zip(&dn[p * hs..(p + 1) * hs])
+                    .for_each(|(a, &b)| *a += fq[p * hs + i] * b);
+            }
+        };
+        if !causal {
+            (0..t).for_each(|p| add(&mut rr, &mut rv, p));
+        }
+        let (mut dk, mut dv) = (vec![0f32; t * hs], vec![0f32; t * hs]);
+        for s_ in (0..t).rev() {
+            if causal {
+                add(&mut rr, &mut rv, s_);
+            }
+            for i in 0..hs {
+                let rvs: f32 = (0..hs).map(|j| rr[i * hs + j] * vv[s_ * hs + j]).sum();
+                dk[s_ * hs + i] = (rvs + rv[i]) * dphi(rk[s_ * hs + i]);
+            }
+            for j in 0..hs {
+                dv[s_ * hs + j] = (0..hs).map(|i| rr[i * hs + j] * fk[s_ * hs + i]).sum();
+            }
+        }
+        // SAFETY: task (b, h) owns columns col..col+hs of the q, k and v parts of rows b*t..(b+1)*t.
+        unsafe {
+            for r in 0..t {
+                let base = dst.0.add((b * t + r) * 3 * c + col);
+                for x in 0..hs {
+                    *base.add(x) = dq[r * hs + x];
+                    *base.add(c + x) = dk[r * hs + x];
+                    *base.add(2 * c + x) = dv[r * hs + x];
+                }
+            }
+        }
+    });
+}

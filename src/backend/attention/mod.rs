@@ -72,8 +72,10 @@ pub fn backward(
     v: SeqView,
     d: AttnDims,
 ) {
-    assert!(d.form == Form::Softmax, "the backward of linear attention is not in this igpt yet");
-    attention_backward(dqkv, dout, out, &saved.lse, q, k, v, d)
+    match d.form {
+        Form::Softmax => attention_backward(dqkv, dout, out, &saved.lse, q, k, v, d),
+        Form::Linear => linear::linear_backward(dqkv, dout, out, q, k, v, d),
+    }
 }
 
 /// The attention probabilities (T, Tk) of batch row b, head h of the last [`forward`] (HF's
