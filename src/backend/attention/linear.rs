@@ -189,70 +189,6 @@ impl LinearState {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Float64 reference of the formula, pair by pair.
-    fn naive(qkv: &[f32], t: usize, nh: usize, hs: usize, causal: bool) -> Vec<f64> {
-        let c = nh * hs;
-        let at = |r: usize, part: usize, h: usize, x: usize| qkv[r * 3 * c + part * c + h * hs + x] as f64;
-        let phi64 = |x: f64| if x > 0.0 { x + 1.0 } else { x.exp() };
-        let mut out = vec![0f64; t * c];
-        for h in 0..nh {
-            for p in 0..t {
-                let (mut num, mut den) = (vec![0f64; hs], 0f64);
-                for s in 0..if causal { p + 1 } else { t } {
-                    let a: f64 = (0..hs).map(|x| phi64(at(p, 0, h, x)) * phi64(at(s, 1, h, x))).sum();
-                    den += a;
-                    (0..hs).for_each(|x| num[x] += a * at(s, 2, h, x));
-                }
-                (0..hs).for_each(|x| out[p * c + h * hs + x] = num[x] / (den + 1e-6));
-            }
-        }
-        out
-    }
-
-    /// The chunked parallel form and the recurrent decoding form against float64, causal
-    /// (300 slots: several chunks, a ragged last one) and BERT, with ordinary inputs and with
-    /// large ones (|x| up to 30: phi(k) up to 31, denominators in the tens of thousands).
-    #[test]
-    fn chunked_and_recurrent_forms_match_float64() {
-        let (t, nh, hs) = (300, 2, 8);
-        let c = nh * hs;
-        for scale in [1.0f32, 30.0] {
-            let mut rng = crate::rng::Rng::new(9);
-            let qkv: Vec<f32> =
-                (0..t * 3 * c).map(|_| ((rng.uniform() * 2.0 - 1.0) as f32 * scale).clamp(-30.0, 30.0)).collect();
-            let view = |p: usize| SeqView { data: &qkv, offset: p * c, batch_stride: t * 3 * c, row_stride: 3 * c };
-            for causal in [true, false] {
-                let mask = if causal { Mask::Causal } else { Mask::Full };
-                let d = AttnDims { b: 1, t, tk: t, nh, hs, mask, form: Form::Softmax, scale: 1.0 };
-                let mut out = vec![0f32; t * c];
-                linear_forward(&mut out, view(0), view(1), view(2), d);
-                let want = naive(&qkv, t, nh, hs, causal);
-                let rel = |a: f32, w: f64| ((a as f64 - w) / w.abs().max(1.0)).abs();
-                let worst = out.iter().zip(&want).map(|(&a, &w)| rel(a, w)).fold(0f64, f64::max);
-                assert!(worst < 2e-5, "scale {scale} causal {causal}: {worst}");
-                if causal {
-                    // the recurrent form, one position at a time, gives the same rows
-                    let mut st = LinearState::new(1, nh, hs);
-                    let mut row = vec![0f32; c];
-                    let mut worst = 0f32;
-                    for r in 0..t {
-                        st.step(&mut row, view(0), view(1), view(2), r);
-                        let diff =
-                            row.iter().zip(&out[r * c..(r + 1) * c]).map(|(a, b)| (a - b).abs() / b.abs().max(1.0));
-                        worst = diff.fold(worst, f32::max);
-                    }
-                    assert!(worst < 1e-5, "scale {scale}: recurrent vs parallel {worst}");
-                    assert_eq!(st.bytes(), 4 * (nh * hs * hs + nh * hs), "the state does not grow with t");
-                }
-            }
-        }
-    }
-}
-
 /// phi'(x): 1 for x > 0, exp(x) below.
 #[inline(always)]
 fn dphi(x: f32) -> f32 {
@@ -345,4 +281,68 @@ pub fn linear_backward(dqkv: &mut [f32], dout: &[f32], out: &[f32], q: SeqView, 
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Float64 reference of the formula, pair by pair.
+    fn naive(qkv: &[f32], t: usize, nh: usize, hs: usize, causal: bool) -> Vec<f64> {
+        let c = nh * hs;
+        let at = |r: usize, part: usize, h: usize, x: usize| qkv[r * 3 * c + part * c + h * hs + x] as f64;
+        let phi64 = |x: f64| if x > 0.0 { x + 1.0 } else { x.exp() };
+        let mut out = vec![0f64; t * c];
+        for h in 0..nh {
+            for p in 0..t {
+                let (mut num, mut den) = (vec![0f64; hs], 0f64);
+                for s in 0..if causal { p + 1 } else { t } {
+                    let a: f64 = (0..hs).map(|x| phi64(at(p, 0, h, x)) * phi64(at(s, 1, h, x))).sum();
+                    den += a;
+                    (0..hs).for_each(|x| num[x] += a * at(s, 2, h, x));
+                }
+                (0..hs).for_each(|x| out[p * c + h * hs + x] = num[x] / (den + 1e-6));
+            }
+        }
+        out
+    }
+
+    /// The chunked parallel form and the recurrent decoding form against float64, causal
+    /// (300 slots: several chunks, a ragged last one) and BERT, with ordinary inputs and with
+    /// large ones (|x| up to 30: phi(k) up to 31, denominators in the tens of thousands).
+    #[test]
+    fn chunked_and_recurrent_forms_match_float64() {
+        let (t, nh, hs) = (300, 2, 8);
+        let c = nh * hs;
+        for scale in [1.0f32, 30.0] {
+            let mut rng = crate::rng::Rng::new(9);
+            let qkv: Vec<f32> =
+                (0..t * 3 * c).map(|_| ((rng.uniform() * 2.0 - 1.0) as f32 * scale).clamp(-30.0, 30.0)).collect();
+            let view = |p: usize| SeqView { data: &qkv, offset: p * c, batch_stride: t * 3 * c, row_stride: 3 * c };
+            for causal in [true, false] {
+                let mask = if causal { Mask::Causal } else { Mask::Full };
+                let d = AttnDims { b: 1, t, tk: t, nh, hs, mask, form: Form::Softmax, scale: 1.0 };
+                let mut out = vec![0f32; t * c];
+                linear_forward(&mut out, view(0), view(1), view(2), d);
+                let want = naive(&qkv, t, nh, hs, causal);
+                let rel = |a: f32, w: f64| ((a as f64 - w) / w.abs().max(1.0)).abs();
+                let worst = out.iter().zip(&want).map(|(&a, &w)| rel(a, w)).fold(0f64, f64::max);
+                assert!(worst < 2e-5, "scale {scale} causal {causal}: {worst}");
+                if causal {
+                    // the recurrent form, one position at a time, gives the same rows
+                    let mut st = LinearState::new(1, nh, hs);
+                    let mut row = vec![0f32; c];
+                    let mut worst = 0f32;
+                    for r in 0..t {
+                        st.step(&mut row, view(0), view(1), view(2), r);
+                        let diff =
+                            row.iter().zip(&out[r * c..(r + 1) * c]).map(|(a, b)| (a - b).abs() / b.abs().max(1.0));
+                        worst = diff.fold(worst, f32::max);
+                    }
+                    assert!(worst < 1e-5, "scale {scale}: recurrent vs parallel {worst}");
+                    assert_eq!(st.bytes(), 4 * (nh * hs * hs + nh * hs), "the state does not grow with t");
+                }
+            }
+        }
+    }
 }
