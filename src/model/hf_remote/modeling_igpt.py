@@ -1,5 +1,5 @@
 """igpt's ImageGPT variants in PyTorch (written by igpt next to a variant checkpoint):
-learned_1d / learned_2d / rope_2d positions, dense / local_2d attention, exactly as igpt
+learned_1d / learned_2d / rope_2d positions, dense / local_2d / linear attention, exactly as igpt
 computes them (igpt's architectures.md). Weight names are HF ImageGPT's (Conv1D weights
 stored (in, out)); learned_2d adds transformer.wpe_row / transformer.wpe_col.
 
@@ -80,13 +80,17 @@ class _Block(nn.Module):
         q, k, v = (z.view(b, t, nh, e // nh).transpose(1, 2) for z in (q, k, v))
         if cfg.position_embedding == "rope_2d":
             q, k = _rope(q, rows, cols, cfg.rope_theta), _rope(k, rows, cols, cfg.rope_theta)
-        s = q @ k.transpose(-1, -2)
-        if cfg.scale_attn_weights:
-            s = s / math.sqrt(e // nh)
-        if cfg.scale_attn_by_inverse_layer_idx:
-            s = s / (self.layer + 1)
-        s = s.masked_fill(~mask, float("-inf"))
-        y = (s.softmax(-1) @ v).transpose(1, 2).reshape(b, t, e)
+        if cfg.attention == "linear":  # phi = elu + 1, no scaling; y = (A v) / (A 1 + 1e-6)
+            a = (F.elu(q) + 1) @ (F.elu(k) + 1).transpose(-1, -2) * mask
+            y = ((a @ v) / (a.sum(-1, keepdim=True) + 1e-6)).transpose(1, 2).reshape(b, t, e)
+        else:
+            s = q @ k.transpose(-1, -2)
+            if cfg.scale_attn_weights:
+                s = s / math.sqrt(e // nh)
+            if cfg.scale_attn_by_inverse_layer_idx:
+                s = s / (self.layer + 1)
+            s = s.masked_fill(~mask, float("-inf"))
+            y = (s.softmax(-1) @ v).transpose(1, 2).reshape(b, t, e)
         x = x + self.attn.c_proj(y)
         return x + self.mlp.c_proj(self.act(self.mlp.c_fc(self.ln_2(x))))
 
@@ -126,7 +130,7 @@ class IGPTModel(IGPTPreTrainedModel):
         if cfg.attention == "local_2d":
             mask = mask & ((rows[:, None] - rows[None, :]) <= cfg.local_rows) \
                 & ((cols[:, None] - cols[None, :]).abs() <= cfg.local_cols)
-        elif cfg.attention != "dense":
+        elif cfg.attention not in ("dense", "linear"):
             raise NotImplementedError(f"attention {cfg.attention!r} is not in this modeling file")
         for block in self.h:
             x = block(x, mask, rows, cols)
