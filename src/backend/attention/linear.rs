@@ -6,8 +6,8 @@
 //! needs, so a decoding step costs the same at every position.
 //!
 //! The full-sequence pass works in chunks of C positions: within a chunk the masked (C x C)
-//! product, across chunks the carried (S, z); never a state per position. Inference only so
-//! far: training with `attention: linear` is refused until its backward lands (#14).
+//! product, across chunks the carried (S, z); never a state per position. The backward
+//! ([`linear_backward`]) runs two sweeps of running sums. Both are plain loops for now.
 
 use rayon::prelude::*;
 

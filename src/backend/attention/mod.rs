@@ -1,15 +1,17 @@
-//! Multi-head softmax attention and its variants: one module owns the masks ([`Mask`]),
-//! the block-wise forward and its backward, the decoding step and the KV storage.
+//! Multi-head attention and its variants: one module owns the masks ([`Mask`]), the forms
+//! ([`Form`]: softmax, linear), the block-wise softmax forward and its backward, linear
+//! attention, the decoding steps and what each variant keeps between them.
 //!
 //! HF semantics (`modeling_imagegpt.py` `ImageGPTAttention._attn`): scores q.k are divided
 //! by sqrt(hs) when `scale_attn_weights` and by (layer_idx + 1) when
 //! `scale_attn_by_inverse_layer_idx`; query row r of a chunk that follows `past` cached
 //! positions is slot past + r.
 //!
-//! Layering (no cycles): `view` (the shapes), `mask` and `kernels` (micro-kernels) are leaves; `kv_blocks` holds
-//! keys and values; `decode` reads them one query row at a time; `forward` runs the
-//! block-wise pass (and hands single rows to `decode`); `backward` recomputes from `forward`'s
-//! saved log-sum-exp; `state` is the per-layer decoding state the model talks to.
+//! Layering (no cycles): `view` (the shapes), `mask` and `kernels` (micro-kernels) are
+//! leaves; `kv_blocks` holds keys and values; `decode` reads them one query row at a time;
+//! `forward` runs the block-wise pass (and hands single rows to `decode`); `backward`
+//! recomputes from `forward`'s saved log-sum-exp; `linear` is linear attention and its state;
+//! `state` is the per-layer decoding state the model talks to.
 
 pub mod backward;
 pub mod decode;
