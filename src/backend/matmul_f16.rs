@@ -4,6 +4,8 @@
 //! ((n/32, k, 32), one 64-byte line per row of a panel) it is read front to back, while each
 //! panel's (m, 32) accumulators stay in registers for the whole of k.
 
+use std::collections::BTreeMap;
+
 use rayon::prelude::*;
 
 use super::elem::{Elem, to_f16};
@@ -64,6 +66,13 @@ impl<E: PackElem> Packed<E> {
     pub fn bytes(&self) -> usize {
         std::mem::size_of::<E>() * self.data.len()
     }
+}
+
+/// A model's packed copies for decoding steps, by the offset of their matrix in its parameters.
+#[derive(Clone, Debug)]
+pub enum DecodeMatrices {
+    F32(BTreeMap<usize, PackedF32>),
+    F16(BTreeMap<usize, PackedF16>),
 }
 
 /// out (m, n) = inp (m, k) @ W + bias, or out += ... when `accumulate`. Each output

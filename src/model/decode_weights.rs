@@ -11,7 +11,7 @@ use std::ops::Range;
 
 use crate::backend::WeightLayout;
 use crate::backend::matmul::matmul_forward;
-use crate::backend::matmul_f16::{PackElem, Packed, PackedF16, PackedF32, matmul_packed};
+use crate::backend::matmul_f16::{DecodeMatrices, PackElem, Packed, matmul_packed};
 
 use super::gpt::ImageGpt;
 use super::params::ModelKind;
@@ -51,13 +51,6 @@ impl WeightPrecision {
             WeightPrecision::F16 => "f16",
         }
     }
-}
-
-/// The packed copies decoding steps read, by the offset of their matrix in `params`.
-#[derive(Clone, Debug)]
-pub(crate) enum DecodeMatrices {
-    F32(BTreeMap<usize, PackedF32>),
-    F16(BTreeMap<usize, PackedF16>),
 }
 
 impl ImageGpt {

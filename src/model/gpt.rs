@@ -32,7 +32,7 @@ pub struct ImageGpt {
     pub act: Activation,
     /// Packed copies of the block matrices and the output head for decoding steps, when asked
     /// ([`ImageGpt::set_decode_weights`]).
-    pub(crate) decode_matrices: Option<super::decode_weights::DecodeMatrices>,
+    pub(crate) decode_matrices: Option<crate::backend::matmul_f16::DecodeMatrices>,
 }
 
 /// Which logits a forward pass computes.

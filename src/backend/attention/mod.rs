@@ -28,30 +28,7 @@ pub use forward::{attention_forward, attention_probs, attention_with_kv};
 pub use kv_blocks::{KvBlocks, KvPrecision};
 pub use mask::Mask;
 pub use state::{DecodeState, new_state};
-pub use view::{AttnDims, Form, SeqView};
-
-/// What an attention forward keeps for the backward and for inspection, owned by the
-/// attention variant (softmax: the log-sum-exp of every query row, (B, nh, T)); the model
-/// only holds it between the two passes.
-#[derive(Clone, Debug, Default)]
-pub struct Saved {
-    lse: Vec<f32>,
-}
-
-impl Saved {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Room for a call of sizes `d`.
-    pub(crate) fn sized(&mut self, d: &AttnDims) -> &mut [f32] {
-        let n = d.b * d.nh * d.t;
-        if self.lse.len() < n {
-            self.lse.resize(n, 0.0);
-        }
-        &mut self.lse[..n]
-    }
-}
+pub use view::{AttnDims, Form, Saved, SeqView};
 
 /// The attention of a full sequence: out (B, T, nh*hs) from q, k, v views, keeping what the
 /// backward needs in `saved`.

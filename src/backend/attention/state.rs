@@ -3,12 +3,11 @@
 //! (dense softmax: every key and value so far; `local_2d`: a ring of the last rows its window
 //! can reach, so the memory does not grow with the image).
 
-use super::Saved;
 use super::forward::{attention_forward, attention_with_kv};
 use super::kv_blocks::{KvBlocks, KvPrecision};
 use super::linear::LinearState;
 use super::mask::Mask;
-use super::view::{AttnDims, Form, SeqView};
+use super::view::{AttnDims, Form, Saved, SeqView};
 
 /// What a layer keeps between decoding steps.
 pub trait DecodeState: Send + Sync + std::fmt::Debug {

@@ -1,4 +1,5 @@
-//! The shapes attention calls share: views into the model's buffers and the sizes of a call.
+//! The shapes attention calls share: views into the model's buffers, the sizes of a call and
+//! what a forward keeps for its backward.
 
 use super::mask::Mask;
 
@@ -52,8 +53,31 @@ pub enum Form {
     /// softmax(q . k * scale) (HF; dense and local_2d).
     #[default]
     Softmax,
-    /// phi(q) . phi(k) normalised, phi = elu + 1 ([`super::linear`]); causal or full masks.
+    /// phi(q) . phi(k) normalised, phi = elu + 1 (the `linear` module); causal or full masks.
     Linear,
+}
+
+/// What an attention forward keeps for the backward and for inspection, owned by the
+/// attention variant (softmax: the log-sum-exp of every query row, (B, nh, T)); the model
+/// only holds it between the two passes.
+#[derive(Clone, Debug, Default)]
+pub struct Saved {
+    pub(super) lse: Vec<f32>,
+}
+
+impl Saved {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Room for a call of sizes `d`.
+    pub(crate) fn sized(&mut self, d: &AttnDims) -> &mut [f32] {
+        let n = d.b * d.nh * d.t;
+        if self.lse.len() < n {
+            self.lse.resize(n, 0.0);
+        }
+        &mut self.lse[..n]
+    }
 }
 
 /// A pointer that parallel tasks write through, each to its own disjoint part.
