@@ -15,6 +15,7 @@ use super::mask::Mask;
 #[cfg(test)]
 use super::view::Form;
 use super::view::{AttnDims, SendPtr, SeqView};
+use crate::backend::isa::multiversion;
 
 /// The denominator's guard (architectures.md).
 pub const EPS: f32 = 1e-6;
@@ -27,6 +28,7 @@ pub fn phi(x: f32) -> f32 {
     if x > 0.0 { x + 1.0 } else { x.exp() }
 }
 
+multiversion! {
 /// out = linear attention of q over k, v for every batch row and head (d.t == d.tk, the mask
 /// Causal or Full).
 ///
@@ -69,9 +71,21 @@ pub fn linear_forward(out: &mut [f32], q: SeqView, k: SeqView, v: SeqView, d: At
         }
     });
 }
+}
+
+#[inline(always)]
+fn axpy_rows(num: &mut [f32], x: &[f32], m: &[f32]) {
+    // num[j] = sum_i x[i] m[i, j], accumulated over i in order from zero
+    let hs = num.len();
+    num.fill(0.0);
+    for (i, &xi) in x.iter().enumerate() {
+        num.iter_mut().zip(&m[i * hs..(i + 1) * hs]).for_each(|(n, &v)| *n += xi * v);
+    }
+}
 
 /// The causal pass of one head, chunk by chunk: y_p = (phi(q_p) S_prev + sum_{chunk s <= p}
 /// a_ps v_s) / (phi(q_p) . z_prev + sum_{chunk s <= p} a_ps + eps), a_ps = phi(q_p) . phi(k_s).
+#[inline(always)]
 fn causal_chunks(y: &mut [f32], fq: &[f32], fk: &[f32], v: &[f32], t: usize, hs: usize) {
     let mut s = vec![0f32; hs * hs];
     let mut z = vec![0f32; hs];
@@ -81,9 +95,7 @@ fn causal_chunks(y: &mut [f32], fq: &[f32], fk: &[f32], v: &[f32], t: usize, hs:
         for p in lo..hi {
             let qp = &fq[p * hs..(p + 1) * hs];
             // the carried state: phi(q_p) S and phi(q_p) . z
-            for (j, n) in num.iter_mut().enumerate() {
-                *n = (0..hs).map(|i| qp[i] * s[i * hs + j]).sum();
-            }
+            axpy_rows(&mut num, qp, &s);
             let mut den: f32 = qp.iter().zip(&z).map(|(a, b)| a * b).sum();
             // within the chunk: the masked products
             for sidx in lo..=p {
@@ -102,6 +114,7 @@ fn causal_chunks(y: &mut [f32], fq: &[f32], fk: &[f32], v: &[f32], t: usize, hs:
 }
 
 /// (S, z) = (sum phi(k_s) v_s^T, sum phi(k_s)) over s in lo..hi.
+#[inline(always)]
 fn state_of(fk: &[f32], v: &[f32], lo: usize, hi: usize, hs: usize) -> (Vec<f32>, Vec<f32>) {
     let (mut s, mut z) = (vec![0f32; hs * hs], vec![0f32; hs]);
     for r in lo..hi {
@@ -115,12 +128,12 @@ fn state_of(fk: &[f32], v: &[f32], lo: usize, hi: usize, hs: usize) -> (Vec<f32>
 }
 
 /// y = phi(q) S / (phi(q) . z + eps) for one query (already mapped by phi).
+#[inline(always)]
 fn read_state(y: &mut [f32], fq: &[f32], s: &[f32], z: &[f32]) {
     let hs = fq.len();
     let den: f32 = fq.iter().zip(z).map(|(a, b)| a * b).sum::<f32>() + EPS;
-    for (j, o) in y.iter_mut().enumerate() {
-        *o = (0..hs).map(|i| fq[i] * s[i * hs + j]).sum::<f32>() / den;
-    }
+    axpy_rows(y, fq, &s[..hs * hs]);
+    y.iter_mut().for_each(|o| *o /= den);
 }
 
 /// The weights a_ps / sum_s a_ps (without eps) of batch row b, head h: (T, T), 0 where not
@@ -195,6 +208,7 @@ fn dphi(x: f32) -> f32 {
     if x > 0.0 { 1.0 } else { x.exp() }
 }
 
+multiversion! {
 /// Backward of [`linear_forward`] from dout, written into dqkv (B, T, 3C) in the [q | k | v]
 /// layout. With n_p = phi(q_p) S_p, d_p = phi(q_p) . z_p + eps, y_p = n_p / d_p:
 /// dn_p = dy_p / d_p, dd_p = -(dy_p . y_p) / d_p; dphi(q_p) = S_p dn_p + z_p dd_p; and with the
@@ -265,9 +279,7 @@ pub fn linear_backward(dqkv: &mut [f32], dout: &[f32], out: &[f32], q: SeqView, 
                 let rvs: f32 = (0..hs).map(|j| rr[i * hs + j] * vv[s_ * hs + j]).sum();
                 dk[s_ * hs + i] = (rvs + rv[i]) * dphi(rk[s_ * hs + i]);
             }
-            for j in 0..hs {
-                dv[s_ * hs + j] = (0..hs).map(|i| rr[i * hs + j] * fk[s_ * hs + i]).sum();
-            }
+            axpy_rows(&mut dv[s_ * hs..(s_ + 1) * hs], &fk[s_ * hs..(s_ + 1) * hs], &rr);
         }
         // SAFETY: task (b, h) owns columns col..col+hs of the q, k and v parts of rows b*t..(b+1)*t.
         unsafe {
@@ -281,6 +293,7 @@ pub fn linear_backward(dqkv: &mut [f32], dout: &[f32], out: &[f32], q: SeqView, 
             }
         }
     });
+}
 }
 
 #[cfg(test)]
