@@ -10,18 +10,10 @@
 # Needs the reference venv (../shared/bench/setup-ref-venv.sh); PY and REF override where.
 set -euo pipefail
 OUT=${1:-/dev/stdout}
-IGPT=${IGPT:-target/release/igpt}
-PY=${PY:-$HOME/.cache/igpt-ref-venv/bin/python}
-REF=${REF:-../shared/bench/torch_ref.py}
 ROUNDS=${ROUNDS:-2}
-[ -x "$IGPT" ] || cargo build --release --quiet
-run() { # label, command...
-  local label=$1; shift
-  local line
-  line=$("$@" 2>&1 | grep '^RESULT' | tail -1)
-  echo "$label | $line" | tee -a "$OUT"
-}
-lscpu | grep -E 'Model name|^CPU\(s\)|Flags' | sed 's/^Flags:.*\(avx[^ ]*\).*/has avx2: yes/' | tee -a "$OUT" >/dev/null || true
+# shellcheck source=tools/bench_lib.sh
+. "$(dirname "$0")/bench_lib.sh"
+{ lscpu | grep -E 'Model name|^CPU family|^Model:|^CPU\(s\)'; grep -q avx512f /proc/cpuinfo && echo "AVX-512: yes" || echo "AVX-512: no"; } | tee -a "$OUT"
 "$IGPT" info | tee -a "$OUT"
 sets=$("$IGPT" info --json | python3 -c 'import json,sys; print(" ".join(s for s in json.load(sys.stdin)["engine"]["kernels_available"] if s != "portable"))')
 for round in $(seq "$ROUNDS"); do

@@ -9,17 +9,9 @@
 # Needs the reference venv (../shared/bench/setup-ref-venv.sh); PY and REF override where.
 set -euo pipefail
 OUT=${1:-/dev/stdout}
-IGPT=${IGPT:-target/release/igpt}
-PY=${PY:-$HOME/.cache/igpt-ref-venv/bin/python}
-REF=${REF:-../shared/bench/torch_ref.py}
 ROUNDS=${ROUNDS:-2}
-[ -x "$IGPT" ] || cargo build --release --quiet
-run() { # label, command...
-  local label=$1; shift
-  local line
-  line=$("$@" 2>&1 | grep '^RESULT' | tail -1)
-  echo "$label | $line" | tee -a "$OUT"
-}
+# shellcheck source=tools/bench_lib.sh
+. "$(dirname "$0")/bench_lib.sh"
 shapes=(
   "E=256/8 layers (default)|--n-embd 256 --n-layer 8 --n-head 8 --side 32"
   "small fixture (E=64/3 layers)|--n-embd 64 --n-layer 3 --n-head 4 --side 32"

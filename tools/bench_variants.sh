@@ -8,17 +8,9 @@
 # --attention local_2d (SDPA with a boolean mask) at side 64.
 set -euo pipefail
 OUT=${1:-/dev/stdout}
-IGPT=${IGPT:-target/release/igpt}
-PY=${PY:-$HOME/.cache/igpt-ref-venv/bin/python}
-REF=${REF:-../shared/bench/torch_ref.py}
 STEPS=${STEPS:-3}
-[ -x "$IGPT" ] || cargo build --release --quiet
-run() { # label, command...
-  local label=$1; shift
-  local line
-  line=$("$@" 2>&1 | grep '^RESULT' | tail -1)
-  echo "$label | $line" | tee -a "$OUT"
-}
+# shellcheck source=tools/bench_lib.sh
+. "$(dirname "$0")/bench_lib.sh"
 T="--steps $STEPS --warmup 1"
 run "train side 32 dense" "$IGPT" bench train $T
 run "train side 32 local_2d" "$IGPT" bench train $T --attention local_2d

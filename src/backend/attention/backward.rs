@@ -108,7 +108,9 @@ pub fn attention_backward(
                     let span = if local { d.mask.tiles(Side::Queries, k_lo + g, ng, q_lo, nq) } else { Some((0, BB)) };
                     span.map(|(c0, c1)| (g, ng, c0, c1))
                 };
-                for (g, ng, c0, c1) in (0..nk).step_by(step).filter_map(groups) {
+                // the tiles, listed once for the two score products here and dV, dK below
+                let tiles: Vec<(usize, usize, usize, usize)> = (0..nk).step_by(step).filter_map(groups).collect();
+                for &(g, ng, c0, c1) in &tiles {
                     let (w, kq) = (c1 - c0, qblk + c0);
                     scores_cols(&mut pt[g * BB + c0..], BB, &kh[(k_lo + g) * hs..], &qt[kq..], BB, ng, hs, w);
                     scores_cols(&mut dst_t[g * BB + c0..], BB, &vh[(k_lo + g) * hs..], &got[kq..], BB, ng, hs, w);
@@ -130,7 +132,7 @@ pub fn attention_backward(
                     mask_column(pr, dr, d.mask, k_lo + j, q_lo, nq);
                 }
                 // dV += P^T dO, dK += dS^T Q (the same tiles: zeros elsewhere), dQ^T += K^T dS^T
-                for (g, ng, c0, c1) in (0..nk).step_by(step).filter_map(groups) {
+                for &(g, ng, c0, c1) in &tiles {
                     let (nc, at) = ((c1 - c0).min(nq.saturating_sub(c0)), (k_lo + g) * hs);
                     let qr = (q_lo + c0) * hs;
                     accumulate_pv_any(&mut dv[at..], &pt[g * BB + c0..], BB, &goh[qr..], ng, nc, hs);

@@ -90,19 +90,21 @@ pub fn attention_with_kv(out: &mut [f32], lse: &mut [f32], q: SeqView, kv: &KvBl
                 // blocks no query sees are left out (their scores are masked below)
                 let kt = kv.keys(bh, k_lo, nk.next_multiple_of(KB), &mut sc.kbuf);
                 let local = matches!(d.mask, Mask::Local2d { .. });
+                sc.tiles.clear();
                 for kb in (0..nk).step_by(KB).filter(|&kb| seen(kb)) {
                     if !local {
                         kernels::scores(&mut sc.s[kb..], KC, &sc.q, &kt[kb * hs..], KB, nq, hs);
                         continue;
                     }
                     // local: per group of G query rows, only the 16-column tiles its window shows
+                    // (listed once, for the scores here and P V below)
                     for g in (0..nq).step_by(G) {
                         let ng = G.min(nq - g);
-                        let Some((c0, c1)) = d.mask.tiles(Side::Keys, past + q_lo + g, ng, k_lo + kb, KB.min(nk - kb)) else {
-                            continue;
-                        };
-                        let (s0, q0) = (&mut sc.s[g * KC + kb + c0..], &sc.q[g * hs..]);
-                        kernels::scores_cols(s0, KC, q0, &kt[kb * hs + c0..], KB, ng, hs, c1 - c0);
+                        if let Some((c0, c1)) = d.mask.tiles(Side::Keys, past + q_lo + g, ng, k_lo + kb, KB.min(nk - kb)) {
+                            sc.tiles.push((kb, g, ng, c0, c1));
+                            let (s0, q0) = (&mut sc.s[g * KC + kb + c0..], &sc.q[g * hs..]);
+                            kernels::scores_cols(s0, KC, q0, &kt[kb * hs + c0..], KB, ng, hs, c1 - c0);
+                        }
                     }
                 }
                 for r in 0..nq {
@@ -124,17 +126,10 @@ pub fn attention_with_kv(out: &mut [f32], lse: &mut [f32], q: SeqView, kv: &KvBl
                     kernels::accumulate_pv_any(&mut sc.o, &sc.s, KC, vb, nq, nk, hs); // O += P V
                 } else {
                     // the same tiles: the probabilities outside them are 0, adding them changes nothing
-                    for kb in (0..nk).step_by(KB).filter(|&kb| seen(kb)) {
-                        for g in (0..nq).step_by(G) {
-                            let ng = G.min(nq - g);
-                            let Some((c0, c1)) = d.mask.tiles(Side::Keys, past + q_lo + g, ng, k_lo + kb, KB.min(nk - kb))
-                            else {
-                                continue;
-                            };
-                            let (o, p) = (&mut sc.o[g * hs..], &sc.s[g * KC + kb + c0..]);
-                            let nc = (c1 - c0).min(nk - kb - c0);
-                            kernels::accumulate_pv_any(o, p, KC, &vb[(kb + c0) * hs..], ng, nc, hs);
-                        }
+                    for &(kb, g, ng, c0, c1) in &sc.tiles {
+                        let (o, p) = (&mut sc.o[g * hs..], &sc.s[g * KC + kb + c0..]);
+                        let nc = (c1 - c0).min(nk - kb - c0);
+                        kernels::accumulate_pv_any(o, p, KC, &vb[(kb + c0) * hs..], ng, nc, hs);
                     }
                 }
                 k_lo += nk;
@@ -200,6 +195,8 @@ struct Scratch {
     /// Keys and values of one chunk converted to f32 (f16 and int8 caches only).
     kbuf: Vec<f32>,
     vbuf: Vec<f32>,
+    /// Local masks: the (key block, query group, rows, first and end column) tiles of a chunk.
+    tiles: Vec<(usize, usize, usize, usize, usize)>,
 }
 
 impl Scratch {
@@ -211,6 +208,7 @@ impl Scratch {
             m: vec![0.0; rows],
             l: vec![0.0; rows],
             kbuf: Vec::new(),
+            tiles: Vec::new(),
             vbuf: Vec::new(),
         }
     }
