@@ -215,6 +215,23 @@ fn cached_decoding_equals_the_full_forward_for_every_variant() {
     }
 }
 
+/// The recurrent decoding form of `linear` gives the chunked parallel form's logits within
+/// 1e-5 at every position of a 20 x 20 image (400 slots: seven chunks of the parallel pass,
+/// the last one ragged), with each position option, one position at a time and after a prompt.
+#[test]
+fn linear_recurrent_form_matches_the_parallel_form_over_400_slots() {
+    for pos in [PositionEmbedding::Learned1d, PositionEmbedding::Learned2d, PositionEmbedding::Rope2d] {
+        let mut cfg = ImageGptConfig::with_shape(2, 32, 4).with_image(20, 15);
+        (cfg.attention, cfg.position_embedding) = (AttentionKind::Linear, pos);
+        let mut model = ImageGpt::init_random(cfg, ModelKind::CausalLm, 11).unwrap();
+        model.params.iter_mut().for_each(|w| *w *= 4.0); // larger q and k than the 0.02 init
+        for chunks in [&[1][..], &[130, 7]] {
+            let worst = cached_vs_uncached(&model, KvPrecision::F32, chunks);
+            assert!(worst <= 1e-5, "{pos:?} chunks {chunks:?}: recurrent logits differ by {worst}");
+        }
+    }
+}
+
 /// A random local model at 16 x 16 whose ring (the last 2 rows, rounded to one 64-key block)
 /// wraps four times: prompts longer than the ring, a later multi-row chunk, single steps.
 #[test]

@@ -106,14 +106,20 @@ pub fn matmul_packed<E: PackElem>(
             for i in 0..rows {
                 // SAFETY: panel p owns columns j0..j0+cols of every output row.
                 let dst = unsafe { std::slice::from_raw_parts_mut(out_ptr.0.add((r0 + i) * n + j0), cols) };
-                let src = &y[i * PANEL..i * PANEL + cols];
-                for (c, (d, &a)) in dst.iter_mut().zip(src).enumerate() {
-                    let b = bias.map_or(0.0, |b| b[j0 + c]);
-                    *d = if accumulate { *d + b + a } else { b + a };
-                }
+                store(dst, &y[i * PANEL..i * PANEL + cols], bias.map(|b| &b[j0..j0 + cols]), accumulate);
             }
         }
     });
+}
+
+/// dst = (dst +) bias + y, the bias 0 when absent (one loop per case, so each vectorises).
+fn store(dst: &mut [f32], y: &[f32], bias: Option<&[f32]>, accumulate: bool) {
+    match (bias, accumulate) {
+        (Some(b), true) => dst.iter_mut().zip(y).zip(b).for_each(|((d, &a), &b)| *d = *d + b + a),
+        (Some(b), false) => dst.iter_mut().zip(y).zip(b).for_each(|((d, &a), &b)| *d = b + a),
+        (None, true) => dst.iter_mut().zip(y).for_each(|(d, &a)| *d = *d + 0.0 + a),
+        (None, false) => dst.iter_mut().zip(y).for_each(|(d, &a)| *d = 0.0 + a),
+    }
 }
 
 struct OutPtr(*mut f32);

@@ -3,29 +3,174 @@
 //!     y_p = (sum_{s visible} (phi(q_p) . phi(k_s)) v_s) / (sum_{s visible} phi(q_p) . phi(k_s) + 1e-6),
 //! visible = s <= p (GPT) or every s (BERT). Causal, it is a running sum: the state
 //! S = sum phi(k_s) v_s^T (hs x hs) and z = sum phi(k_s) (hs) carry everything a later query
-//! needs, so a decoding step costs the same at every position.
+//! needs, so a decoding step costs the same at every position ([`super::linear_state`]).
 //!
-//! The full-sequence pass works in chunks of C positions: within a chunk the masked (C x C)
-//! product, across chunks the carried (S, z); never a state per position. The backward
-//! ([`linear_backward`]) runs two sweeps of running sums. Both are plain loops for now.
+//! The full-sequence pass works in chunks of [`CHUNK`] positions, in matrix form on the
+//! attention micro-kernels: within a chunk the masked (C x C) product A = tril(phi(Q) phi(K)^T),
+//! across chunks the carried (S, z):
+//!
+//! ```text
+//! N = A V + phi(Q) S,   D = A 1 + phi(Q) z + eps,   Y = N / D,   S += phi(K)^T V.
+//! ```
+//!
+//! Never a state per position; the backward ([`super::linear_backward`]) recomputes one
+//! state per chunk.
 
 use rayon::prelude::*;
 
+use super::kernels::{accumulate_pv_any, scores_cols};
 use super::mask::Mask;
-#[cfg(test)]
-use super::view::Form;
 use super::view::{AttnDims, SendPtr, SeqView};
 use crate::backend::isa::multiversion;
+use crate::backend::math;
 
 /// The denominator's guard (architectures.md).
 pub const EPS: f32 = 1e-6;
-/// Positions per chunk of the full-sequence pass.
+/// Positions per chunk of the full-sequence pass (a width the score kernel takes).
 pub const CHUNK: usize = 64;
 
-/// phi(x) = elu(x) + 1: x + 1 for x > 0, exp(x) below (always > 0).
+/// phi(x) = elu(x) + 1: x + 1 for x > 0, exp(x) below (always > 0; [`math::exp`], so
+/// that loops of it vectorise: both sides computed, one selected).
 #[inline(always)]
 pub fn phi(x: f32) -> f32 {
-    if x > 0.0 { x + 1.0 } else { x.exp() }
+    let e = math::exp(x.min(0.0));
+    if x > 0.0 { x + 1.0 } else { e }
+}
+
+/// phi'(x) from y = phi(x): 1 where x > 0 (y > 1), exp(x) = y below (y <= 1).
+#[inline(always)]
+pub(super) fn dphi_of(y: f32) -> f32 {
+    y.min(1.0)
+}
+
+/// Whether `mask` is the causal one (linear attention takes causal or full masks only).
+pub(super) fn is_causal(mask: Mask) -> bool {
+    match mask {
+        Mask::Causal => true,
+        Mask::Full => false,
+        m => panic!("linear attention takes a causal or full mask, not {m:?}"),
+    }
+}
+
+/// One head of one batch row, contiguous: phi(q), phi(k) and v as (Tp, hs) with Tp = T
+/// rounded up to whole chunks, the padding rows zero (a zero phi(k) row adds nothing).
+pub(super) struct Head {
+    pub hs: usize,
+    pub fq: Vec<f32>,
+    pub fk: Vec<f32>,
+    pub v: Vec<f32>,
+}
+
+impl Head {
+    #[inline(always)]
+    pub fn gather(q: SeqView, k: SeqView, v: SeqView, b: usize, col: usize, t: usize, hs: usize) -> Head {
+        let tp = t.div_ceil(CHUNK) * CHUNK;
+        let take = |x: SeqView| -> Vec<f32> {
+            let mut out = vec![0f32; tp * hs];
+            for r in 0..t {
+                out[r * hs..(r + 1) * hs].copy_from_slice(x.row(b, r, col, hs));
+            }
+            out
+        };
+        let (mut fq, mut fk) = (take(q), take(k));
+        for e in fq[..t * hs].iter_mut() {
+            *e = phi(*e);
+        }
+        for e in fk[..t * hs].iter_mut() {
+            *e = phi(*e);
+        }
+        Head { hs, fq, fk, v: take(v) }
+    }
+
+    /// Chunks (of CHUNK rows each).
+    #[inline(always)]
+    pub fn chunks(&self) -> usize {
+        self.fq.len() / (CHUNK * self.hs)
+    }
+
+    /// Rows of chunk c of a (Tp, hs) buffer.
+    #[inline(always)]
+    pub fn rows<'a>(&self, x: &'a [f32], c: usize) -> &'a [f32] {
+        &x[c * CHUNK * self.hs..(c + 1) * CHUNK * self.hs]
+    }
+}
+
+/// dst (cols, rows) = src (rows, cols)^T.
+#[inline(always)]
+pub(super) fn transpose(dst: &mut [f32], src: &[f32], rows: usize, cols: usize) {
+    for r in 0..rows {
+        for c in 0..cols {
+            dst[c * rows + r] = src[r * cols + c];
+        }
+    }
+}
+
+/// A (C, C) = tril(phi(Q_c) phi(K_c)^T) of one chunk (zero above the diagonal), kt =
+/// phi(K_c)^T (hs, C).
+#[inline(always)]
+pub(super) fn chunk_scores(a: &mut [f32], fq: &[f32], kt: &[f32], hs: usize) {
+    scores_cols(a, CHUNK, fq, kt, CHUNK, CHUNK, hs, CHUNK);
+    for p in 0..CHUNK {
+        a[p * CHUNK + p + 1..(p + 1) * CHUNK].fill(0.0);
+    }
+}
+
+/// S (hs, hs) += phi(K_c)^T V_c and z += the column sums of phi(K_c), kt = phi(K_c)^T.
+#[inline(always)]
+pub(super) fn add_to_state(s: &mut [f32], z: &mut [f32], kt: &[f32], v: &[f32], hs: usize) {
+    accumulate_pv_any(s, kt, CHUNK, v, hs, CHUNK, hs);
+    for (i, zi) in z.iter_mut().enumerate() {
+        *zi += kt[i * CHUNK..(i + 1) * CHUNK].iter().sum::<f32>();
+    }
+}
+
+/// den_p = sum_s a_ps + phi(q_p) . z + eps for the rows of a chunk (a: (C, C), or empty
+/// for the state alone).
+#[inline(always)]
+pub(super) fn denominators(den: &mut [f32], a: &[f32], fq: &[f32], z: &[f32]) {
+    let hs = z.len();
+    for (p, d) in den.iter_mut().enumerate() {
+        let within: f32 = if a.is_empty() { 0.0 } else { a[p * CHUNK..(p + 1) * CHUNK].iter().sum() };
+        let carried: f32 = fq[p * hs..(p + 1) * hs].iter().zip(z).map(|(x, y)| x * y).sum();
+        *d = within + carried + EPS;
+    }
+}
+
+/// Y (Tp, hs) of one head: the causal pass chunk by chunk, or (BERT) every query against the
+/// state of the whole sequence.
+#[inline(always)]
+fn head_forward(h: &Head, causal: bool) -> Vec<f32> {
+    let hs = h.hs;
+    let (mut s, mut z) = (vec![0f32; hs * hs], vec![0f32; hs]);
+    let mut kt = vec![0f32; hs * CHUNK];
+    if !causal {
+        for c in 0..h.chunks() {
+            transpose(&mut kt, h.rows(&h.fk, c), CHUNK, hs);
+            add_to_state(&mut s, &mut z, &kt, h.rows(&h.v, c), hs);
+        }
+    }
+    let mut y = vec![0f32; h.fq.len()];
+    let (mut a, mut den) = (vec![0f32; CHUNK * CHUNK], vec![0f32; CHUNK]);
+    for c in 0..h.chunks() {
+        let (fq, v) = (h.rows(&h.fq, c), h.rows(&h.v, c));
+        let yc = &mut y[c * CHUNK * hs..(c + 1) * CHUNK * hs];
+        // N = phi(Q) S (+ A V within the chunk), written into y
+        accumulate_pv_any(yc, fq, hs, &s, CHUNK, hs, hs);
+        if causal {
+            transpose(&mut kt, h.rows(&h.fk, c), CHUNK, hs);
+            chunk_scores(&mut a, fq, &kt, hs);
+            accumulate_pv_any(yc, &a, CHUNK, v, CHUNK, CHUNK, hs);
+        }
+        denominators(&mut den, if causal { &a } else { &[] }, fq, &z);
+        for (row, &d) in yc.chunks_mut(hs).zip(&den) {
+            let inv = 1.0 / d;
+            row.iter_mut().for_each(|o| *o *= inv);
+        }
+        if causal {
+            add_to_state(&mut s, &mut z, &kt, v, hs);
+        }
+    }
+    y
 }
 
 multiversion! {
@@ -38,102 +183,20 @@ pub fn linear_forward(out: &mut [f32], q: SeqView, k: SeqView, v: SeqView, d: At
     let (t, nh, hs) = (d.t, d.nh, d.hs);
     let c = nh * hs;
     assert!(d.tk == t && out.len() >= d.b * t * c);
-    let causal = match d.mask {
-        Mask::Causal => true,
-        Mask::Full => false,
-        m => panic!("linear attention takes a causal or full mask, not {m:?}"),
-    };
+    let causal = is_causal(d.mask);
     let dst = SendPtr(out.as_mut_ptr());
     let dst = &dst;
     (0..d.b * nh).into_par_iter().for_each(|bh| {
         let (b, h) = (bh / nh, bh % nh);
-        let col = h * hs;
-        // phi(q), phi(k), v of this head: (T, hs) each
-        let rows = |x: SeqView, f: fn(f32) -> f32| -> Vec<f32> {
-            (0..t).flat_map(|r| x.row(b, r, col, hs).iter().map(move |&e| f(e))).collect()
-        };
-        let (fq, fk, vv) = (rows(q, phi), rows(k, phi), rows(v, |e| e));
-        let mut y = vec![0f32; t * hs];
-        if causal {
-            causal_chunks(&mut y, &fq, &fk, &vv, t, hs);
-        } else {
-            let (s, z) = state_of(&fk, &vv, 0, t, hs);
-            for r in 0..t {
-                read_state(&mut y[r * hs..(r + 1) * hs], &fq[r * hs..(r + 1) * hs], &s, &z);
-            }
-        }
-        // SAFETY: task (b, h) owns columns col..col+hs of rows b*t..(b+1)*t of `out`.
+        let y = head_forward(&Head::gather(q, k, v, b, h * hs, t, hs), causal);
+        // SAFETY: task (b, h) owns columns h*hs..(h+1)*hs of rows b*t..(b+1)*t of `out`.
         unsafe {
             for r in 0..t {
-                let o = dst.0.add((b * t + r) * c + col);
-                std::ptr::copy_nonoverlapping(y[r * hs..].as_ptr(), o, hs);
+                std::ptr::copy_nonoverlapping(y[r * hs..].as_ptr(), dst.0.add((b * t + r) * c + h * hs), hs);
             }
         }
     });
 }
-}
-
-#[inline(always)]
-fn axpy_rows(num: &mut [f32], x: &[f32], m: &[f32]) {
-    // num[j] = sum_i x[i] m[i, j], accumulated over i in order from zero
-    let hs = num.len();
-    num.fill(0.0);
-    for (i, &xi) in x.iter().enumerate() {
-        num.iter_mut().zip(&m[i * hs..(i + 1) * hs]).for_each(|(n, &v)| *n += xi * v);
-    }
-}
-
-/// The causal pass of one head, chunk by chunk: y_p = (phi(q_p) S_prev + sum_{chunk s <= p}
-/// a_ps v_s) / (phi(q_p) . z_prev + sum_{chunk s <= p} a_ps + eps), a_ps = phi(q_p) . phi(k_s).
-#[inline(always)]
-fn causal_chunks(y: &mut [f32], fq: &[f32], fk: &[f32], v: &[f32], t: usize, hs: usize) {
-    let mut s = vec![0f32; hs * hs];
-    let mut z = vec![0f32; hs];
-    let mut num = vec![0f32; hs];
-    for lo in (0..t).step_by(CHUNK) {
-        let hi = (lo + CHUNK).min(t);
-        for p in lo..hi {
-            let qp = &fq[p * hs..(p + 1) * hs];
-            // the carried state: phi(q_p) S and phi(q_p) . z
-            axpy_rows(&mut num, qp, &s);
-            let mut den: f32 = qp.iter().zip(&z).map(|(a, b)| a * b).sum();
-            // within the chunk: the masked products
-            for sidx in lo..=p {
-                let a: f32 = qp.iter().zip(&fk[sidx * hs..(sidx + 1) * hs]).map(|(x, y)| x * y).sum();
-                den += a;
-                num.iter_mut().zip(&v[sidx * hs..(sidx + 1) * hs]).for_each(|(n, &vv)| *n += a * vv);
-            }
-            let inv = 1.0 / (den + EPS);
-            y[p * hs..(p + 1) * hs].iter_mut().zip(&num).for_each(|(o, &n)| *o = n * inv);
-        }
-        // carry the chunk into the state
-        let (ds, dz) = state_of(fk, v, lo, hi, hs);
-        s.iter_mut().zip(&ds).for_each(|(a, b)| *a += b);
-        z.iter_mut().zip(&dz).for_each(|(a, b)| *a += b);
-    }
-}
-
-/// (S, z) = (sum phi(k_s) v_s^T, sum phi(k_s)) over s in lo..hi.
-#[inline(always)]
-fn state_of(fk: &[f32], v: &[f32], lo: usize, hi: usize, hs: usize) -> (Vec<f32>, Vec<f32>) {
-    let (mut s, mut z) = (vec![0f32; hs * hs], vec![0f32; hs]);
-    for r in lo..hi {
-        let (kr, vr) = (&fk[r * hs..(r + 1) * hs], &v[r * hs..(r + 1) * hs]);
-        for i in 0..hs {
-            z[i] += kr[i];
-            s[i * hs..(i + 1) * hs].iter_mut().zip(vr).for_each(|(a, &b)| *a += kr[i] * b);
-        }
-    }
-    (s, z)
-}
-
-/// y = phi(q) S / (phi(q) . z + eps) for one query (already mapped by phi).
-#[inline(always)]
-fn read_state(y: &mut [f32], fq: &[f32], s: &[f32], z: &[f32]) {
-    let hs = fq.len();
-    let den: f32 = fq.iter().zip(z).map(|(a, b)| a * b).sum::<f32>() + EPS;
-    axpy_rows(y, fq, &s[..hs * hs]);
-    y.iter_mut().for_each(|o| *o /= den);
 }
 
 /// The weights a_ps / sum_s a_ps (without eps) of batch row b, head h: (T, T), 0 where not
@@ -153,157 +216,16 @@ pub fn linear_probs(q: SeqView, k: SeqView, d: AttnDims, b: usize, h: usize) -> 
     p
 }
 
-/// The decoding state of linear attention for B sequences and nh heads: S (hs x hs) and z
-/// (hs) per (batch row, head), whatever the position.
-#[derive(Clone, Debug)]
-pub struct LinearState {
-    nh: usize,
-    hs: usize,
-    s: Vec<f32>,
-    z: Vec<f32>,
-}
-
-impl LinearState {
-    pub fn new(b: usize, nh: usize, hs: usize) -> Self {
-        LinearState { nh, hs, s: vec![0.0; b * nh * hs * hs], z: vec![0.0; b * nh * hs] }
-    }
-
-    pub fn bytes(&self) -> usize {
-        4 * (self.s.len() + self.z.len())
-    }
-
-    /// Adds the keys and values of row r of (B, t, nh*hs) views, then writes the attention of
-    /// that row's queries into out (B, nh*hs): one step of the recurrent form.
-    pub fn step(&mut self, out: &mut [f32], q: SeqView, k: SeqView, v: SeqView, r: usize) {
-        let (nh, hs) = (self.nh, self.hs);
-        let b = self.z.len() / (nh * hs);
-        self.s
-            .par_chunks_mut(hs * hs)
-            .zip(self.z.par_chunks_mut(hs))
-            .zip(out[..b * nh * hs].par_chunks_mut(hs))
-            .enumerate()
-            .for_each(|(bh, ((s, z), o))| {
-                let (bi, h) = (bh / nh, bh % nh);
-                let kr: Vec<f32> = k.row(bi, r, h * hs, hs).iter().map(|&x| phi(x)).collect();
-                let vr = v.row(bi, r, h * hs, hs);
-                for i in 0..hs {
-                    z[i] += kr[i];
-                    s[i * hs..(i + 1) * hs].iter_mut().zip(vr).for_each(|(a, &b)| *a += kr[i] * b);
-                }
-                let fq: Vec<f32> = q.row(bi, r, h * hs, hs).iter().map(|&x| phi(x)).collect();
-                read_state(o, &fq, s, z);
-            });
-    }
-
-    /// Forgets every position.
-    pub fn reset(&mut self) {
-        self.s.fill(0.0);
-        self.z.fill(0.0);
-    }
-}
-
-/// phi'(x): 1 for x > 0, exp(x) below.
-#[inline(always)]
-fn dphi(x: f32) -> f32 {
-    if x > 0.0 { 1.0 } else { x.exp() }
-}
-
-multiversion! {
-/// Backward of [`linear_forward`] from dout, written into dqkv (B, T, 3C) in the [q | k | v]
-/// layout. With n_p = phi(q_p) S_p, d_p = phi(q_p) . z_p + eps, y_p = n_p / d_p:
-/// dn_p = dy_p / d_p, dd_p = -(dy_p . y_p) / d_p; dphi(q_p) = S_p dn_p + z_p dd_p; and with the
-/// reverse sums R_s = sum_{p >= s} phi(q_p) dn_p^T, r_s = sum_{p >= s} dd_p phi(q_p):
-/// dphi(k_s) = R_s v_s + r_s, dv_s = R_s^T phi(k_s) (BERT: every sum over all positions).
-/// Two running sweeps per head, O(T hs^2), no state kept per position.
-#[allow(clippy::too_many_arguments)]
-pub fn linear_backward(dqkv: &mut [f32], dout: &[f32], out: &[f32], q: SeqView, k: SeqView, v: SeqView, d: AttnDims) {
-    let (t, nh, hs) = (d.t, d.nh, d.hs);
-    let c = nh * hs;
-    assert!(d.tk == t && dqkv.len() >= d.b * t * 3 * c && dout.len() >= d.b * t * c);
-    let causal = d.mask.is_causal();
-    let dst = SendPtr(dqkv.as_mut_ptr());
-    let dst = &dst;
-    (0..d.b * nh).into_par_iter().for_each(|bh| {
-        let (b, h) = (bh / nh, bh % nh);
-        let col = h * hs;
-        let raw = |x: SeqView| -> Vec<f32> { (0..t).flat_map(|r| x.row(b, r, col, hs).to_vec()).collect() };
-        let (rq, rk, vv) = (raw(q), raw(k), raw(v));
-        let (fq, fk): (Vec<f32>, Vec<f32>) =
-            (rq.iter().map(|&x| phi(x)).collect(), rk.iter().map(|&x| phi(x)).collect());
-        let row = |x: &[f32], r: usize| x[r * hs..(r + 1) * hs].to_vec();
-        let gy: Vec<f32> = (0..t).flat_map(|r| dout[(b * t + r) * c + col..][..hs].to_vec()).collect();
-        let yo: Vec<f32> = (0..t).flat_map(|r| out[(b * t + r) * c + col..][..hs].to_vec()).collect();
-        // forward sweep: S_p, z_p (all of them for BERT), dn_p, dd_p and dphi(q_p)
-        let (mut s, mut z) = if causal { (vec![0f32; hs * hs], vec![0f32; hs]) } else { state_of(&fk, &vv, 0, t, hs) };
-        let (mut dn, mut dd, mut dq) = (vec![0f32; t * hs], vec![0f32; t], vec![0f32; t * hs]);
-        for p in 0..t {
-            if causal {
-                let (kr, vr) = (row(&fk, p), row(&vv, p));
-                for i in 0..hs {
-                    z[i] += kr[i];
-                    s[i * hs..(i + 1) * hs].iter_mut().zip(&vr).for_each(|(a, &b)| *a += kr[i] * b);
-                }
-            }
-            let qp = &fq[p * hs..(p + 1) * hs];
-            let den: f32 = qp.iter().zip(&z).map(|(a, b)| a * b).sum::<f32>() + EPS;
-            let g = &gy[p * hs..(p + 1) * hs];
-            dd[p] = -g.iter().zip(&yo[p * hs..(p + 1) * hs]).map(|(a, b)| a * b).sum::<f32>() / den;
-            for j in 0..hs {
-                dn[p * hs + j] = g[j] / den;
-            }
-            for i in 0..hs {
-                let sd: f32 = (0..hs).map(|j| s[i * hs + j] * dn[p * hs + j]).sum();
-                dq[p * hs + i] = (sd + z[i] * dd[p]) * dphi(rq[p * hs + i]);
-            }
-        }
-        // reverse sweep: R_s, r_s (all positions for BERT), dphi(k_s), dv_s
-        let (mut rr, mut rv) = (vec![0f32; hs * hs], vec![0f32; hs]);
-        let add = |rr: &mut [f32], rv: &mut [f32], p: usize| {
-            for i in 0..hs {
-                rv[i] += dd[p] * fq[p * hs + i];
-                rr[i * hs..(i + 1) * hs]
-                    .iter_mut()
-                    .zip(&dn[p * hs..(p + 1) * hs])
-                    .for_each(|(a, &b)| *a += fq[p * hs + i] * b);
-            }
-        };
-        if !causal {
-            (0..t).for_each(|p| add(&mut rr, &mut rv, p));
-        }
-        let (mut dk, mut dv) = (vec![0f32; t * hs], vec![0f32; t * hs]);
-        for s_ in (0..t).rev() {
-            if causal {
-                add(&mut rr, &mut rv, s_);
-            }
-            for i in 0..hs {
-                let rvs: f32 = (0..hs).map(|j| rr[i * hs + j] * vv[s_ * hs + j]).sum();
-                dk[s_ * hs + i] = (rvs + rv[i]) * dphi(rk[s_ * hs + i]);
-            }
-            axpy_rows(&mut dv[s_ * hs..(s_ + 1) * hs], &fk[s_ * hs..(s_ + 1) * hs], &rr);
-        }
-        // SAFETY: task (b, h) owns columns col..col+hs of the q, k and v parts of rows b*t..(b+1)*t.
-        unsafe {
-            for r in 0..t {
-                let base = dst.0.add((b * t + r) * 3 * c + col);
-                for x in 0..hs {
-                    *base.add(x) = dq[r * hs + x];
-                    *base.add(c + x) = dk[r * hs + x];
-                    *base.add(2 * c + x) = dv[r * hs + x];
-                }
-            }
-        }
-    });
-}
-}
-
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
+    use super::super::linear_state::LinearState;
+    use super::super::view::Form;
     use super::*;
 
-    /// Float64 reference of the formula, pair by pair.
-    fn naive(qkv: &[f32], t: usize, nh: usize, hs: usize, causal: bool) -> Vec<f64> {
+    /// Float64 reference of the formula, pair by pair: out (t, nh*hs) from qkv (t, 3 nh hs).
+    pub fn naive(qkv: &[f64], t: usize, nh: usize, hs: usize, causal: bool) -> Vec<f64> {
         let c = nh * hs;
-        let at = |r: usize, part: usize, h: usize, x: usize| qkv[r * 3 * c + part * c + h * hs + x] as f64;
+        let at = |r: usize, part: usize, h: usize, x: usize| qkv[r * 3 * c + part * c + h * hs + x];
         let phi64 = |x: f64| if x > 0.0 { x + 1.0 } else { x.exp() };
         let mut out = vec![0f64; t * c];
         for h in 0..nh {
@@ -320,6 +242,12 @@ mod tests {
         out
     }
 
+    /// (t, 3 nh hs) values in [-scale, scale], clamped to |x| <= 30.
+    pub fn inputs(n: usize, scale: f32, seed: u64) -> Vec<f32> {
+        let mut rng = crate::rng::Rng::new(seed);
+        (0..n).map(|_| ((rng.uniform() * 2.0 - 1.0) as f32 * scale).clamp(-30.0, 30.0)).collect()
+    }
+
     /// The chunked parallel form and the recurrent decoding form against float64, causal
     /// (300 slots: several chunks, a ragged last one) and BERT, with ordinary inputs and with
     /// large ones (|x| up to 30: phi(k) up to 31, denominators in the tens of thousands).
@@ -328,16 +256,15 @@ mod tests {
         let (t, nh, hs) = (300, 2, 8);
         let c = nh * hs;
         for scale in [1.0f32, 30.0] {
-            let mut rng = crate::rng::Rng::new(9);
-            let qkv: Vec<f32> =
-                (0..t * 3 * c).map(|_| ((rng.uniform() * 2.0 - 1.0) as f32 * scale).clamp(-30.0, 30.0)).collect();
+            let qkv = inputs(t * 3 * c, scale, 9);
+            let qkv64: Vec<f64> = qkv.iter().map(|&x| x as f64).collect();
             let view = |p: usize| SeqView { data: &qkv, offset: p * c, batch_stride: t * 3 * c, row_stride: 3 * c };
             for causal in [true, false] {
                 let mask = if causal { Mask::Causal } else { Mask::Full };
-                let d = AttnDims { b: 1, t, tk: t, nh, hs, mask, form: Form::Softmax, scale: 1.0 };
+                let d = AttnDims { b: 1, t, tk: t, nh, hs, mask, form: Form::Linear, scale: 1.0 };
                 let mut out = vec![0f32; t * c];
                 linear_forward(&mut out, view(0), view(1), view(2), d);
-                let want = naive(&qkv, t, nh, hs, causal);
+                let want = naive(&qkv64, t, nh, hs, causal);
                 let rel = |a: f32, w: f64| ((a as f64 - w) / w.abs().max(1.0)).abs();
                 let worst = out.iter().zip(&want).map(|(&a, &w)| rel(a, w)).fold(0f64, f64::max);
                 assert!(worst < 2e-5, "scale {scale} causal {causal}: {worst}");

@@ -10,7 +10,8 @@
 //! Layering (no cycles): `view` (the shapes), `mask` and `kernels` (micro-kernels) are
 //! leaves; `kv_blocks` holds keys and values; `decode` reads them one query row at a time;
 //! `forward` runs the block-wise pass (and hands single rows to `decode`); `backward`
-//! recomputes from `forward`'s saved log-sum-exp; `linear` is linear attention and its state;
+//! recomputes from `forward`'s saved log-sum-exp; `linear` is linear attention's
+//! chunked forward, `linear_backward` its backward, `linear_state` its decoding state;
 //! `state` is the per-layer decoding state the model talks to.
 
 pub mod backward;
@@ -19,6 +20,8 @@ pub mod forward;
 pub mod kernels;
 pub mod kv_blocks;
 pub mod linear;
+pub mod linear_backward;
+pub mod linear_state;
 pub mod mask;
 pub mod state;
 mod view;
@@ -53,7 +56,7 @@ pub fn backward(
 ) {
     match d.form {
         Form::Softmax => attention_backward(dqkv, dout, out, &saved.lse, q, k, v, d),
-        Form::Linear => linear::linear_backward(dqkv, dout, out, q, k, v, d),
+        Form::Linear => linear_backward::linear_backward(dqkv, dout, out, q, k, v, d),
     }
 }
 

@@ -5,7 +5,7 @@
 
 use super::forward::{attention_forward, attention_with_kv};
 use super::kv_blocks::{KvBlocks, KvPrecision};
-use super::linear::LinearState;
+use super::linear_state::LinearState;
 use super::mask::Mask;
 use super::view::{AttnDims, Form, Saved, SeqView};
 
