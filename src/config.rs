@@ -79,6 +79,27 @@ pub enum PositionEmbedding {
     Rope2d,
 }
 
+/// Which pretraining objective a model was trained with (paper, section 2.2); it decides the
+/// attention of every pass: GPT causal, BERT bidirectional.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Objective {
+    /// Next-pixel prediction, causal attention (HF ImageGPT).
+    #[default]
+    Gpt,
+    /// Masked-pixel prediction, bidirectional attention.
+    Bert,
+}
+
+impl Objective {
+    pub fn name(self) -> &'static str {
+        match self {
+            Objective::Gpt => "gpt",
+            Objective::Bert => "bert",
+        }
+    }
+}
+
 /// Which keys a query attends to, and how.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -199,6 +220,10 @@ pub struct ImageGptConfig {
     /// Columns either side of the query's column that stay visible (`local_2d`).
     #[serde(default = "d_window", skip_serializing_if = "is_d_window")]
     pub local_cols: i64,
+    /// The objective the weights were trained with; `bert` makes every pass bidirectional
+    /// (written only for BERT models, which transformers' ImageGPT would run causally).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub objective: Objective,
 }
 
 impl Default for ImageGptConfig {
@@ -249,9 +274,17 @@ impl ImageGptConfig {
         self
     }
 
-    /// Whether this is transformers' ImageGPT (no igpt architecture option in use).
+    /// Whether this is transformers' ImageGPT (no igpt architecture option in use, and the
+    /// GPT objective: transformers runs every ImageGPT causally).
     pub fn is_plain(&self) -> bool {
-        self.position_embedding == PositionEmbedding::Learned1d && self.attention == AttentionKind::Dense
+        self.position_embedding == PositionEmbedding::Learned1d
+            && self.attention == AttentionKind::Dense
+            && self.objective == Objective::Gpt
+    }
+
+    /// Whether every pass attends causally (the GPT objective).
+    pub fn is_causal(&self) -> bool {
+        self.objective == Objective::Gpt
     }
 
     /// Pixels per row W: `image_width`, else the integer square root of n_positions.

@@ -182,6 +182,9 @@ pub fn finetune(cfg: &FinetuneConfig, on_step: &mut StepFn) -> Result<FinetuneSu
         }
         grads.fill(0.0);
         dscore.fill(0.0);
+        // BERT models: the generative loss predicts 15% masked pixels (the paper's rate)
+        let masked = (!model.config.is_causal() && cfg.gen_weight > 0.0)
+            .then(|| batches::bert_mask(cfg.batch * t, 0.15, &mut rng));
         let (g, l, correct) = model.forward_backward_classify(
             &mut acts,
             &mut grads,
@@ -191,7 +194,7 @@ pub fn finetune(cfg: &FinetuneConfig, on_step: &mut StepFn) -> Result<FinetuneSu
             &labels,
             cfg.batch,
             t,
-            cfg.gen_weight,
+            (cfg.gen_weight, masked.as_deref()),
         )?;
         if !(g + l).is_finite() {
             return Err(Error::Invalid(format!("the loss is not finite at fine-tuning step {step}: lower --lr")));

@@ -24,6 +24,9 @@ pub fn greedy_uncached(model: &ImageGpt, prompts: &[u32], b: usize, steps: usize
     if model.kind != ModelKind::CausalLm {
         return Err(Error::Invalid("greedy decoding needs a causal model with an lm_head".into()));
     }
+    if !model.config.is_causal() {
+        return Err(Error::Invalid("greedy decoding needs a GPT model; this one is BERT (bidirectional)".into()));
+    }
     let t0 = prompts.len() / b.max(1);
     let v = model.config.n_colors();
     let mut seqs: Vec<Vec<u32>> = prompts.chunks(t0).map(|c| c.to_vec()).collect();

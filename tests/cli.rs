@@ -334,3 +334,62 @@ fn complete_from_a_prepared_data_folder() {
     let grid = igpt::tokenizer::RgbImage::open(&out).unwrap();
     assert_eq!((grid.width, grid.height), (4 * 32 + 5 * 2, 2 * 32 + 3 * 2));
 }
+
+/// A BERT model (objective "bert") end to end: `info` says so, `eval` scores its masked
+/// pixels (seeded, stated as such), `sample` and `complete` are refused naming the reason,
+/// and `convert` keeps the objective and writes the model card transformers users read.
+#[test]
+fn bert_models_are_evaluated_as_bert_and_refuse_sampling() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/variants/pos2d");
+    let dir = tmp.path().join("bert");
+    let d = dir.to_str().unwrap();
+    let (ok, _, err) = igpt(&["convert", "--model", src.to_str().unwrap(), "--out", d]);
+    assert!(ok, "{err}");
+    let cfg_path = dir.join("config.json");
+    let mut cfg = json(&std::fs::read_to_string(&cfg_path).unwrap());
+    cfg["objective"] = "bert".into();
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    let (ok, out, err) = igpt(&["info", "--model", d, "--json"]);
+    assert!(ok, "{err}");
+    assert_eq!((json(&out)["objective"].clone(), json(&out)["causal"].clone()), ("bert".into(), false.into()));
+    let imgs: Vec<String> =
+        (0..3).map(|i| src.join(format!("test_image_{i}.png")).to_string_lossy().into_owned()).collect();
+    let eval = |extra: &[&str]| {
+        let mut args = vec!["eval", "--model", d, "--json"];
+        args.extend_from_slice(extra);
+        args.extend(imgs.iter().map(|s| s.as_str()));
+        let (ok, out, err) = igpt(&args);
+        assert!(ok, "{err}");
+        json(&out)
+    };
+    let (a, b, c) = (eval(&[]), eval(&[]), eval(&["--seed", "3"]));
+    assert_eq!((a["objective"].as_str(), a["metric"].as_str()), (Some("bert"), Some("masked_token_nll")));
+    let mean = a["mean_nll"].as_f64().unwrap();
+    assert!(mean.is_finite() && mean > 0.5 && mean < 5.0, "{a}");
+    assert_eq!(a, b, "the same seed masks the same pixels");
+    assert_ne!(a["mean_nll"], c["mean_nll"], "another seed masks other pixels");
+    let gpt = {
+        let mut args = vec!["eval", "--model", src.to_str().unwrap(), "--json"];
+        args.extend(imgs.iter().map(|s| s.as_str()));
+        json(&igpt(&args).1)
+    };
+    assert_eq!(gpt["metric"].as_str(), Some("nll"));
+    assert_ne!(gpt["mean_nll"], a["mean_nll"]);
+    let out = tmp.path().join("s.png");
+    for cmd in ["sample", "complete"] {
+        let mut args = vec![cmd, "--model", d, "--out", out.to_str().unwrap()];
+        if cmd == "complete" {
+            args.extend(["--images", &imgs[0]]);
+        }
+        let (ok, _, err) = igpt(&args);
+        assert!(!ok && err.contains("BERT model") && err.contains("--objective gpt"), "{cmd}: {err}");
+    }
+    // re-saved, the objective stays and the model card explains it
+    let again = tmp.path().join("again");
+    let (ok, _, err) = igpt(&["convert", "--model", d, "--out", again.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let saved = json(&std::fs::read_to_string(again.join("config.json")).unwrap());
+    assert_eq!((saved["objective"].as_str(), saved["model_type"].as_str()), (Some("bert"), Some("igpt")));
+    assert!(std::fs::read_to_string(again.join("README.md")).unwrap().contains("not a causal model"));
+}

@@ -41,19 +41,34 @@ fn tiny_data(dir: &Path) {
     std::fs::write(dir.join("labels.txt"), "low\nhigh\n").unwrap();
 }
 
+/// The fine-tuning gradients (generative + classification loss) against central differences,
+/// for a GPT model (causal, next-pixel loss) and the same weights as a BERT model
+/// (bidirectional, masked-pixel loss).
 #[test]
 fn classification_gradients_match_finite_differences() {
-    let model = load_model(&common::fixture("tiny")).unwrap();
+    for bert in [false, true] {
+        check_classification_gradients(bert);
+    }
+}
+
+fn check_classification_gradients(bert: bool) {
+    let mut model = load_model(&common::fixture("tiny")).unwrap();
+    if bert {
+        model.config.objective = igpt::config::Objective::Bert;
+    }
     let (b, t, c, k) = (2, 64, 32, 3);
     let mut rng = Rng::new(9);
     let toks: Vec<u32> = (0..b * t).map(|_| rng.below(16) as u32).collect();
     let labels = vec![2u16, 0];
     let score: Vec<f32> = (0..k * c).map(|_| 0.3 * rng.normal() as f32).collect();
+    let mask: Vec<bool> = (0..b * t).map(|i| i % 7 == 3).collect();
+    let masked = bert.then_some(&mask[..]);
     let mut acts = TrainActs::new();
     let loss = |m: &igpt::model::ImageGpt, s: &[f32], acts: &mut TrainActs| {
         let mut g = vec![0f32; m.params.len()];
         let mut ds = vec![0f32; s.len()];
-        let (gl, cl, _) = m.forward_backward_classify(acts, &mut g, s, &mut ds, &toks, &labels, b, t, 0.5).unwrap();
+        let (gl, cl, _) =
+            m.forward_backward_classify(acts, &mut g, s, &mut ds, &toks, &labels, b, t, (0.5, masked)).unwrap();
         (0.5 * gl + cl, g, ds)
     };
     let (_, grads, dscore) = loss(&model, &score, &mut acts);
@@ -76,7 +91,7 @@ fn classification_gradients_match_finite_differences() {
             let num = (up - down) / (2.0 * h as f64);
             assert!(
                 (num - grads[i] as f64).abs() < 2e-3 + 2e-2 * num.abs(),
-                "{name}[{off}]: numeric {num} vs analytic {}",
+                "bert {bert} {name}[{off}]: numeric {num} vs analytic {}",
                 grads[i]
             );
         }
@@ -90,7 +105,7 @@ fn classification_gradients_match_finite_differences() {
         let num = (up - down) / (2.0 * h as f64);
         assert!(
             (num - dscore[i] as f64).abs() < 2e-3 + 2e-2 * num.abs(),
-            "score[{i}]: numeric {num} vs analytic {}",
+            "bert {bert} score[{i}]: numeric {num} vs analytic {}",
             dscore[i]
         );
     }

@@ -81,6 +81,9 @@ fn interrupted_and_resumed_run_equals_uninterrupted_bit_for_bit() {
         assert_eq!(ckpts.len(), 2, "{ckpts:?}");
         let best = load_model(&a_dir.join("best")).unwrap();
         assert_eq!(best.kind, ModelKind::CausalLm);
+        // the saved model records its objective; a BERT one carries the model card
+        assert_eq!(best.config.objective, objective);
+        assert_eq!(a_dir.join("best/README.md").exists(), objective == Objective::Bert);
         assert!(a_dir.join("loss.png").exists() && a_dir.join("train.json").exists());
         // A second run into the same folder without --resume is refused.
         assert!(run(&base, false, &mut NoObserver).unwrap_err().to_string().contains("--resume"));

@@ -139,6 +139,44 @@ fn gpt_and_bert_losses_and_step0_gradients() {
     }
 }
 
+/// A model trained with the BERT objective runs bidirectionally in every inference pass: its
+/// masked forward gives the fixture's `logits_bert` (and its loss `loss_bert`), its plain
+/// forward differs from the causal one, and cached decoding is refused.
+#[test]
+fn bert_models_infer_bidirectionally() {
+    for name in ALL_VARIANTS {
+        let fx = Fixture::load(name);
+        let mut model = fx.model();
+        model.config.objective = Objective::Bert;
+        let (b, t, v) = (3, model.config.n_positions, model.config.n_colors());
+        let tokens = fx.image_tokens();
+        let mask: Vec<bool> = Fixture::ints(&fx.refs, "bert_mask").iter().map(|&m| m == 1).collect();
+        let mut ws = Workspace::new();
+        model.forward_masked(&mut ws, &tokens, &mask, b, t).unwrap();
+        fx.check(&format!("{name} logits_bert"), &ws.logits, &fx.f32("logits_bert"), fx.atol("logits_bert"));
+        let masked: Vec<f64> = igpt::model::cross_entropy(&ws.logits, &tokens, v)
+            .1
+            .into_iter()
+            .zip(&mask)
+            .filter(|x| *x.1)
+            .map(|x| x.0)
+            .collect();
+        let loss = masked.iter().sum::<f64>() / masked.len() as f64;
+        let want = fx.json["loss_bert"].as_f64().unwrap();
+        assert!((loss - want).abs() < fx.atol("loss_bert") as f64, "{name}: masked NLL {loss} vs {want}");
+        // the unmasked pass attends both ways: position 0 sees the pixels after it
+        let gpt = fx.model();
+        let mut causal = Workspace::new();
+        gpt.forward(&mut causal, &tokens, b, t, Logits::All, false).unwrap();
+        model.forward(&mut ws, &tokens, b, t, Logits::All, false).unwrap();
+        assert!((0..v).any(|j| (ws.logits[j] - causal.logits[j]).abs() > 1e-3), "{name}: BERT row 0 is causal");
+        let mut cache = KvCache::with_precision(&model.config, b, KvPrecision::F32);
+        let err = model.forward_cached(&mut ws, &mut cache, &tokens[..b], 1, Logits::Last).unwrap_err();
+        assert!(err.to_string().contains("BERT model"), "{err}");
+        assert!(gpt.forward_masked(&mut ws, &tokens, &mask, b, t).is_err(), "a GPT model has no masked pass");
+    }
+}
+
 /// 5 AdamW steps on the fixed batch (lr 1e-3, betas 0.9/0.95, eps 1e-8, no decay, clip 1.0).
 #[test]
 fn adamw_trajectory() {

@@ -7,7 +7,8 @@ config.json) and asserts identical logits (or last hidden states) on a fixed inp
 A variant (model_type igpt, see architectures.md): loads IGPT_DIR with
 AutoModelForCausalLM.from_pretrained(..., trust_remote_code=True), i.e. the modeling file igpt
 wrote next to the weights, and compares its logits on REFERENCE_DIR/tokens.safetensors
-`input_ids` with REFERENCE_DIR/refs.safetensors `logits` (a variant fixture: an independent
+`input_ids` with REFERENCE_DIR/refs.safetensors `logits` (a BERT checkpoint, "objective": "bert":
+`tokens` with `token_mask` = `bert_mask` against `logits_bert`) (a variant fixture: an independent
 implementation igpt matches within 2e-5), asserting max |diff| < 1e-4. Prints one line per model.
 """
 import json, sys
@@ -19,13 +20,20 @@ cfg_json = json.load(open(f"{ours}/config.json"))
 if cfg_json.get("model_type") == "igpt":
     from safetensors.torch import load_file
     m = transformers.AutoModelForCausalLM.from_pretrained(ours, trust_remote_code=True).eval()
-    ids = load_file(f"{ref}/tokens.safetensors")["input_ids"]
-    want = load_file(f"{ref}/refs.safetensors")["logits"]
-    with torch.no_grad():
-        got = m(ids).logits
+    refs = load_file(f"{ref}/refs.safetensors")
+    if cfg_json.get("objective") == "bert":  # bidirectional, the pixels themselves, masked embeddings
+        ids = load_file(f"{ref}/tokens.safetensors")["tokens"]
+        want = refs["logits_bert"]
+        with torch.no_grad():
+            got = m(ids, token_mask=refs["bert_mask"].bool()).logits
+    else:
+        ids = load_file(f"{ref}/tokens.safetensors")["input_ids"]
+        want = refs["logits"]
+        with torch.no_grad():
+            got = m(ids).logits
     diff = (got - want).abs().max().item()
     print(f"transformers {transformers.__version__} loaded {ours} ({cfg_json.get('position_embedding', 'learned_1d')}, "
-          f"{cfg_json.get('attention', 'dense')}) with trust_remote_code as {type(m).__name__}: "
+          f"{cfg_json.get('attention', 'dense')}, {cfg_json.get('objective', 'gpt')}) with trust_remote_code as {type(m).__name__}: "
           f"max |diff| vs {ref} logits = {diff:.3e}")
     assert diff < 1e-4
     try:

@@ -19,9 +19,25 @@ pub struct EvalArgs {
     /// Worker threads (0 = all cores).
     #[arg(long, default_value_t = 0)]
     threads: usize,
-    /// Print JSON on stdout: {"images":[{"path","nll"}],"mean_nll","bits_per_token"}.
+    /// BERT models: the fraction of each image's pixels masked and predicted (the paper's 0.15).
+    #[arg(long, default_value_t = 0.15)]
+    mask_prob: f64,
+    /// BERT models: seed of the masks (the same seed masks the same pixels).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Print JSON on stdout: {"objective","metric","images":[{"path","nll","bits_per_token"}],"mean_nll","bits_per_token"}.
     #[arg(long)]
     json: bool,
+}
+
+/// What eval reports for a model: the NLL of every pixel given the ones before it (GPT), or
+/// of the masked pixels given the others (BERT).
+fn metric_of(bert: bool) -> (&'static str, &'static str) {
+    if bert {
+        ("masked_token_nll", "masked-token NLL (BERT: the masked pixels given all the others)")
+    } else {
+        ("nll", "NLL (GPT: each pixel given the pixels before it)")
+    }
 }
 
 pub fn run(a: EvalArgs) -> Result<()> {
@@ -57,33 +73,67 @@ pub fn run(a: EvalArgs) -> Result<()> {
     let bar = indicatif::ProgressBar::new(imgs.len() as u64).with_style(indicatif::ProgressStyle::with_template(
         "eval {bar:30} {pos}/{len} images [{elapsed_precise}<{eta_precise}, {per_sec}]",
     )?);
+    let bert = !model.config.is_causal();
+    if bert && !(a.mask_prob > 0.0 && a.mask_prob <= 1.0) {
+        bail!("--mask-prob {}: give a fraction in (0, 1]", a.mask_prob);
+    }
+    let mut rng = igpt::rng::Rng::new(a.seed);
     for chunk in imgs.chunks(a.batch.max(1)) {
         let targets: Vec<Vec<u32>> = chunk.iter().map(|img| proc.encode(img)).collect();
-        // input = [SOS] + tokens[:-1]; logits[:, i] predicts tokens[i]
-        let inputs: Vec<u32> =
-            targets.iter().flat_map(|tg| std::iter::once(sos).chain(tg[..t - 1].iter().copied())).collect();
-        model.forward(&mut ws, &inputs, chunk.len(), t, Logits::All, false)?;
+        let b = chunk.len();
+        let masked = if bert {
+            let flat: Vec<u32> = targets.concat();
+            let m = igpt::train::batches::bert_mask(b * t, a.mask_prob, &mut rng);
+            model.forward_masked(&mut ws, &flat, &m, b, t)?;
+            Some(m)
+        } else {
+            // input = [SOS] + tokens[:-1]; logits[:, i] predicts tokens[i]
+            let inputs: Vec<u32> =
+                targets.iter().flat_map(|tg| std::iter::once(sos).chain(tg[..t - 1].iter().copied())).collect();
+            model.forward(&mut ws, &inputs, b, t, Logits::All, false)?;
+            None
+        };
         for (i, tg) in targets.iter().enumerate() {
-            let (nll, _) = cross_entropy(&ws.logits[i * t * v..(i + 1) * t * v], tg, v);
-            nlls.push(nll);
+            let (nll, rows) = cross_entropy(&ws.logits[i * t * v..(i + 1) * t * v], tg, v);
+            nlls.push(match &masked {
+                // the mean over this image's masked pixels (at least one per batch is masked)
+                Some(m) => {
+                    let picked: Vec<f64> =
+                        rows.iter().zip(&m[i * t..(i + 1) * t]).filter(|x| *x.1).map(|x| *x.0).collect();
+                    if picked.is_empty() { f64::NAN } else { picked.iter().sum::<f64>() / picked.len() as f64 }
+                }
+                None => nll,
+            });
         }
-        bar.inc(chunk.len() as u64);
+        bar.inc(b as u64);
     }
     bar.finish_and_clear();
-    let mean = nlls.iter().sum::<f64>() / nlls.len() as f64;
+    // images with no masked pixel (BERT, a small --mask-prob) have no score
+    let scored: Vec<f64> = nlls.iter().copied().filter(|x| x.is_finite()).collect();
+    let mean = scored.iter().sum::<f64>() / scored.len().max(1) as f64;
     let bits = mean / std::f64::consts::LN_2;
+    let (metric, what) = metric_of(bert);
+    let objective = model.config.objective.name();
     if a.json {
         let items: Vec<_> = a
             .images
             .iter()
             .zip(&nlls)
-            .map(|(p, n)| json!({"path": p, "nll": n, "bits_per_token": n / std::f64::consts::LN_2}))
+            .map(|(p, &n)| {
+                let n = n.is_finite().then_some(n);
+                json!({"path": p, "nll": n, "bits_per_token": n.map(|n| n / std::f64::consts::LN_2)})
+            })
             .collect();
-        return super::print_json(&json!({"images": items, "mean_nll": mean, "bits_per_token": bits}));
+        let mut out = json!({"objective": objective, "metric": metric, "images": items, "mean_nll": mean, "bits_per_token": bits});
+        if bert {
+            out["mask_prob"] = json!(a.mask_prob);
+            out["seed"] = json!(a.seed);
+        }
+        return super::print_json(&out);
     }
     for (p, n) in a.images.iter().zip(&nlls) {
         println!("{:>9.5} nats/token  {:>8.5} bits/token  {}", n, n / std::f64::consts::LN_2, p.display());
     }
-    println!("mean {mean:.5} nats/token = {bits:.5} bits/token over {} images", nlls.len());
+    println!("{what}: mean {mean:.5} nats/token = {bits:.5} bits/token over {} images", scored.len());
     Ok(())
 }

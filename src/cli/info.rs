@@ -83,6 +83,7 @@ fn model_info(dir: &std::path::Path) -> Result<Value> {
         "model_type": c.model_type, "grid_height": c.height(), "grid_width": c.width(),
         "position_embedding": c.position_embedding.name(), "rope_theta": c.rope_theta,
         "attention": c.attention.name(), "local_rows": c.local_rows, "local_cols": c.local_cols,
+        "objective": c.objective.name(), "causal": c.is_causal(),
     }))
 }
 
@@ -98,6 +99,14 @@ fn print_model(m: &Value) {
     println!(
         "sequence    {} positions, vocab {} ({} colours + SOS {})",
         m["n_positions"], m["vocab_size"], m["n_colors"], m["sos_token"]
+    );
+    println!(
+        "objective   {}",
+        if m["causal"] == true {
+            "gpt (causal)"
+        } else {
+            "bert (bidirectional: eval scores masked pixels; no sampling)"
+        }
     );
     println!(
         "attention   {}{}; scale_attn_weights {}, by_inverse_layer_idx {}",

@@ -98,6 +98,13 @@ pub fn open_causal(dir: &std::path::Path) -> Result<(igpt::model::ImageGpt, Imag
             model.kind.hf_architecture()
         );
     }
+    if !model.config.is_causal() {
+        bail!(
+            "{}: this is a BERT model (objective \"bert\", bidirectional attention); sampling and completion \
+             predict pixels in raster order and need a GPT model: train one with --objective gpt",
+            dir.display()
+        );
+    }
     let proc = super::open_processor(dir)?;
     let (h, w) = proc.hw();
     if h * w != model.config.n_positions || proc.n_clusters() != model.config.n_colors() {

@@ -215,7 +215,28 @@ impl ImageGpt {
         logits: Logits,
         collect_hidden: bool,
     ) -> Result<()> {
-        self.run(ws, None, tokens, b, t, logits, collect_hidden)
+        self.run(ws, None, (tokens, None), b, t, logits, collect_hidden)
+    }
+
+    /// The BERT pass: tokens (B, T) as they are (no SOS) with the token embedding of every
+    /// position where `masked` is true multiplied by 0 (position embeddings kept), attention
+    /// bidirectional as for any BERT model; `ws.logits` (B, T, V-1) predicts every position.
+    pub fn forward_masked(
+        &self,
+        ws: &mut Workspace,
+        tokens: &[u32],
+        masked: &[bool],
+        b: usize,
+        t: usize,
+    ) -> Result<()> {
+        if self.config.is_causal() {
+            return Err(Error::Invalid("a masked-token pass needs a BERT model (objective \"bert\")".into()));
+        }
+        if masked.len() != tokens.len() {
+            return Err(Error::Invalid(format!("{} mask entries for {} tokens", masked.len(), tokens.len())));
+        }
+        let scale: Vec<f32> = masked.iter().map(|&m| if m { 0.0 } else { 1.0 }).collect();
+        self.run(ws, None, (tokens, Some(&scale)), b, t, Logits::All, false)
     }
 
     /// Incremental forward: T new tokens per row at positions cache.len()..cache.len()+T,
@@ -232,8 +253,15 @@ impl ImageGpt {
         t: usize,
         logits: Logits,
     ) -> Result<()> {
+        if !self.config.is_causal() {
+            return Err(Error::Invalid(
+                "this is a BERT model (bidirectional attention): it has no causal decoding, so it cannot sample or \
+                 complete images; use a GPT model (train with --objective gpt)"
+                    .into(),
+            ));
+        }
         let b = cache.batch();
-        self.run(ws, Some(cache), tokens, b, t, logits, false)
+        self.run(ws, Some(cache), (tokens, None), b, t, logits, false)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -241,7 +269,7 @@ impl ImageGpt {
         &self,
         ws: &mut Workspace,
         cache: Option<&mut KvCache>,
-        tokens: &[u32],
+        input: (&[u32], Option<&[f32]>),
         b: usize,
         t: usize,
         logits: Logits,
@@ -250,7 +278,7 @@ impl ImageGpt {
         // The whole pass runs on a pool thread: its dozens of parallel kernels then fork from
         // a worker (cheap) instead of each waking the pool from outside (a futex round trip
         // per kernel, which dominated small decoding steps).
-        crate::backend::on_pool(|| self.run_on_pool(ws, cache, tokens, b, t, logits, collect_hidden))
+        crate::backend::on_pool(|| self.run_on_pool(ws, cache, input, b, t, logits, collect_hidden))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -258,7 +286,7 @@ impl ImageGpt {
         &self,
         ws: &mut Workspace,
         mut cache: Option<&mut KvCache>,
-        tokens: &[u32],
+        (tokens, token_scale): (&[u32], Option<&[f32]>),
         b: usize,
         t: usize,
         logits: Logits,
@@ -273,7 +301,7 @@ impl ImageGpt {
         ws.attentions.clear();
 
         let x = &mut ws.x[..n * c];
-        timed(Kernel::Embed, || self.embed(x, tokens, None, t, pos0));
+        timed(Kernel::Embed, || self.embed(x, tokens, token_scale, t, pos0));
         for (l, lo) in self.layout.layers.iter().enumerate() {
             if collect_hidden {
                 ws.hidden_states.push(ws.x[..n * c].to_vec());
@@ -294,7 +322,7 @@ impl ImageGpt {
                 fc: &mut ws.fc[..n * i],
                 fc_act: None,
             };
-            self.block_forward(l, lo, b, t, bufs, kv, true);
+            self.block_forward(l, lo, b, t, bufs, kv, cfg.is_causal());
             if ws.want_attentions && !cached {
                 self.record_attentions(ws, l, b, t);
             }
@@ -389,7 +417,7 @@ impl ImageGpt {
         let (c, nh) = (self.config.n_embd, self.config.n_head);
         let qkv = &ws.qkv[..b * t * 3 * c];
         let view = |part: usize| SeqView { data: qkv, offset: part * c, batch_stride: t * 3 * c, row_stride: 3 * c };
-        let mask = self.attention_mask(true);
+        let mask = self.attention_mask(self.config.is_causal());
         let dims = AttnDims {
             b,
             t,

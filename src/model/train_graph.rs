@@ -17,13 +17,7 @@ use crate::error::{Error, Result};
 use super::gpt::{BlockBufs, ImageGpt};
 use super::params::ModelKind;
 
-/// Which pretraining objective.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Objective {
-    Gpt,
-    Bert,
-}
+pub use crate::config::Objective;
 
 /// Saved activations of one block.
 #[derive(Default)]
@@ -173,11 +167,13 @@ impl ImageGpt {
         })
     }
 
-    /// Fine-tuning step (paper, section 3.4): one causal pass over the image tokens (no SOS,
-    /// as HF's `ImageGPTForImageClassification` sees them) gives both losses:
-    /// `gen_weight` x next-pixel cross-entropy (positions 0..T-1 predict 1..T) plus the
-    /// cross-entropy of `score` over the mean-pooled ln_f output. Adds both gradients to
-    /// `grads` and `dscore` (num_labels, C); returns (gen loss, class loss, correct count).
+    /// Fine-tuning step (paper, section 3.4): one pass over the image tokens (no SOS, as HF's
+    /// `ImageGPTForImageClassification` sees them) gives both losses: `gen_weight` x the
+    /// generative loss plus the cross-entropy of `score` over the mean-pooled ln_f output.
+    /// GPT models: causal, next-pixel cross-entropy (positions 0..T-1 predict 1..T). BERT
+    /// models: bidirectional, the pixels where `masked` is true (required when gen_weight > 0)
+    /// have their token embedding zeroed and are predicted. Adds both gradients to `grads` and
+    /// `dscore` (num_labels, C); returns (gen loss, class loss, correct count).
     #[allow(clippy::too_many_arguments)]
     pub fn forward_backward_classify(
         &self,
@@ -189,7 +185,7 @@ impl ImageGpt {
         labels: &[u16],
         b: usize,
         t: usize,
-        gen_weight: f64,
+        (gen_weight, masked): (f64, Option<&[bool]>),
     ) -> Result<(f64, f64, usize)> {
         if self.kind != ModelKind::CausalLm || t < 2 || tokens.len() != b * t || labels.len() != b {
             return Err(Error::Invalid("fine-tuning needs a causal model and (B, T >= 2) tokens with B labels".into()));
@@ -199,17 +195,33 @@ impl ImageGpt {
         if tokens.iter().any(|&x| x as usize >= v) || labels.iter().any(|&l| l as usize >= k) {
             return Err(Error::Invalid(format!("tokens must be < {v} and labels < {k}")));
         }
+        let causal = self.config.is_causal();
         acts.input.clear();
         acts.input.extend_from_slice(tokens);
         acts.token_scale.clear();
-        acts.token_scale.resize(n, 1.0);
         acts.weights.clear();
-        let wgen = (gen_weight / (b * (t - 1)) as f64) as f32;
-        acts.weights.extend((0..n).map(|i| if i % t < t - 1 { wgen } else { 0.0 }));
-        let targets: Vec<u32> = (0..n).map(|i| if i % t < t - 1 { tokens[i + 1] } else { 0 }).collect();
+        let targets: Vec<u32> = if causal {
+            acts.token_scale.resize(n, 1.0);
+            let wgen = (gen_weight / (b * (t - 1)) as f64) as f32;
+            acts.weights.extend((0..n).map(|i| if i % t < t - 1 { wgen } else { 0.0 }));
+            (0..n).map(|i| if i % t < t - 1 { tokens[i + 1] } else { 0 }).collect()
+        } else {
+            let none = vec![false; n];
+            let m = match masked {
+                Some(m) if m.len() == n && m.iter().any(|&x| x) => m,
+                _ if gen_weight == 0.0 => &none,
+                _ => {
+                    return Err(Error::Invalid("a BERT model's generative fine-tuning loss needs masked pixels".into()));
+                }
+            };
+            let count = m.iter().filter(|&&x| x).count().max(1);
+            acts.token_scale.extend(m.iter().map(|&x| if x { 0.0 } else { 1.0 }));
+            acts.weights.extend(m.iter().map(|&x| if x { (gen_weight / count as f64) as f32 } else { 0.0 }));
+            tokens.to_vec()
+        };
         acts.b = b;
         acts.t = t;
-        self.train_forward(acts, true);
+        self.train_forward(acts, causal);
         let gen_loss = if gen_weight > 0.0 {
             loss::cross_entropy_fused(&mut acts.logits, &targets, &acts.weights, v) / gen_weight
         } else {
@@ -245,7 +257,7 @@ impl ImageGpt {
                 }
             }
         }
-        self.train_backward(acts, grads, true, Some(&extra));
+        self.train_backward(acts, grads, causal, Some(&extra));
         Ok((gen_loss, clf, correct))
     }
 

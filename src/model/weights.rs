@@ -105,6 +105,18 @@ const REMOTE_FILES: [(&str, &str); 2] = [
     ("modeling_igpt.py", include_str!("hf_remote/modeling_igpt.py")),
 ];
 
+/// The model card of a BERT checkpoint: what transformers users must know.
+const BERT_CARD: &str = "# An ImageGPT trained with the BERT objective: not a causal model\n\n\
+This checkpoint was trained by igpt to predict masked pixels from all the others (the paper's BERT \
+objective), with bidirectional attention. `config.json` says `\"objective\": \"bert\"` and \
+`\"model_type\": \"igpt\"`, so transformers' own ImageGPT classes (which always attend causally) \
+refuse it; load it with `AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True)`, which \
+runs `modeling_igpt.py` next to the weights: every position attends to every position, `input_ids` \
+are the pixels themselves (no start token) and `token_mask` (B, T) marks the masked pixels, whose \
+token embedding is multiplied by 0. It cannot sample or complete images (there is no raster order to \
+decode in); `igpt eval` reports its masked-token NLL, `igpt probe` and `igpt finetune` use \
+bidirectional features.\n";
+
 /// `auto_map` of a variant's config.json.
 const REMOTE_CLASSES: [(&str, &str); 3] = [
     ("AutoConfig", "configuration_igpt.IGPTConfig"),
@@ -131,6 +143,9 @@ pub fn save_model(model: &ImageGpt, dir: &Path) -> Result<()> {
         for (name, text) in REMOTE_FILES {
             tensors::write_atomic(&dir.join(name), text.as_bytes())?;
         }
+    }
+    if !model.config.is_causal() {
+        tensors::write_atomic(&dir.join("README.md"), BERT_CARD.as_bytes())?;
     }
     let text = serde_json::to_string_pretty(&json).map_err(|e| Error::Invalid(e.to_string()))?;
     tensors::write_atomic(&dir.join("config.json"), text.as_bytes())?;

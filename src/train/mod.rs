@@ -247,6 +247,8 @@ pub fn run(cfg: &TrainConfig, resume: bool, obs: &mut dyn TrainObserver) -> Resu
         (_, Some(init)) => (load_model_as(init, Some(ModelKind::CausalLm))?, None),
         _ => (ImageGpt::init_random(mcfg.clone(), ModelKind::CausalLm, cfg.seed)?, None),
     };
+    // the saved model records what it was trained for (BERT: every later pass bidirectional)
+    model.config.objective = cfg.objective;
     if shape_of(&model.config) != shape_of(&mcfg) && cfg.init.is_none() {
         return Err(Error::Invalid(format!(
             "{}: the checkpoint's shape {:?} differs from this configuration's {:?}; resume with the same flags",

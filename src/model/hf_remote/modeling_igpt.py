@@ -5,6 +5,11 @@ stored (in, out)); learned_2d adds transformer.wpe_row / transformer.wpe_col.
 
     model = AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True)
     logits = model(input_ids).logits          # (B, T, n_colours), causal (GPT objective)
+
+A BERT checkpoint (config "objective": "bert") is not causal: every position attends to every
+position (local_2d: to its window both ways), input_ids are the pixels themselves (no SOS), and
+`token_mask` (B, T) bool marks the masked pixels, whose token embedding is multiplied by 0:
+    logits = model(pixels, token_mask=mask).logits   # predicts every position
 """
 import math
 
@@ -116,19 +121,25 @@ class IGPTModel(IGPTPreTrainedModel):
         self.ln_f = _Norm(e, cfg.layer_norm_epsilon)
         self.post_init()
 
-    def forward(self, input_ids, **kwargs):
+    def forward(self, input_ids, token_mask=None, **kwargs):
         cfg, (b, t) = self.config, input_ids.shape
         w = _width(cfg)
         slots = torch.arange(t, device=input_ids.device)
         rows, cols = slots // w, slots % w
         x = self.wte(input_ids)
+        if token_mask is not None:  # BERT: masked pixels keep only their position
+            x = x * (~token_mask.bool())[..., None].to(x.dtype)
         if cfg.position_embedding == "learned_1d":
             x = x + self.wpe(slots)
         elif cfg.position_embedding == "learned_2d":
             x = x + self.wpe_row(rows) + self.wpe_col(cols)
-        mask = slots[None, :] <= slots[:, None]  # GPT: causal
+        bert = getattr(cfg, "objective", "gpt") == "bert"
+        # GPT: causal; BERT (objective "bert"): every slot sees every slot
+        mask = torch.ones(t, t, dtype=torch.bool, device=input_ids.device) if bert \
+            else slots[None, :] <= slots[:, None]
         if cfg.attention == "local_2d":
-            mask = mask & ((rows[:, None] - rows[None, :]) <= cfg.local_rows) \
+            dr = rows[:, None] - rows[None, :]
+            mask = mask & ((dr.abs() if bert else dr) <= cfg.local_rows) \
                 & ((cols[:, None] - cols[None, :]).abs() <= cfg.local_cols)
         elif cfg.attention not in ("dense", "linear"):
             raise NotImplementedError(f"attention {cfg.attention!r} is not in this modeling file")
@@ -144,6 +155,6 @@ class IGPTForCausalImageModeling(IGPTPreTrainedModel):
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size - 1, bias=False)
         self.post_init()
 
-    def forward(self, input_ids, **kwargs):
-        h = self.transformer(input_ids).last_hidden_state
+    def forward(self, input_ids, token_mask=None, **kwargs):
+        h = self.transformer(input_ids, token_mask=token_mask).last_hidden_state
         return CausalLMOutput(logits=self.lm_head(h))
