@@ -257,30 +257,44 @@ pub fn run_probe(
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let json = serde_json::to_string_pretty(&report).map_err(|e| Error::Invalid(e.to_string()))?;
     crate::model::tensors::write_atomic(&out.join("probe.json"), json.as_bytes())?;
-    plot_probe(&report).save_png(&out.join("probe.png"))?;
+    probe_chart(&report).save(&out.join("probe"), 760, 440)?;
     Ok(report)
 }
 
-/// Accuracy per layer: val (blue), test (green) and the raw-pixel baseline's test (or val)
-/// accuracy as a flat grey line.
-pub fn plot_probe(r: &ProbeReport) -> crate::tokenizer::RgbImage {
+/// Accuracy (%) per layer: val (blue, where the layer is chosen), test (green), and the
+/// raw-pixel baseline's val and test accuracy as dashed lines.
+pub fn probe_chart(r: &ProbeReport) -> crate::plot::Chart {
+    use crate::plot::{Chart, HLine, Series, Style};
     let pts = |f: &dyn Fn(&ProbeResult) -> Option<f64>| {
-        r.layers.iter().filter_map(|p| Some((p.layer? as f64, f(p)?))).collect::<Vec<_>>()
+        r.layers.iter().filter_map(|p| Some((p.layer? as f64, 100.0 * f(p)?))).collect::<Vec<_>>()
     };
-    let base = r.baseline.test_acc.unwrap_or(r.baseline.val_acc);
-    let (x0, x1) = (
-        r.layers.first().and_then(|p| p.layer).unwrap_or(0) as f64,
-        r.layers.last().and_then(|p| p.layer).unwrap_or(1) as f64,
-    );
-    crate::plot::line_plot(
-        &[
-            (vec![(x0, base), (x1.max(x0 + 1.0), base)], [150, 150, 150]),
-            (pts(&|p| Some(p.val_acc)), [40, 90, 200]),
-            (pts(&|p| p.test_acc), [30, 160, 60]),
-        ],
-        720,
-        400,
-    )
+    let mut series = vec![Series::new("validation", pts(&|p| Some(p.val_acc)), [40, 90, 200], Style::Markers)];
+    let test = pts(&|p| p.test_acc);
+    if !test.is_empty() {
+        series.push(Series::new("test", test, [30, 160, 60], Style::Markers));
+    }
+    let b = &r.baseline;
+    let mut hlines = vec![HLine {
+        label: format!("raw pixels, validation ({:.1}%)", 100.0 * b.val_acc),
+        y: 100.0 * b.val_acc,
+        color: [120, 150, 200],
+    }];
+    if let Some(t) = b.test_acc {
+        hlines.push(HLine {
+            label: format!("raw pixels, test ({:.1}%)", 100.0 * t),
+            y: 100.0 * t,
+            color: [130, 180, 130],
+        });
+    }
+    Chart {
+        title: format!("Linear probe accuracy per layer (best: layer {}, chosen on validation)", r.best_layer),
+        x_label: "layer (0 = embeddings)".into(),
+        y_label: "accuracy (%)".into(),
+        series,
+        hlines,
+        integer_x: true,
+        top_axis: None,
+    }
 }
 
 #[cfg(test)]

@@ -211,7 +211,9 @@ impl ImageGpt {
                 Some(m) if m.len() == n && m.iter().any(|&x| x) => m,
                 _ if gen_weight == 0.0 => &none,
                 _ => {
-                    return Err(Error::Invalid("a BERT model's generative fine-tuning loss needs masked pixels".into()));
+                    return Err(Error::Invalid(
+                        "a BERT model's generative fine-tuning loss needs masked pixels".into(),
+                    ));
                 }
             };
             let count = m.iter().filter(|&&x| x).count().max(1);

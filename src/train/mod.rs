@@ -204,13 +204,27 @@ pub fn read_metrics(path: &Path) -> (Vec<(u64, f64)>, Vec<(u64, f64)>) {
     (tr, va)
 }
 
-/// RUN/loss.png: train loss (blue) and val loss (orange) per step, in bits per token.
-pub fn plot_losses(run: &Path) -> Result<()> {
+/// RUN/loss.png and loss.svg: the train loss per step (raw, faint, and smoothed) and the val
+/// loss at each evaluation, in bits per token, against steps (bottom) and tokens seen (top).
+pub fn plot_losses(run: &Path, tokens_per_step: f64) -> Result<()> {
+    use crate::plot::{Chart, Series, Style, smooth};
     let (tr, va) = read_metrics(&run.join("metrics.jsonl"));
     let bits =
         |v: Vec<(u64, f64)>| v.into_iter().map(|(s, l)| (s as f64, l / std::f64::consts::LN_2)).collect::<Vec<_>>();
-    let img = crate::plot::line_plot(&[(bits(tr), [40, 90, 200]), (bits(va), [230, 120, 20])], 720, 400);
-    img.save_png(&run.join("loss.png"))
+    let (tr, va) = (bits(tr), bits(va));
+    let chart = Chart {
+        title: "Training and validation loss".into(),
+        x_label: "step".into(),
+        y_label: "loss (bits/token)".into(),
+        series: vec![
+            Series::new("train", tr.clone(), [40, 90, 200], Style::Faint),
+            Series::new("train (smoothed, EMA 0.9)", smooth(&tr, 0.9), [40, 90, 200], Style::Line),
+            Series::new("validation", va, [230, 120, 20], Style::Markers),
+        ],
+        top_axis: Some(("tokens seen".into(), tokens_per_step)),
+        ..Default::default()
+    };
+    chart.save(&run.join("loss"), 760, 440)
 }
 
 /// Runs (or, with `resume`, continues) training.
@@ -368,7 +382,7 @@ pub fn run(cfg: &TrainConfig, resume: bool, obs: &mut dyn TrainObserver) -> Resu
         if state.step % cfg.log_every.max(1) == 0 || state.step == total {
             append_line(
                 &metrics,
-                &json!({"kind": "train", "step": log.step, "loss": log.loss, "lr": log.lr, "grad_norm": log.grad_norm, "tok_s": log.tok_s, "elapsed_s": log.elapsed_s}),
+                &json!({"kind": "train", "step": log.step, "tokens": state.tokens_seen, "loss": log.loss, "lr": log.lr, "grad_norm": log.grad_norm, "tok_s": log.tok_s, "elapsed_s": log.elapsed_s}),
             )?;
             obs.log(&log);
             window = (Instant::now(), 0);
@@ -384,7 +398,7 @@ pub fn run(cfg: &TrainConfig, resume: bool, obs: &mut dyn TrainObserver) -> Resu
             let e = EvalLog { step: state.step, val_loss: vl, val_bits: vl / std::f64::consts::LN_2, best };
             append_line(
                 &metrics,
-                &json!({"kind": "eval", "step": e.step, "val_loss": e.val_loss, "val_bits": e.val_bits}),
+                &json!({"kind": "eval", "step": e.step, "tokens": state.tokens_seen, "val_loss": e.val_loss, "val_bits": e.val_bits}),
             )?;
             obs.eval(&e);
             checkpoint::save(
@@ -398,7 +412,7 @@ pub fn run(cfg: &TrainConfig, resume: bool, obs: &mut dyn TrainObserver) -> Resu
                 checkpoint::save(&run_dir.join("best"), &model, &opt, &state, &palette)?;
             }
             checkpoint::prune(run_dir, cfg.keep)?;
-            plot_losses(run_dir)?;
+            plot_losses(run_dir, (per_step as usize * t) as f64)?;
         }
     }
     Ok(TrainSummary {
