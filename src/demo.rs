@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::finetune::{FinetuneConfig, FinetuneSummary, finetune};
 use crate::model::train_graph::{Objective, TrainActs};
 use crate::model::{ImageGpt, ModelKind, load_model};
-use crate::probe::{NoProgress, ProbeReport, run_probe};
+use crate::probe::{NoProgress, ProbeOptions, ProbeReport, run_probe};
 use crate::sample::{Prompt, Sampler, Sampling, generate};
 use crate::tokenizer::{ImageProcessorConfig, RgbImage};
 use crate::train::{TrainConfig, TrainObserver, TrainSummary};
@@ -209,7 +209,8 @@ pub fn run_demo(cfg: &DemoConfig, obs: &mut dyn DemoObserver) -> Result<DemoSumm
     // 5. probe every layer
     obs.stage("probe", "logistic regression on every layer's pooled features");
     let t0 = Instant::now();
-    let probe = run_probe(&model, &data, None, &out.join("probe"), 200, 0, &mut NoProgress)?;
+    let opts = ProbeOptions { max_iter: 200, ..Default::default() };
+    let probe = run_probe(&model, &data, &opts, &out.join("probe"), &mut NoProgress)?;
     timings.push(("probe".to_string(), t0.elapsed().as_secs_f64()));
 
     // 6. fine-tune briefly

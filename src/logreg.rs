@@ -6,7 +6,9 @@
 use rayon::prelude::*;
 
 use crate::backend::WeightLayout;
-use crate::backend::matmul::matmul_forward;
+use crate::backend::isa::multiversion;
+use crate::backend::math;
+use crate::backend::matmul::{bias_backward, matmul_backward_weight, matmul_forward};
 
 /// Per-feature mean and standard deviation (from the training features).
 #[derive(Clone, Debug)]
@@ -70,112 +72,53 @@ impl LogReg {
     }
 }
 
-/// Class lanes per register block: logits and gradients are kept in blocks of 16 classes.
-const L: usize = 16;
-/// Rows per task of the loss/gradient pass.
-const ROWS: usize = 512;
-/// Rows whose logits are computed together.
-const G: usize = 4;
+/// Rows per task of the softmax pass.
+const ROWS: usize = 256;
 
-/// Loss and gradient at theta = [W (D*K), b (K)], in one pass over x: each task takes a
-/// block of rows, computes their logits, softmax and the (dW, db) contribution while the
-/// rows are in cache; the per-task sums are added in task order (deterministic).
-fn loss_grad(theta: &[f32], grad: &mut [f32], x: &[f32], y: &[u16], d: usize, k: usize, lambda: f64) -> f64 {
-    let n = y.len();
-    let kb = k.div_ceil(L); // class blocks
-    let (w, b) = theta.split_at(d * k);
-    // W padded to (d, kb*L) blocks of 16 lanes; padded classes get -inf-like bias.
-    let mut wp = vec![[0f32; L]; d * kb];
-    for j in 0..d {
-        for c in 0..k {
-            wp[j * kb + c / L][c % L] = w[j * k + c];
-        }
-    }
-    let mut bp = vec![[-1e30f32; L]; kb];
-    for c in 0..k {
-        bp[c / L][c % L] = b[c];
-    }
-    let inv_n = 1.0 / n as f32;
-    let parts: Vec<(f64, Vec<[f32; L]>, Vec<[f32; L]>)> = (0..n.div_ceil(ROWS))
-        .into_par_iter()
-        .map(|t| {
-            let mut gw = vec![[0f32; L]; d * kb];
-            let mut gb = vec![[0f32; L]; kb];
+multiversion! {
+/// Softmax cross-entropy of the rows of `logits` (N, K) against `y`, in place: each row
+/// becomes dlogits = (softmax - onehot) / N. Returns the summed loss (f64, per-task sums
+/// added in task order: deterministic).
+fn softmax_rows(logits: &mut [f32], y: &[u16], k: usize) -> f64 {
+    let inv_n = 1.0 / y.len() as f32;
+    let parts: Vec<f64> = logits
+        .par_chunks_mut(ROWS * k)
+        .zip(y.par_chunks(ROWS))
+        .map(|(rows, ys)| {
             let mut loss = 0f64;
-            // G rows at a time: G independent FMA chains for the logits (one row's chain is
-            // latency-bound), and each gradient entry still adds the rows in order.
-            let (lo, hi) = (t * ROWS, ((t + 1) * ROWS).min(n));
-            let mut logits = vec![[[0f32; L]; G]; kb];
-            let mut i0 = lo;
-            while i0 < hi {
-                let g = G.min(hi - i0);
-                for (lb, b) in logits.iter_mut().zip(&bp) {
-                    lb.fill(*b); // rows >= g are computed and ignored
+            for (row, &yi) in rows.chunks_exact_mut(k).zip(ys) {
+                let m = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+                let zy = row[yi as usize] - m;
+                let mut sum = 0f32;
+                for v in row.iter_mut() {
+                    *v = math::exp(*v - m);
+                    sum += *v;
                 }
-                for j in 0..d {
-                    let xs: [f32; G] = std::array::from_fn(|r| if r < g { x[(i0 + r) * d + j] } else { 0.0 });
-                    for (lb, wb) in logits.iter_mut().zip(&wp[j * kb..(j + 1) * kb]) {
-                        for r in 0..G {
-                            for c in 0..L {
-                                lb[r][c] = xs[r].mul_add(wb[c], lb[r][c]);
-                            }
-                        }
-                    }
-                }
-                for r in 0..g {
-                    let m = logits.iter().flat_map(|lb| lb[r]).fold(f32::NEG_INFINITY, f32::max);
-                    let yi = y[i0 + r] as usize;
-                    let zy = logits[yi / L][r][yi % L] - m;
-                    let mut sum = 0f32;
-                    for lb in logits.iter_mut() {
-                        for v in lb[r].iter_mut() {
-                            *v = (*v - m).exp();
-                            sum += *v;
-                        }
-                    }
-                    loss += (sum.ln() - zy) as f64;
-                    // dlogits = (softmax - onehot) / n
-                    let scale = inv_n / sum;
-                    for lb in logits.iter_mut() {
-                        lb[r].iter_mut().for_each(|v| *v *= scale);
-                    }
-                    logits[yi / L][r][yi % L] -= inv_n;
-                    for (gbb, lb) in gb.iter_mut().zip(&logits) {
-                        for c in 0..L {
-                            gbb[c] += lb[r][c];
-                        }
-                    }
-                }
-                for j in 0..d {
-                    for (gwb, lb) in gw[j * kb..(j + 1) * kb].iter_mut().zip(&logits) {
-                        for r in 0..g {
-                            let xv = x[(i0 + r) * d + j];
-                            for c in 0..L {
-                                gwb[c] = xv.mul_add(lb[r][c], gwb[c]);
-                            }
-                        }
-                    }
-                }
-                i0 += g;
+                loss += (sum.ln() - zy) as f64;
+                let scale = inv_n / sum;
+                row.iter_mut().for_each(|v| *v *= scale);
+                row[yi as usize] -= inv_n;
             }
-            (loss, gw, gb)
+            loss
         })
         .collect();
+    parts.iter().sum()
+}
+}
+
+/// Loss and gradient at theta = [W (D*K), b (K)]: logits = X W + b through the gemm, the
+/// softmax rows, then dW = X^T dlogits (the gemm again) and db = the column sums.
+fn loss_grad(theta: &[f32], grad: &mut [f32], x: &[f32], y: &[u16], d: usize, k: usize, lambda: f64) -> f64 {
+    let n = y.len();
+    let (w, b) = theta.split_at(d * k);
+    let mut logits = vec![0f32; n * k];
+    matmul_forward(&mut logits, x, w, Some(b), (n, d, k), WeightLayout::InOut, false);
+    let ce = softmax_rows(&mut logits, y, k);
     let (gw, gb) = grad.split_at_mut(d * k);
     gw.fill(0.0);
     gb.fill(0.0);
-    let mut ce = 0f64;
-    for (loss, pw, pb) in &parts {
-        ce += loss;
-        for j in 0..d {
-            for c in 0..k {
-                gw[j * k + c] += pw[j * kb + c / L][c % L];
-            }
-        }
-        for c in 0..k {
-            gb[c] += pb[c / L][c % L];
-        }
-    }
+    matmul_backward_weight(gw, x, &logits, (n, d, k));
+    bias_backward(gb, &logits, k);
     let mut reg = 0f64;
     for (g, &wv) in gw.iter_mut().zip(w) {
         *g += lambda as f32 * wv;
@@ -188,7 +131,12 @@ fn dot(a: &[f32], b: &[f32]) -> f64 {
     a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum()
 }
 
-/// Fits by L-BFGS (memory 10, backtracking Armijo line search) from zero weights.
+/// Convergence threshold on the largest component of the gradient of the objective (mean
+/// cross-entropy + lambda/2 ||W||^2); scikit-learn's lbfgs stops at 1e-4 on the same function.
+pub const GTOL: f32 = 1e-4;
+
+/// Fits by L-BFGS (memory 10, backtracking Armijo line search) from zero weights, until the
+/// gradient is below [`GTOL`] or `max_iter` iterations.
 ///
 /// # Shapes
 /// x: (N, D) standardised features; y: (N) labels < k.
@@ -272,7 +220,9 @@ pub fn fit_from(
             }
             step *= 0.5;
         }
-        if !accepted || dot(&g, &g).sqrt() < 1e-6 {
+        // converged: the largest gradient component below GTOL (scikit-learn's lbfgs test,
+        // for the same objective), or no more progress
+        if !accepted || g.iter().fold(0f32, |m, v| m.max(v.abs())) <= GTOL {
             break;
         }
     }

@@ -9,7 +9,7 @@ use igpt::data::tokens;
 use igpt::finetune::{FinetuneConfig, finetune};
 use igpt::model::train_graph::TrainActs;
 use igpt::model::{ModelKind, load_model, load_model_as};
-use igpt::probe::{NoProgress, run_probe};
+use igpt::probe::{NoProgress, ProbeOptions, run_probe};
 use igpt::rng::Rng;
 
 /// A prepared folder built from random 8x8 images in 2 classes whose colour statistics
@@ -116,8 +116,9 @@ fn probe_reports_every_layer_and_the_baseline() {
     let tmp = tempfile::tempdir().unwrap();
     tiny_data(&tmp.path().join("data"));
     let model = load_model(&common::fixture("tiny")).unwrap();
-    let r =
-        run_probe(&model, &tmp.path().join("data"), None, &tmp.path().join("report"), 100, 3, &mut NoProgress).unwrap();
+    let feats = tmp.path().join("features");
+    let opts = ProbeOptions { max_iter: 100, concat: 3, save_features: Some(feats.clone()), ..Default::default() };
+    let r = run_probe(&model, &tmp.path().join("data"), &opts, &tmp.path().join("report"), &mut NoProgress).unwrap();
     assert_eq!(r.layers.len(), 3); // embeddings + 2 blocks
     assert_eq!(r.counts, (48, 16, 16));
     assert_eq!(r.classes, 2);
@@ -128,13 +129,43 @@ fn probe_reports_every_layer_and_the_baseline() {
     let cc = r.concat.as_ref().expect("concat asked for");
     assert_eq!(cc.layers, vec![0, 1, 2]);
     assert!(cc.result.val_acc > 0.8 && cc.result.layer.is_none(), "{cc:?}");
-    for f in ["probe.json", "probe.png"] {
+    for f in ["probe.json", "probe.png", "probe.svg"] {
         assert!(tmp.path().join("report").join(f).exists());
     }
-    let err =
-        run_probe(&model, &tmp.path().join("data"), Some(vec![7]), &tmp.path().join("r2"), 10, 0, &mut NoProgress)
-            .unwrap_err()
-            .to_string();
+    // the regularisation path: strong to weak, the chosen strength on it, edges flagged
+    for p in r.layers.iter().chain([&r.baseline, &cc.result]) {
+        assert!(p.path.len() >= 9 && p.path.windows(2).all(|w| w[0].lambda > w[1].lambda), "{p:?}");
+        let best = p.path.iter().position(|q| q.lambda == p.lambda).expect("the chosen lambda is on the path");
+        assert_eq!(p.path[best].val_acc, p.val_acc);
+        assert_eq!(p.lambda_on_edge, best == 0 || best == p.path.len() - 1);
+        assert!(p.path.iter().all(|q| q.val_acc <= p.val_acc), "the best val accuracy is chosen: {p:?}");
+    }
+    let edges = r.layers.iter().chain([&r.baseline]).filter(|p| p.lambda_on_edge).count();
+    assert_eq!(r.warnings.len(), edges + usize::from(cc.result.lambda_on_edge), "{:?}", r.warnings);
+    // --save-features: every probed set, in the format sklearn_probe.py reads
+    let names = ["layer_0", "layer_1", "layer_2", "pixels", "concat"];
+    for (name, d) in names.iter().zip([32, 32, 32, 64 * 3, 96]) {
+        let bytes = std::fs::read(feats.join(format!("{name}.safetensors"))).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        for (split, n) in [("train", 48), ("val", 16), ("test", 16)] {
+            let x = st.tensor(split).unwrap();
+            assert_eq!((x.dtype(), x.shape()), (safetensors::Dtype::F32, &[n, d][..]), "{name} {split}");
+            let y = st.tensor(&format!("{split}_labels")).unwrap();
+            assert_eq!((y.dtype(), y.shape()), (safetensors::Dtype::I64, &[n][..]));
+            let labels: Vec<i64> =
+                y.data().chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())).collect();
+            assert!(labels.iter().all(|&l| l == 0 || l == 1) && labels.contains(&1), "{name} {split}: {labels:?}");
+        }
+    }
+    let err = run_probe(
+        &model,
+        &tmp.path().join("data"),
+        &ProbeOptions { layers: Some(vec![7]), max_iter: 10, ..Default::default() },
+        &tmp.path().join("r2"),
+        &mut NoProgress,
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("layer 7 does not exist"), "{err}");
 }
 

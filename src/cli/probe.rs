@@ -2,7 +2,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use igpt::probe::{ProbeProgress, run_probe};
+use igpt::probe::{ProbeOptions, ProbeProgress, run_probe};
 
 #[derive(Args)]
 pub struct ProbeArgs {
@@ -15,9 +15,14 @@ pub struct ProbeArgs {
     /// `all`, or a comma-separated list of layers (0 = embeddings, n_layer = last block).
     #[arg(long, default_value = "all")]
     layers: String,
-    /// Report folder: probe.json, probe.png.
+    /// Report folder: probe.json, probe.png, probe.svg.
     #[arg(long)]
     out: PathBuf,
+    /// Also write each probed feature set to this folder (layer_N.safetensors,
+    /// pixels.safetensors, concat.safetensors: float32 train/val/test, int64 *_labels; what
+    /// ../shared/bench/sklearn_probe.py reads).
+    #[arg(long)]
+    save_features: Option<PathBuf>,
     /// L-BFGS iterations per fit.
     #[arg(long, default_value_t = 300)]
     max_iter: usize,
@@ -80,9 +85,14 @@ pub fn parse_layers(s: &str) -> Result<Option<Vec<usize>>> {
 pub fn run(a: ProbeArgs) -> Result<()> {
     super::init_threads(a.threads);
     let model = super::open_model(&a.model)?;
-    let layers = parse_layers(&a.layers)?;
+    let opts = ProbeOptions {
+        layers: parse_layers(&a.layers)?,
+        max_iter: a.max_iter,
+        concat: a.concat,
+        save_features: a.save_features.clone(),
+    };
     let mut bar = Bar::new();
-    let r = run_probe(&model, &a.data, layers, &a.out, a.max_iter, a.concat, &mut bar)
+    let r = run_probe(&model, &a.data, &opts, &a.out, &mut bar)
         .with_context(|| format!("probing {} on {}", a.model.display(), a.data.display()))?;
     drop(bar);
     if a.json {
@@ -119,6 +129,9 @@ pub fn run(a: ProbeArgs) -> Result<()> {
             pct(p.test_acc),
             cc.layers
         );
+    }
+    for w in &r.warnings {
+        eprintln!("warning: {w}");
     }
     println!("features {:.1} s, fits {:.1} s -> {}/probe.json, probe.png", r.feature_s, r.fit_s, a.out.display());
     Ok(())

@@ -11,6 +11,7 @@ use std::path::Path;
 
 use rayon::prelude::*;
 
+use crate::backend::isa::multiversion;
 use crate::error::{Error, Result};
 use crate::rng::Rng;
 use crate::tokenizer::ImageProcessorConfig;
@@ -80,8 +81,9 @@ pub fn to_model_space(proc: &ImageProcessorConfig, c: [u8; 3]) -> [f32; 3] {
 }
 
 /// Squared distances from `p` to every centre; returns (index, distance) of the nearest
-/// (first index on ties). Centres in structure-of-arrays form for vectorisation.
-#[inline]
+/// (first index on ties). Centres in structure-of-arrays form for vectorisation (inlined
+/// into the multiversioned callers, so that the FMAs are instructions, not libm calls).
+#[inline(always)]
 fn nearest(p: [f32; 3], cx: &[f32], cy: &[f32], cz: &[f32], d: &mut [f32]) -> (usize, f32) {
     for i in 0..cx.len() {
         let (dx, dy, dz) = (p[0] - cx[i], p[1] - cy[i], p[2] - cz[i]);
@@ -112,6 +114,7 @@ impl Soa {
     }
 }
 
+multiversion! {
 /// Weighted inertia of `points` against `centers`, and each point's nearest centre.
 pub fn assign(points: &[[f32; 3]], weights: &[f64], centers: &[[f32; 3]]) -> (f64, Vec<u32>) {
     let s = Soa::of(centers);
@@ -127,6 +130,7 @@ pub fn assign(points: &[[f32; 3]], weights: &[f64], centers: &[[f32; 3]]) -> (f6
         )
         .collect();
     (res.iter().map(|r| r.1).sum(), res.into_iter().map(|r| r.0).collect())
+}
 }
 
 /// Weighted k-means++ (greedy, 2 + ln k trials per centre, as scikit-learn).

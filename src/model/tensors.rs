@@ -131,17 +131,22 @@ pub fn read_model_dir(dir: &Path) -> Result<TensorMap> {
     Ok(out)
 }
 
-/// Writes tensors as a safetensors file with HF's metadata `{"format": "pt"}`, through a
+/// Writes f32 tensors as a safetensors file with HF's metadata `{"format": "pt"}`, through a
 /// temporary file renamed into place (a crash never leaves a half-written file).
 pub fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>, &[f32])]) -> Result<()> {
-    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+    let bytes: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = tensors
         .iter()
-        .map(|(n, s, d)| (n.clone(), s.clone(), d.iter().flat_map(|v| v.to_le_bytes()).collect()))
+        .map(|(n, s, d)| (n.clone(), Dtype::F32, s.clone(), d.iter().flat_map(|v| v.to_le_bytes()).collect()))
         .collect();
-    let views: Result<Vec<(String, safetensors::tensor::TensorView)>> = bytes
+    write_safetensors_raw(path, &bytes)
+}
+
+/// [`write_safetensors`] for tensors of any dtype given as (name, dtype, shape, little-endian bytes).
+pub fn write_safetensors_raw(path: &Path, tensors: &[(String, Dtype, Vec<usize>, Vec<u8>)]) -> Result<()> {
+    let views: Result<Vec<(String, safetensors::tensor::TensorView)>> = tensors
         .iter()
-        .map(|(n, s, b)| {
-            safetensors::tensor::TensorView::new(Dtype::F32, s.clone(), b)
+        .map(|(n, dt, s, b)| {
+            safetensors::tensor::TensorView::new(*dt, s.clone(), b)
                 .map(|v| (n.clone(), v))
                 .map_err(|e| Error::format(path, format!("tensor `{n}`: {e}")))
         })
@@ -150,6 +155,13 @@ pub fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>, &[f32])]) 
     let tmp = tmp_path(path);
     safetensors::serialize_to_file(views?, Some(meta), &tmp)
         .map_err(|e| Error::format(&tmp, format!("writing safetensors: {e}")))?;
+    // safetensors creates the file readable by its owner only; give it the mode of every
+    // other file igpt writes (rw-r--r--)
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644)).map_err(|e| Error::io(&tmp, e))?;
+    }
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
 

@@ -2,124 +2,45 @@
 //! is normalised with ImageGPT's norm *without* its gain (x / sqrt(mean(x^2) + eps), the
 //! parameter-free version of `ln_f`), average-pooled over all positions, and a multinomial
 //! logistic regression is fitted on the pooled features. Layer 0 is the embedding output.
-//! The model sees the image tokens as HF's classifier does: the H*W pixel ids, no SOS.
+//! The model sees the image tokens as HF's classifier does: the H*W pixel ids, no SOS (a BERT
+//! model attends both ways).
 //!
-//! The regularisation strength is chosen by validation accuracy; the model fitted on the
-//! training split with that strength is reported on train, val and test.
+//! `features` computes and saves what is fitted, `path` fits the regularisation path and
+//! chooses its strength on validation accuracy; the model fitted on the training split with
+//! that strength is reported on train, val and test.
+
+pub mod features;
+pub mod path;
+
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
 use crate::data::tokens::TokenFile;
 use crate::error::{Error, Result};
-use crate::logreg::{self, Standardizer};
-use crate::model::{ImageGpt, Logits, Workspace};
+use crate::model::ImageGpt;
 use crate::tokenizer::ImageProcessorConfig;
 
-/// Pooled features of every layer for every image of a split: feats[l] is (N, C).
-pub fn layer_features(
-    model: &ImageGpt,
-    data: &TokenFile,
-    layers: &[usize],
-    batch: usize,
-    progress: &mut dyn FnMut(usize),
-) -> Result<Vec<Vec<f32>>> {
-    let (c, t, eps) = (model.config.n_embd, data.seq_len(), model.config.layer_norm_epsilon);
-    if t != model.config.n_positions {
-        return Err(Error::Invalid(format!(
-            "{}: images of {t} pixels, the model takes {}",
-            data.path.display(),
-            model.config.n_positions
-        )));
-    }
-    let mut feats: Vec<Vec<f32>> = layers.iter().map(|_| Vec::with_capacity(data.count * c)).collect();
-    let mut ws = Workspace::new();
-    let mut tokens = vec![0u32; batch * t];
-    for start in (0..data.count).step_by(batch.max(1)) {
-        let b = batch.min(data.count - start);
-        for i in 0..b {
-            data.image_into(start + i, &mut tokens[i * t..(i + 1) * t]);
-        }
-        model.forward(&mut ws, &tokens[..b * t], b, t, Logits::None, true)?;
-        for (f, &l) in feats.iter_mut().zip(layers) {
-            // residual stream after block l (hidden_states[l], except the last which HF stores after ln_f)
-            let h = if l == model.config.n_layer { &ws.last_block_output } else { &ws.hidden_states[l] };
-            for i in 0..b {
-                let mut pooled = vec![0f64; c];
-                for row in h[i * t * c..(i + 1) * t * c].chunks_exact(c) {
-                    let ms: f64 = row.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / c as f64;
-                    let r = 1.0 / (ms + eps).sqrt();
-                    pooled.iter_mut().zip(row).for_each(|(p, &v)| *p += v as f64 * r);
-                }
-                f.extend(pooled.iter().map(|&v| (v / t as f64) as f32));
-            }
-        }
-        progress(b);
-    }
-    Ok(feats)
+pub use features::{Split, layer_features, pixel_features, save_features};
+pub use path::{LAMBDAS, PathPoint, ProbeResult, fit_probe};
+
+/// What to probe and how.
+#[derive(Clone, Debug)]
+pub struct ProbeOptions {
+    /// Layers (0 = embeddings, n_layer = last block); None = all.
+    pub layers: Option<Vec<usize>>,
+    /// L-BFGS iterations per fit.
+    pub max_iter: usize,
+    /// With > 1: also the concatenated features of that many consecutive probed layers
+    /// centred on the best one.
+    pub concat: usize,
+    /// Writes each probed feature set there (`layer_N.safetensors`, `pixels.safetensors`).
+    pub save_features: Option<PathBuf>,
 }
 
-/// Raw-pixel features: the palette colours of every pixel, (N, H*W*3), in [0, 255].
-pub fn pixel_features(data: &TokenFile, proc: &ImageProcessorConfig) -> Vec<f32> {
-    let t = data.seq_len();
-    let mut tokens = vec![0u32; t];
-    let mut out = Vec::with_capacity(data.count * t * 3);
-    for i in 0..data.count {
-        data.image_into(i, &mut tokens);
-        out.extend(proc.decode(&tokens).iter().map(|&v| v as f32));
-    }
-    out
-}
-
-/// One probe's result.
-#[derive(Clone, Debug, Serialize)]
-pub struct ProbeResult {
-    /// Layer index (0 = embeddings), or None for the raw-pixel baseline.
-    pub layer: Option<usize>,
-    pub lambda: f64,
-    pub train_acc: f64,
-    pub val_acc: f64,
-    pub test_acc: Option<f64>,
-}
-
-/// Regularisation strengths tried (lambda of mean CE + lambda/2 ||W||^2).
-pub const LAMBDAS: [f64; 6] = [1e-4, 1e-3, 1e-2, 3e-2, 1e-1, 1.0];
-
-/// Fits the probe on (train) features, picks lambda on val, reports all splits.
-pub fn fit_probe(
-    layer: Option<usize>,
-    d: usize,
-    k: usize,
-    train: (&[f32], &[u16]),
-    val: (&[f32], &[u16]),
-    test: Option<(&[f32], &[u16])>,
-    max_iter: usize,
-) -> ProbeResult {
-    let st = Standardizer::fit(train.0, d);
-    let std = |x: &[f32]| {
-        let mut v = x.to_vec();
-        st.apply(&mut v);
-        v
-    };
-    let (xtr, xva) = (std(train.0), std(val.0));
-    let xte = test.map(|t| std(t.0));
-    let mut best: Option<(f64, f64, logreg::LogReg)> = None;
-    let mut prev: Option<logreg::LogReg> = None;
-    // The regularisation path from strong to weak: each fit starts at the previous optimum.
-    for &lambda in LAMBDAS.iter().rev() {
-        let m = logreg::fit_from(&xtr, train.1, d, k, lambda, max_iter, prev.as_ref());
-        prev = Some(m.clone());
-        let va = m.accuracy(&xva, val.1);
-        if best.as_ref().is_none_or(|b| va >= b.0) {
-            best = Some((va, lambda, m));
-        }
-    }
-    let (val_acc, lambda, m) = best.expect("at least one lambda");
-    ProbeResult {
-        layer,
-        lambda,
-        train_acc: m.accuracy(&xtr, train.1),
-        val_acc,
-        test_acc: xte.as_ref().zip(test).map(|(x, t)| m.accuracy(x, t.1)),
+impl Default for ProbeOptions {
+    fn default() -> Self {
+        ProbeOptions { layers: None, max_iter: 300, concat: 0, save_features: None }
     }
 }
 
@@ -154,6 +75,8 @@ pub struct ProbeReport {
     pub feature_s: f64,
     pub fit_s: f64,
     pub norm: String,
+    /// Problems a reader should know of (a strength chosen on the edge of its path).
+    pub warnings: Vec<String>,
 }
 
 /// Progress of a probe run, drawn by the caller.
@@ -170,17 +93,47 @@ fn labels_of(f: &TokenFile) -> Result<Vec<u16>> {
     })
 }
 
-/// Probes `layers` (None = all, 0..=n_layer) of `model` on the prepared data in `data_dir`,
-/// writing probe.json and probe.png into `out`. With `concat` > 1, also probes the
-/// concatenated features of `concat` consecutive probed layers centred on the best one.
-#[allow(clippy::too_many_arguments)]
+/// One feature set of every split (train, val, test) with the labels: (N, D) each.
+struct Sets<'a> {
+    x: [Option<&'a [f32]>; 3],
+    y: [Option<&'a [u16]>; 3],
+}
+
+const SPLITS: [&str; 3] = ["train", "val", "test"];
+
+impl Sets<'_> {
+    /// Saves the set as `dir/name.safetensors` when asked, then fits its probe.
+    fn probe(&self, name: &str, layer: Option<usize>, (d, k): (usize, usize), o: &ProbeOptions) -> Result<ProbeResult> {
+        let split = |i: usize| Some(Split { x: self.x[i]?, y: self.y[i]? });
+        if let Some(dir) = &o.save_features {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+            let splits: Vec<(&str, Split)> = (0..3).filter_map(|i| Some((SPLITS[i], split(i)?))).collect();
+            save_features(&dir.join(format!("{name}.safetensors")), d, &splits)?;
+        }
+        let (train, val) = (split(0).expect("a train split"), split(1).expect("a val split"));
+        Ok(fit_probe(layer, (d, k), (train, val, split(2)), o.max_iter))
+    }
+}
+
+/// Rows of the `idx` feature sets (N, c each) side by side: (N, c * idx.len()).
+fn side_by_side(f: &[Vec<f32>], idx: &[usize], n: usize, c: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(n * c * idx.len());
+    for r in 0..n {
+        for &i in idx {
+            out.extend_from_slice(&f[i][r * c..(r + 1) * c]);
+        }
+    }
+    out
+}
+
+/// Probes the layers of `model` on the prepared data in `data_dir` (and the raw-pixel
+/// baseline, and with `concat` > 1 the concatenation around the best layer), writing
+/// probe.json, probe.png and probe.svg into `out`.
 pub fn run_probe(
     model: &ImageGpt,
-    data_dir: &std::path::Path,
-    layers: Option<Vec<usize>>,
-    out: &std::path::Path,
-    max_iter: usize,
-    concat: usize,
+    data_dir: &Path,
+    o: &ProbeOptions,
+    out: &Path,
     progress: &mut dyn ProbeProgress,
 ) -> Result<ProbeReport> {
     let open = |f: &str| TokenFile::open(&data_dir.join(f));
@@ -188,13 +141,14 @@ pub fn run_probe(
     let test = data_dir.join("test.tokens").exists().then(|| open("test.tokens")).transpose()?;
     let proc = ImageProcessorConfig::from_file(&data_dir.join("preprocessor_config.json"))?;
     let nl = model.config.n_layer;
-    let layers = layers.unwrap_or_else(|| (0..=nl).collect());
+    let layers = o.layers.clone().unwrap_or_else(|| (0..=nl).collect());
     if let Some(bad) = layers.iter().find(|&&l| l > nl) {
         return Err(Error::Invalid(format!("layer {bad} does not exist: the model has layers 0..={nl}")));
     }
     let (ytr, yva) = (labels_of(&train)?, labels_of(&val)?);
     let yte = test.as_ref().map(labels_of).transpose()?;
     let k = 1 + ytr.iter().chain(&yva).chain(yte.iter().flatten()).copied().max().unwrap_or(0) as usize;
+    let y = [Some(&ytr[..]), Some(&yva[..]), yte.as_deref()];
     let t0 = std::time::Instant::now();
     let total = train.count + val.count + test.as_ref().map_or(0, |t| t.count);
     progress.stage("features", total as u64);
@@ -205,41 +159,48 @@ pub fn run_probe(
     let feature_s = t0.elapsed().as_secs_f64();
     let t1 = std::time::Instant::now();
     let c = model.config.n_embd;
-    let concat = concat.min(layers.len());
+    let concat = o.concat.min(layers.len());
     progress.stage("probes", layers.len() as u64 + 1 + u64::from(concat > 1));
     let mut results = Vec::new();
     for (i, &l) in layers.iter().enumerate() {
-        let te = fte.as_ref().zip(yte.as_ref()).map(|(f, y)| (&f[i][..], &y[..]));
-        results.push(fit_probe(Some(l), c, k, (&ftr[i], &ytr), (&fva[i], &yva), te, max_iter));
+        let sets = Sets { x: [Some(&ftr[i][..]), Some(&fva[i][..]), fte.as_ref().map(|f| &f[i][..])], y };
+        results.push(sets.probe(&format!("layer_{l}"), Some(l), (c, k), o)?);
         progress.inc(1);
     }
-    let d_px = train.seq_len() * 3;
-    let (ptr, pva) = (pixel_features(&train, &proc), pixel_features(&val, &proc));
-    let pte = test.as_ref().map(|t| pixel_features(t, &proc));
-    let baseline = fit_probe(None, d_px, k, (&ptr, &ytr), (&pva, &yva), pte.as_deref().zip(yte.as_deref()), max_iter);
+    let px: Vec<Vec<f32>> =
+        [Some(&train), Some(&val), test.as_ref()].iter().flatten().map(|f| pixel_features(f, &proc)).collect();
+    let sets = Sets { x: [Some(&px[0][..]), Some(&px[1][..]), px.get(2).map(|v| &v[..])], y };
+    let baseline = sets.probe("pixels", None, (train.seq_len() * 3, k), o)?;
     progress.inc(1);
     let best_i =
         (0..results.len()).max_by(|&a, &b| results[a].val_acc.total_cmp(&results[b].val_acc)).expect("a layer");
-    let concat = (concat > 1).then(|| {
+    let concat = if concat > 1 {
         let idx: Vec<usize> = concat_window(best_i, layers.len(), concat).collect();
-        let join = |f: &[Vec<f32>], n: usize| {
-            let mut out = Vec::with_capacity(n * c * idx.len());
-            for r in 0..n {
-                for &i in &idx {
-                    out.extend_from_slice(&f[i][r * c..(r + 1) * c]);
-                }
-            }
-            out
-        };
-        let (xtr, xva) = (join(&ftr, train.count), join(&fva, val.count));
-        let xte = fte.as_ref().zip(test.as_ref()).map(|(f, t)| join(f, t.count));
-        let te = xte.as_deref().zip(yte.as_deref());
-        let result = fit_probe(None, c * idx.len(), k, (&xtr, &ytr), (&xva, &yva), te, max_iter);
+        let xtr = side_by_side(&ftr, &idx, train.count, c);
+        let xva = side_by_side(&fva, &idx, val.count, c);
+        let xte = fte.as_ref().zip(test.as_ref()).map(|(f, t)| side_by_side(f, &idx, t.count, c));
+        let sets = Sets { x: [Some(&xtr[..]), Some(&xva[..]), xte.as_deref()], y };
+        let result = sets.probe("concat", None, (c * idx.len(), k), o)?;
         progress.inc(1);
-        ConcatResult { layers: idx.iter().map(|&i| layers[i]).collect(), result }
-    });
+        Some(ConcatResult { layers: idx.iter().map(|&i| layers[i]).collect(), result })
+    } else {
+        None
+    };
     let fit_s = t1.elapsed().as_secs_f64();
     let best = &results[best_i];
+    let mut warnings = Vec::new();
+    let named = |r: &ProbeResult| r.layer.map_or("the raw-pixel baseline".to_string(), |l| format!("layer {l}"));
+    for r in results.iter().chain([&baseline]).chain(concat.as_ref().map(|c| &c.result)) {
+        if r.lambda_on_edge {
+            let lo = r.path.last().map_or(0.0, |p| p.lambda);
+            let hi = r.path.first().map_or(0.0, |p| p.lambda);
+            warnings.push(format!(
+                "{}: the chosen lambda {:e} is at the edge of the path [{lo:e}, {hi:e}]; the probe may do better beyond it",
+                named(r),
+                r.lambda
+            ));
+        }
+    }
     let report = ProbeReport {
         best_layer: best.layer.expect("a layer"),
         best_val_acc: best.val_acc,
@@ -253,6 +214,7 @@ pub fn run_probe(
         feature_s,
         fit_s,
         norm: "x / sqrt(mean(x^2) + eps) of the residual stream after each block (ImageGPT's norm without gain), mean over all positions".into(),
+        warnings,
     };
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let json = serde_json::to_string_pretty(&report).map_err(|e| Error::Invalid(e.to_string()))?;
