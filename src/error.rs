@@ -6,12 +6,10 @@ use std::path::{Path, PathBuf};
 /// Errors raised by the igpt library. The binary wraps them with `anyhow` context.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    /// The OS error is part of the message and not a `source`: printed as a chain, it
+    /// would appear twice.
+    #[error("{}: {err}", path.display())]
+    Io { path: PathBuf, err: std::io::Error },
 
     #[error("{what}: invalid configuration: {msg}")]
     Config { what: String, msg: String },
@@ -39,7 +37,7 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
     pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
-        Error::Io { path: path.as_ref().to_path_buf(), source }
+        Error::Io { path: path.as_ref().to_path_buf(), err: source }
     }
     pub fn format(path: impl AsRef<Path>, msg: impl Into<String>) -> Self {
         Error::Format { path: path.as_ref().to_path_buf(), msg: msg.into() }

@@ -182,6 +182,17 @@ fn bad_inputs_exit_nonzero_with_a_clear_message() {
     let (ok, _, err) = igpt(&["eval", "--model", cls.to_str().unwrap(), img.to_str().unwrap()]);
     assert!(!ok && err.contains("needs a causal model"), "{err}");
     assert!(!err.contains("panicked"));
+    // train names what it needs instead of reading ./data into ./runs/train
+    let (ok, _, err) = igpt(&["train", "--steps", "1"]);
+    assert!(!ok && err.contains("--data DIR") && err.contains("--out RUN"), "{err}");
+    // a misspelt key of --config is refused, naming it
+    let cfg = tmp.path().join("train.json");
+    std::fs::write(&cfg, r#"{"train": {"batch": 4, "learning_rate": 0.1}}"#).unwrap();
+    let (ok, _, err) = igpt(&["train", "--config", cfg.to_str().unwrap()]);
+    assert!(!ok && err.contains("unknown field `learning_rate`") && err.contains("train.json"), "{err}");
+    // an OS error is printed once
+    let (ok, _, err) = igpt(&["probe", "--model", dir.to_str().unwrap(), "--data", "/nonexistent", "--out", "/tmp/x"]);
+    assert!(!ok && err.matches("No such file or directory").count() == 1, "{err}");
 }
 
 #[test]

@@ -17,32 +17,43 @@ pub struct FinetuneArgs {
     /// Run folder: best/ and last/ (ImageGPTForImageClassification), metrics.jsonl, finetune.json.
     #[arg(long)]
     out: PathBuf,
+    /// Optimizer steps (at most; --patience may stop earlier).
     #[arg(long, default_value_t = 500)]
     steps: u64,
+    /// Images per step.
     #[arg(long, default_value_t = 8)]
     batch: usize,
+    /// Peak learning rate (AdamW, the same for the transformer and the new head).
     #[arg(long, default_value_t = 1e-3)]
     lr: f64,
+    /// Linear warm-up steps.
     #[arg(long, default_value_t = 20)]
     warmup: u64,
+    /// Final learning rate of the cosine decay.
     #[arg(long, default_value_t = 1e-4)]
     min_lr: f64,
+    /// Global gradient-norm clip over transformer and head (0 = off).
     #[arg(long, default_value_t = 1.0)]
     clip: f64,
     /// Weight of the generative loss (paper: 1; 0 = classification only).
     #[arg(long, default_value_t = 1.0)]
     gen_weight: f64,
+    /// Steps between validation passes.
     #[arg(long, default_value_t = 50)]
     eval_every: u64,
     /// Evaluations without improvement before stopping.
     #[arg(long, default_value_t = 5)]
     patience: usize,
+    /// Random horizontal flips of the training images.
     #[arg(long)]
     hflip: bool,
+    /// Seed of the batch order, flips and BERT masks.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Worker threads (0 = all cores).
     #[arg(long, default_value_t = 0)]
     threads: usize,
+    /// Print the summary as JSON on stdout.
     #[arg(long)]
     json: bool,
 }

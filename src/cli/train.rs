@@ -14,22 +14,28 @@ enum ObjectiveArg {
 /// Every flag is optional: unset flags keep the value of --config FILE, else the default.
 #[derive(Args)]
 pub struct TrainArgs {
-    /// Prepared data folder (from `igpt prepare`).
+    /// Prepared data folder (from `igpt prepare`); required unless --config gives it.
     #[arg(long)]
     data: Option<PathBuf>,
-    /// Run folder (checkpoints, metrics.jsonl, loss.png, train.json).
+    /// Run folder (checkpoints, metrics.jsonl, loss.png, train.json); required unless --config
+    /// gives it.
     #[arg(long)]
     out: Option<PathBuf>,
-    /// JSON file with TrainConfig fields; flags override it.
+    /// JSON file with TrainConfig fields (train.json's "train" object); flags override it;
+    /// an unknown key is refused.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Model shape: tiny | s | m | l [default: tiny].
+    /// Model shape: tiny (2 layers, 64 wide, 4 heads) | s | m | l (the paper's iGPT-S/M/L)
+    /// [default: tiny]; --n-layer / --n-embd / --n-head override its numbers.
     #[arg(long)]
     preset: Option<String>,
+    /// Transformer blocks [default: the preset's].
     #[arg(long)]
     n_layer: Option<usize>,
+    /// Width of the residual stream [default: the preset's].
     #[arg(long)]
     n_embd: Option<usize>,
+    /// Attention heads (n_embd must be a multiple) [default: the preset's].
     #[arg(long)]
     n_head: Option<usize>,
     /// Continue from a model directory (HF or igpt checkpoint).
@@ -42,8 +48,8 @@ pub struct TrainArgs {
     /// Base of the rope_2d frequencies [default: 100].
     #[arg(long, allow_negative_numbers = true)]
     rope_theta: Option<f64>,
-    /// Attention: dense (HF) | local_2d (a window of rows above and columns either side)
-    /// [default: dense].
+    /// Attention: dense (HF) | local_2d (a window of rows above and columns either side) |
+    /// linear (phi(q) . phi(k), constant-size decoding state) [default: dense].
     #[arg(long)]
     attention: Option<igpt::config::AttentionKind>,
     /// local_2d: rows above the query's row that stay visible [default: 8].
@@ -52,6 +58,8 @@ pub struct TrainArgs {
     /// local_2d: columns either side of the query's column that stay visible [default: 8].
     #[arg(long, allow_negative_numbers = true)]
     local_cols: Option<i64>,
+    /// Objective: gpt (next pixel, causal) | bert (masked pixels, bidirectional; recorded in
+    /// the saved config) [default: gpt].
     #[arg(long, value_enum)]
     objective: Option<ObjectiveArg>,
     /// BERT: probability that a position is masked [default: 0.15].
@@ -60,6 +68,7 @@ pub struct TrainArgs {
     /// Images per micro-batch [default: 8].
     #[arg(long)]
     batch: Option<usize>,
+    /// Micro-batches accumulated per optimizer step [default: 1].
     #[arg(long)]
     grad_accum: Option<usize>,
     /// Optimizer steps.
@@ -83,15 +92,20 @@ pub struct TrainArgs {
     /// Global gradient-norm clip, 0 = off [default: 1].
     #[arg(long)]
     clip: Option<f64>,
+    /// Steps between validation passes (each writes a checkpoint, and best/ when it improves)
+    /// [default: 200].
     #[arg(long)]
     eval_every: Option<u64>,
+    /// Validation batches per pass [default: 8].
     #[arg(long)]
     eval_batches: Option<usize>,
+    /// Steps between lines of the log and metrics.jsonl [default: 10].
     #[arg(long)]
     log_every: Option<u64>,
     /// Random horizontal flips.
     #[arg(long)]
     hflip: bool,
+    /// Seed of the initial weights, the batch order, flips and BERT masks [default: 0].
     #[arg(long)]
     seed: Option<u64>,
     /// Continue the run in --out from its latest checkpoint.
@@ -112,10 +126,23 @@ pub struct TrainArgs {
 }
 
 fn resolve(a: &TrainArgs) -> Result<TrainConfig> {
+    if a.config.is_none() && (a.data.is_none() || a.out.is_none()) {
+        anyhow::bail!(
+            "give --data DIR (a folder written by `igpt prepare`) and --out RUN (the run folder), or --config FILE"
+        );
+    }
     let mut c = match &a.config {
         Some(p) => {
-            serde_json::from_str(&std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?)
-                .with_context(|| format!("{}: not a valid train config", p.display()))?
+            let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            let mut v: serde_json::Value =
+                serde_json::from_str(&text).with_context(|| format!("{}: not JSON", p.display()))?;
+            // a run's train.json holds the configuration under "train"
+            if let Some(t) = v.get_mut("train").filter(|t| t.is_object()) {
+                v = t.take();
+            }
+            serde_json::from_value(v).with_context(|| {
+                format!("{}: not a valid train config (field names as in a run's train.json \"train\")", p.display())
+            })?
         }
         None => TrainConfig::default(),
     };

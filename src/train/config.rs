@@ -11,7 +11,7 @@ use crate::config::{AttentionKind, PositionEmbedding};
 use crate::model::train_graph::Objective;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct TrainConfig {
     /// Prepared data folder (train.tokens, val.tokens, preprocessor_config.json).
     pub data: PathBuf,

@@ -12,6 +12,7 @@ use crate::model::ParamLayout;
 
 /// AdamW hyper-parameters (defaults: the paper's betas 0.9 / 0.95, eps 1e-8, no decay).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AdamWConfig {
     pub beta1: f64,
     pub beta2: f64,
