@@ -47,6 +47,20 @@ fn demo_writes_every_artefact_of_the_report() {
     for cmd in ["igpt prepare", "igpt train", "igpt sample", "igpt complete", "igpt probe", "igpt finetune"] {
         assert!(html.contains(cmd), "report lacks the command {cmd}");
     }
+    // honest and copy-pasteable: the claim is made on the split the layer was chosen on, one
+    // unit, absolute paths, no placeholders
+    let demo_json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("demo.json")).unwrap()).unwrap();
+    let (best_val, base_val) = (
+        demo_json["probe"]["best_val_acc"].as_f64().unwrap(),
+        demo_json["probe"]["baseline"]["val_acc"].as_f64().unwrap(),
+    );
+    let verdict = if best_val > base_val { "beats" } else { "does not beat" };
+    assert!(html.contains(&format!("chosen on validation) {verdict} the raw-pixel baseline on validation")), "{html}");
+    assert!(!html.contains("nats/token") && html.contains("bits/token"));
+    let abs = std::fs::canonicalize(&out).unwrap();
+    assert!(html.contains(&format!("igpt train --data {}/data", abs.display())), "commands use absolute paths");
+    assert!(!html.contains("IMG...") && !html.contains("--out samples.png"));
     let demo: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("demo.json")).unwrap()).unwrap();
     assert!(demo["test_nll_bits"].as_f64().unwrap().is_finite());

@@ -67,12 +67,15 @@ pub fn run(a: DemoArgs) -> Result<()> {
         s.train.best_val_loss.unwrap_or(f64::NAN) / std::f64::consts::LN_2,
         s.test_nll_bits
     );
+    let pct = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{:.1}%", 100.0 * x));
     println!(
-        "probe: best layer {} test {:.1}% (raw pixels {:.1}%); fine-tuned test accuracy {:.1}%",
+        "probe: best layer {} (chosen on val) val {} test {} (raw pixels val {} test {}); fine-tuned test accuracy {}",
         s.probe.best_layer,
-        100.0 * s.probe.best_test_acc.unwrap_or(s.probe.best_val_acc),
-        100.0 * b.test_acc.unwrap_or(b.val_acc),
-        100.0 * s.finetune.test_acc.unwrap_or(s.finetune.best_val_acc)
+        pct(Some(s.probe.best_val_acc)),
+        pct(s.probe.best_test_acc),
+        pct(Some(b.val_acc)),
+        pct(b.test_acc),
+        pct(s.finetune.test_acc)
     );
     println!("report: {}", s.report.display());
     Ok(())
