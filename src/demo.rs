@@ -242,7 +242,7 @@ pub fn run_demo(cfg: &DemoConfig, obs: &mut dyn DemoObserver) -> Result<DemoSumm
         DemoSummary { report: report.clone(), timings, prepare: prep, train, probe, finetune: ft, test_nll_bits };
     write_report(&report, cfg, &summary, &model)?;
     let json = serde_json::to_string_pretty(&summary).map_err(|e| Error::Invalid(e.to_string()))?;
-    crate::model::tensors::write_atomic(&out.join("demo.json"), json.as_bytes())?;
+    crate::formats::write_atomic(&out.join("demo.json"), json.as_bytes())?;
     Ok(summary)
 }
 
@@ -356,5 +356,5 @@ igpt eval-cls --model {o}/finetune/best --data {o}/data</pre>
         min = cfg.minutes,
         total = s.timings.iter().map(|t| t.1).sum::<f64>(),
     );
-    crate::model::tensors::write_atomic(path, html.as_bytes())
+    crate::formats::write_atomic(path, html.as_bytes())
 }

@@ -91,7 +91,7 @@ pub fn accuracy(model: &ImageGpt, data: &TokenFile, batch: usize) -> Result<f64>
         correct += logits
             .chunks_exact(k)
             .zip(&labels[start..start + b])
-            .filter(|(r, l)| crate::generate::argmax(r) as u16 == **l)
+            .filter(|(r, l)| crate::backend::loss::argmax(r) as u16 == **l)
             .count();
     }
     Ok(correct as f64 / data.count.max(1) as f64)
@@ -220,7 +220,7 @@ pub fn finetune(cfg: &FinetuneConfig, on_step: &mut StepFn) -> Result<FinetuneSu
                 since_best += 1;
             }
             save_classifier(&cfg.out.join("last"), &cls, &palette)?;
-            crate::model::tensors::write_atomic(&metrics, lines.as_bytes())?;
+            crate::formats::write_atomic(&metrics, lines.as_bytes())?;
             if since_best >= cfg.patience {
                 stopped_early = true;
                 break;
@@ -240,6 +240,6 @@ pub fn finetune(cfg: &FinetuneConfig, on_step: &mut StepFn) -> Result<FinetuneSu
     };
     let json = serde_json::to_string_pretty(&json!({"config": cfg, "summary": summary}))
         .map_err(|e| Error::Invalid(e.to_string()))?;
-    crate::model::tensors::write_atomic(&cfg.out.join("finetune.json"), json.as_bytes())?;
+    crate::formats::write_atomic(&cfg.out.join("finetune.json"), json.as_bytes())?;
     Ok(summary)
 }

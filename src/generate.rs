@@ -2,19 +2,9 @@
 //! the plainest possible reference (HF `generate(do_sample=False)`), against which the
 //! KV-cached sampler is checked.
 
+use crate::backend::loss::argmax;
 use crate::error::{Error, Result};
 use crate::model::{ImageGpt, Logits, ModelKind, Workspace};
-
-/// Index of the largest value; the first one on ties (as torch.argmax).
-pub fn argmax(row: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &v) in row.iter().enumerate() {
-        if v > row[best] {
-            best = i;
-        }
-    }
-    best as u32
-}
 
 /// Extends each of the B prompts (B, T0) by `steps` greedy tokens, without a cache.
 ///

@@ -23,6 +23,7 @@ pub mod data;
 pub mod demo;
 pub mod error;
 pub mod finetune;
+pub mod formats;
 pub mod generate;
 pub mod logreg;
 pub mod model;

@@ -63,7 +63,7 @@ impl LogReg {
     }
 
     pub fn predict(&self, x: &[f32]) -> Vec<u16> {
-        self.logits(x).chunks_exact(self.k).map(|r| crate::generate::argmax(r) as u16).collect()
+        self.logits(x).chunks_exact(self.k).map(|r| crate::backend::loss::argmax(r) as u16).collect()
     }
 
     pub fn accuracy(&self, x: &[f32], y: &[u16]) -> f64 {

@@ -237,7 +237,7 @@ impl Chart {
     /// Writes `stem.png` and `stem.svg`.
     pub fn save(&self, stem: &std::path::Path, width: usize, height: usize) -> Result<()> {
         self.png(width, height)?.save_png(&stem.with_extension("png"))?;
-        crate::model::tensors::write_atomic(&stem.with_extension("svg"), self.svg(width, height)?.as_bytes())
+        crate::formats::write_atomic(&stem.with_extension("svg"), self.svg(width, height)?.as_bytes())
     }
 }
 

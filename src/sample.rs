@@ -6,8 +6,8 @@
 //! igpt complete --model DIR --images a.png --out grid.png  # keep the top half, sample the rest
 //! ```
 
+use crate::backend::loss::argmax;
 use crate::error::{Error, Result};
-use crate::generate::argmax;
 use crate::model::{ImageGpt, KvCache, KvPrecision, Logits, ModelKind, Workspace};
 use crate::rng::Rng;
 

@@ -7,7 +7,7 @@ use std::io::Write;
 use std::path::Path;
 
 use common::fixture;
-use igpt::model::tensors::{read_model_dir, write_safetensors};
+use igpt::formats::{read_model_dir, write_safetensors};
 use igpt::model::{ModelKind, load_model, load_model_as, save_model};
 use igpt::{Error, ImageGptConfig};
 
@@ -32,9 +32,8 @@ fn save_load_roundtrip_is_bit_identical_and_hf_shaped() {
         // Same keys and shapes as the file transformers wrote.
         let ours = read_model_dir(tmp.path()).unwrap();
         let theirs = read_model_dir(&fixture(name)).unwrap();
-        let shapes = |m: &igpt::model::tensors::TensorMap| {
-            m.iter().map(|(k, (t, _))| (k.clone(), t.shape.clone())).collect::<Vec<_>>()
-        };
+        let shapes =
+            |m: &igpt::formats::TensorMap| m.iter().map(|(k, (t, _))| (k.clone(), t.shape.clone())).collect::<Vec<_>>();
         assert_eq!(shapes(&ours), shapes(&theirs), "{name}: key set or shapes differ from HF's file");
         // No temporary files are left behind.
         let leftovers: Vec<_> = std::fs::read_dir(tmp.path())

@@ -1,8 +1,20 @@
-//! Cross-entropy fused with its gradient: the logits buffer is turned into dlogits in place,
-//! so a (B*T, V) probability matrix is never stored twice.
+//! What a row of logits gives: cross-entropy fused with its gradient (the logits buffer is
+//! turned into dlogits in place, so a (B*T, V) probability matrix is never stored twice), and
+//! the arg-max (greedy decoding, classifier predictions).
 
 use super::isa::multiversion;
 use rayon::prelude::*;
+
+/// Index of the largest value; the first one on ties (as torch.argmax).
+pub fn argmax(row: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &v) in row.iter().enumerate() {
+        if v > row[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
 
 multiversion! {
 /// For each row r with weight w_r > 0: loss_r = logsumexp(row) - row[target_r], and the row

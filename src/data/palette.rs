@@ -280,7 +280,7 @@ pub fn write_npy(path: &Path, centers: &[[f64; 3]]) -> Result<()> {
             out.extend((*v as f32).to_le_bytes());
         }
     }
-    crate::model::tensors::write_atomic(path, &out)
+    crate::formats::write_atomic(path, &out)
 }
 
 #[cfg(test)]

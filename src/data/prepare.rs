@@ -267,7 +267,7 @@ pub fn prepare(source: Source, out: &Path, cfg: &PrepareConfig, progress: &dyn P
     let psnr_db = if mse > 0.0 { 10.0 * (255.0f64 * 255.0 / mse).log10() } else { f64::INFINITY };
 
     // 6. labels.txt, preview.png, prepare.json.
-    crate::model::tensors::write_atomic(&out.join("labels.txt"), (classes.join("\n") + "\n").as_bytes())?;
+    crate::formats::write_atomic(&out.join("labels.txt"), (classes.join("\n") + "\n").as_bytes())?;
     let n_prev = 16.min(train.labels.len());
     let mut tiles = Vec::new();
     for i in 0..n_prev {
@@ -310,6 +310,6 @@ pub fn prepare(source: Source, out: &Path, cfg: &PrepareConfig, progress: &dyn P
         val_fraction: cfg.val_fraction,
     };
     let json = serde_json::to_string_pretty(&report).map_err(|e| Error::Invalid(e.to_string()))?;
-    crate::model::tensors::write_atomic(&out.join("prepare.json"), json.as_bytes())?;
+    crate::formats::write_atomic(&out.join("prepare.json"), json.as_bytes())?;
     Ok(report)
 }

@@ -33,7 +33,7 @@ pub fn write(path: &Path, tokens: &[u16], labels: Option<&[u16]>, (h, w): (usize
         assert_eq!(l.len(), n, "token file: one label per image");
         out.extend(l.iter().flat_map(|t| t.to_le_bytes()));
     }
-    crate::model::tensors::write_atomic(path, &out)
+    crate::formats::write_atomic(path, &out)
 }
 
 /// A memory-mapped token file.

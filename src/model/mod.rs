@@ -1,5 +1,5 @@
 //! The ImageGPT model: parameter layout under HF key names, the forward pass, and
-//! checkpoint I/O (safetensors, sharded safetensors, `pytorch_model.bin`).
+//! checkpoint I/O (`weights`, on the readers and writers of `crate::formats`).
 //!
 //! Key tree of an `ImageGPTForCausalImageModeling` checkpoint:
 //! `transformer.{wte,wpe}.weight`, `transformer.h.{i}.{ln_1,ln_2}.weight`,
@@ -11,8 +11,6 @@ pub mod decode_weights;
 pub mod gpt;
 pub mod kv_cache;
 pub mod params;
-pub mod pickle;
-pub mod tensors;
 pub mod train_graph;
 pub mod variant;
 pub mod weights;

@@ -244,7 +244,7 @@ impl ImageGpt {
         let mut cl = vec![0f32; b * k];
         matmul_forward(&mut cl, &pooled, score, None, (b, c, k), WeightLayout::OutIn, false);
         let correct =
-            cl.chunks_exact(k).zip(labels).filter(|(row, l)| crate::generate::argmax(row) as u16 == **l).count();
+            cl.chunks_exact(k).zip(labels).filter(|(row, l)| crate::backend::loss::argmax(row) as u16 == **l).count();
         let lab: Vec<u32> = labels.iter().map(|&l| l as u32).collect();
         let clf = loss::cross_entropy_fused(&mut cl, &lab, &vec![1.0 / b as f32; b], k); // cl -> dclf
         // dscore += dclf^T @ pooled; dpooled = dclf @ score; each position gets dpooled / T

@@ -10,9 +10,9 @@ use std::path::Path;
 
 use super::gpt::ImageGpt;
 use super::params::ModelKind;
-use super::tensors::{self, TensorMap};
 use crate::config::ImageGptConfig;
 use crate::error::{Error, Result};
+use crate::formats::{self, TensorMap};
 
 /// Which class a checkpoint is: config.json's `architectures`, else its keys.
 fn infer_kind(cfg: &ImageGptConfig, tensors: &TensorMap) -> ModelKind {
@@ -43,7 +43,7 @@ pub fn load_model_as(dir: &Path, kind: Option<ModelKind>) -> Result<ImageGpt> {
         ));
     }
     let cfg = ImageGptConfig::from_file(&dir.join("config.json"))?;
-    let tensors = tensors::read_model_dir(dir)?;
+    let tensors = formats::read_model_dir(dir)?;
     let kind = kind.unwrap_or_else(|| infer_kind(&cfg, &tensors));
     let mut model = ImageGpt::zeros(cfg, kind)?;
     fill_params(&mut model, tensors, dir, kind)?;
@@ -141,19 +141,19 @@ pub fn save_model(model: &ImageGpt, dir: &Path) -> Result<()> {
     }
     if !model.config.is_plain() {
         for (name, text) in REMOTE_FILES {
-            tensors::write_atomic(&dir.join(name), text.as_bytes())?;
+            formats::write_atomic(&dir.join(name), text.as_bytes())?;
         }
     }
     if !model.config.is_causal() {
-        tensors::write_atomic(&dir.join("README.md"), BERT_CARD.as_bytes())?;
+        formats::write_atomic(&dir.join("README.md"), BERT_CARD.as_bytes())?;
     }
     let text = serde_json::to_string_pretty(&json).map_err(|e| Error::Invalid(e.to_string()))?;
-    tensors::write_atomic(&dir.join("config.json"), text.as_bytes())?;
+    formats::write_atomic(&dir.join("config.json"), text.as_bytes())?;
     let list: Vec<(String, Vec<usize>, &[f32])> = model
         .layout
         .entries
         .iter()
         .map(|e| (e.name.clone(), e.shape.clone(), &model.params[e.range.clone()]))
         .collect();
-    tensors::write_safetensors(&dir.join("model.safetensors"), &list)
+    formats::write_safetensors(&dir.join("model.safetensors"), &list)
 }

@@ -85,5 +85,5 @@ pub fn save_features(path: &Path, d: usize, splits: &[(&str, Split)]) -> Result<
         let labels: Vec<u8> = s.y.iter().flat_map(|&l| (l as i64).to_le_bytes()).collect();
         tensors.push((format!("{name}_labels"), Dtype::I64, vec![n], labels));
     }
-    crate::model::tensors::write_safetensors_raw(path, &tensors)
+    crate::formats::write_safetensors_raw(path, &tensors)
 }

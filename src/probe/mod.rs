@@ -218,7 +218,7 @@ pub fn run_probe(
     };
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let json = serde_json::to_string_pretty(&report).map_err(|e| Error::Invalid(e.to_string()))?;
-    crate::model::tensors::write_atomic(&out.join("probe.json"), json.as_bytes())?;
+    crate::formats::write_atomic(&out.join("probe.json"), json.as_bytes())?;
     probe_chart(&report).save(&out.join("probe"), 760, 440)?;
     Ok(report)
 }

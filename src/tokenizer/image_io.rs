@@ -49,6 +49,6 @@ impl RgbImage {
             image::ExtendedColorType::Rgb8,
         )
         .map_err(|e| Error::Image { path: path.to_path_buf(), msg: e.to_string() })?;
-        crate::model::tensors::write_atomic(path, &buf)
+        crate::formats::write_atomic(path, &buf)
     }
 }

@@ -110,7 +110,7 @@ impl ImageProcessorConfig {
 
     pub fn save(&self, path: &Path) -> Result<()> {
         let text = serde_json::to_string_pretty(self).map_err(|e| Error::Invalid(e.to_string()))?;
-        crate::model::tensors::write_atomic(path, text.as_bytes())
+        crate::formats::write_atomic(path, text.as_bytes())
     }
 
     pub fn n_clusters(&self) -> usize {

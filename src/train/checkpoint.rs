@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::batches::Cursor;
 use super::optim::AdamW;
 use crate::error::{Error, Result};
-use crate::model::tensors::{read_safetensors, write_atomic, write_safetensors};
+use crate::formats::{read_safetensors, write_atomic, write_safetensors};
 use crate::model::{ImageGpt, save_model};
 use crate::rng::Rng;
 
@@ -97,7 +97,7 @@ pub fn load_state(dir: &Path, model: &ImageGpt, opt: &mut AdamW) -> Result<Train
             format!("checkpoint format {} (this igpt writes {FORMAT_VERSION})", state.format_version),
         ));
     }
-    let mut moments = crate::model::tensors::TensorMap::new();
+    let mut moments = crate::formats::TensorMap::new();
     read_safetensors(&dir.join("optimizer.safetensors"), &mut moments)?;
     for e in &model.layout.entries {
         for (suffix, buf) in [(".m", &mut opt.m), (".v", &mut opt.v)] {

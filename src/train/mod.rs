@@ -186,7 +186,7 @@ fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
                 .is_some_and(|s| s <= step)
         })
         .collect();
-    crate::model::tensors::write_atomic(path, (kept.join("\n") + if kept.is_empty() { "" } else { "\n" }).as_bytes())
+    crate::formats::write_atomic(path, (kept.join("\n") + if kept.is_empty() { "" } else { "\n" }).as_bytes())
 }
 
 /// Reads (train losses, val losses) back from metrics.jsonl.
@@ -304,7 +304,7 @@ pub fn run(cfg: &TrainConfig, resume: bool, obs: &mut dyn TrainObserver) -> Resu
     .max(1);
     let json = serde_json::to_string_pretty(&json!({"train": cfg, "model": model.config, "total_steps": total}))
         .map_err(|e| Error::Invalid(e.to_string()))?;
-    crate::model::tensors::write_atomic(&run_dir.join("train.json"), json.as_bytes())?;
+    crate::formats::write_atomic(&run_dir.join("train.json"), json.as_bytes())?;
     let metrics = run_dir.join("metrics.jsonl");
     if start.is_some() {
         truncate_metrics(&metrics, state.step)?;

@@ -13,7 +13,7 @@ use std::path::Path;
 
 use safetensors::Dtype;
 
-use super::tensors::{Tensor, bytes_to_f32};
+use super::tensor::{Tensor, bytes_to_f32};
 use crate::error::{Error, Result};
 
 #[derive(Clone, Debug)]
