@@ -18,6 +18,7 @@ pub mod math;
 pub mod matmul;
 pub mod matmul_f16;
 pub mod norm;
+pub mod pool;
 pub mod profile;
 pub mod rope;
 

@@ -14,7 +14,7 @@ use std::ops::Range;
 
 use crate::backend::attention::{self, AttnDims, DecodeState, SeqView};
 use crate::backend::profile::{Kernel, timed};
-use crate::backend::{Activation, WeightLayout, act, add_inplace, matmul::matmul_forward, norm};
+use crate::backend::{Activation, WeightLayout, act, matmul::matmul_forward, norm};
 use crate::config::ImageGptConfig;
 use crate::error::{Error, Result};
 use crate::rng::Rng;
@@ -476,15 +476,7 @@ impl ImageGpt {
     /// # Shapes
     /// returns (B, C).
     pub fn pooled(&self, ws: &Workspace) -> Vec<f32> {
-        let (b, t, c) = (ws.b, ws.t, self.config.n_embd);
-        let mut out = vec![0f32; b * c];
-        for i in 0..b {
-            for r in 0..t {
-                add_inplace(&mut out[i * c..(i + 1) * c], &ws.last_hidden[(i * t + r) * c..(i * t + r + 1) * c]);
-            }
-        }
-        out.iter_mut().for_each(|v| *v /= t as f32);
-        out
+        crate::backend::pool::mean_over_positions(&ws.last_hidden, ws.b, ws.t, self.config.n_embd)
     }
 
     /// Classifier logits from pooled features (B, C) -> (B, num_labels). Needs a `score` head.

@@ -231,16 +231,7 @@ impl ImageGpt {
             0.0
         };
         // pooled (B, C) = mean_t ln_f(x); class logits (B, K) = pooled @ score^T
-        let mut pooled = vec![0f32; b * c];
-        for i in 0..b {
-            for r in 0..t {
-                crate::backend::add_inplace(
-                    &mut pooled[i * c..(i + 1) * c],
-                    &acts.lnf[(i * t + r) * c..(i * t + r + 1) * c],
-                );
-            }
-        }
-        pooled.iter_mut().for_each(|x| *x /= t as f32);
+        let pooled = crate::backend::pool::mean_over_positions(&acts.lnf, b, t, c);
         let mut cl = vec![0f32; b * k];
         matmul_forward(&mut cl, &pooled, score, None, (b, c, k), WeightLayout::OutIn, false);
         let correct =

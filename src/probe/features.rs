@@ -38,15 +38,7 @@ pub fn layer_features(
         for (f, &l) in feats.iter_mut().zip(layers) {
             // residual stream after block l (hidden_states[l], except the last which HF stores after ln_f)
             let h = if l == model.config.n_layer { &ws.last_block_output } else { &ws.hidden_states[l] };
-            for i in 0..b {
-                let mut pooled = vec![0f64; c];
-                for row in h[i * t * c..(i + 1) * t * c].chunks_exact(c) {
-                    let ms: f64 = row.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / c as f64;
-                    let r = 1.0 / (ms + eps).sqrt();
-                    pooled.iter_mut().zip(row).for_each(|(p, &v)| *p += v as f64 * r);
-                }
-                f.extend(pooled.iter().map(|&v| (v / t as f64) as f32));
-            }
+            f.extend(crate::backend::pool::normalised_mean_over_positions(&h[..b * t * c], b, t, c, eps));
         }
         progress(b);
     }
