@@ -491,19 +491,3 @@ impl ImageGpt {
         Ok(out)
     }
 }
-
-/// Mean cross-entropy (nats) of predicting `targets` from logits (N, V), computed in f64;
-/// also returns each row's loss.
-pub fn cross_entropy(logits: &[f32], targets: &[u32], v: usize) -> (f64, Vec<f64>) {
-    let rows: Vec<f64> = logits
-        .chunks_exact(v)
-        .zip(targets)
-        .map(|(row, &tg)| {
-            let mx = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-            let z: f64 = row.iter().map(|&x| (x as f64 - mx).exp()).sum();
-            mx + z.ln() - row[tg as usize] as f64
-        })
-        .collect();
-    let mean = rows.iter().sum::<f64>() / rows.len().max(1) as f64;
-    (mean, rows)
-}

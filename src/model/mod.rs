@@ -16,8 +16,9 @@ pub mod variant;
 pub mod weights;
 
 pub use crate::backend::attention::KvPrecision;
+pub use crate::backend::loss::cross_entropy;
 pub use decode_weights::WeightPrecision;
-pub use gpt::{ImageGpt, Logits, Workspace, cross_entropy};
+pub use gpt::{ImageGpt, Logits, Workspace};
 pub use kv_cache::KvCache;
 pub use params::{ModelKind, ParamLayout};
 pub use weights::{load_model, load_model_as, save_model};
