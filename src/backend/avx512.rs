@@ -347,7 +347,8 @@ unsafe fn panel_rows<E: Elem, const R: usize>(y: &mut [f32], x: &[f32], panel: &
     unsafe {
         let mut acc = [[_mm512_setzero_ps(); 2]; R];
         for kk in 0..k {
-            _mm_prefetch::<_MM_HINT_T0>(wp.wrapping_add((kk + 32) * 32) as *const i8);
+            // non-temporal, as the AVX2 panel kernel: the weights stream through once per step
+            _mm_prefetch::<_MM_HINT_NTA>(wp.wrapping_add((kk + 32) * 32) as *const i8);
             let w0 = E::load16(wp.add(kk * 32));
             let w1 = E::load16(wp.add(kk * 32 + 16));
             for (i, a) in acc.iter_mut().enumerate() {
