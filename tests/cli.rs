@@ -404,3 +404,28 @@ fn bert_models_are_evaluated_as_bert_and_refuse_sampling() {
     assert_eq!((saved["objective"].as_str(), saved["model_type"].as_str()), (Some("bert"), Some("igpt")));
     assert!(std::fs::read_to_string(again.join("README.md")).unwrap().contains("not a causal model"));
 }
+
+/// `eval --data DIR --split S` scores a prepared split: over the whole val split its mean NLL
+/// is the validation loss training reported for the same model.
+#[test]
+fn eval_scores_a_prepared_split() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, run) = (tmp.path().join("data"), tmp.path().join("run"));
+    let (d, r) = (data.to_str().unwrap(), run.to_str().unwrap());
+    let (ok, _, err) = igpt(&["prepare", "--data", "emoji32", "--out", d, "--size", "8", "--colors", "16"]);
+    assert!(ok, "{err}");
+    let args = ["train", "--data", d, "--out", r, "--n-layer", "1", "--n-embd", "32", "--n-head", "2", "--steps", "2"];
+    let (ok, _, err) = igpt(&[&args[..], &["--eval-every", "2", "--eval-batches", "1000", "--batch", "8"]].concat());
+    assert!(ok, "{err}");
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let val_loss =
+        metrics.lines().map(json).filter(|v| v["kind"] == "eval").last().unwrap()["val_loss"].as_f64().unwrap();
+    let model = run.join("best");
+    let (ok, out, err) = igpt(&["eval", "--model", model.to_str().unwrap(), "--data", d, "--split", "val", "--json"]);
+    assert!(ok, "{err}");
+    let v = json(&out);
+    assert!((v["mean_nll"].as_f64().unwrap() - val_loss).abs() < 2e-5, "{} vs {val_loss}", v["mean_nll"]);
+    assert!(v["images"].as_array().unwrap().len() > 100);
+    let (ok, _, err) = igpt(&["eval", "--model", model.to_str().unwrap(), "--data", d, "--split", "nope"]);
+    assert!(!ok && err.contains("nope"), "{err}");
+}

@@ -11,8 +11,15 @@ pub struct EvalArgs {
     #[arg(long)]
     model: PathBuf,
     /// PNG or JPEG images.
-    #[arg(required = true)]
+    #[arg(required_unless_present = "data", conflicts_with = "data")]
     images: Vec<PathBuf>,
+    /// Or: a prepared data folder (from `igpt prepare` with the model's palette); scores
+    /// every image of --split.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// With --data: which split (train, val or test).
+    #[arg(long, default_value = "test", value_parser = ["train", "val", "test"])]
+    split: String,
     /// Images per forward pass.
     #[arg(long, default_value_t = 8)]
     batch: usize,
@@ -65,12 +72,35 @@ pub fn run(a: EvalArgs) -> Result<()> {
             model.config.n_positions
         );
     }
-    let imgs = super::open_images(&a.images)?;
+    // (name, tokens) of every image scored
+    let items: Vec<(String, Vec<u32>)> = match &a.data {
+        Some(dir) => {
+            let path = dir.join(format!("{}.tokens", a.split));
+            let f = igpt::data::tokens::TokenFile::open(&path)?;
+            if (f.height, f.width, f.colors) != (h, w, proc.n_clusters()) {
+                bail!(
+                    "{}: {}x{} images of {} colours, the model's palette is {h}x{w} with {}; prepare the data with the model's palette",
+                    path.display(),
+                    f.height,
+                    f.width,
+                    f.colors,
+                    proc.n_clusters()
+                );
+            }
+            (0..f.count)
+                .map(|i| (format!("{}#{i}", path.display()), f.image(i).into_iter().map(u32::from).collect()))
+                .collect()
+        }
+        None => {
+            let imgs = super::open_images(&a.images)?;
+            a.images.iter().zip(&imgs).map(|(p, img)| (p.display().to_string(), proc.encode(img))).collect()
+        }
+    };
     let sos = model.config.sos_token();
     let v = model.config.n_colors();
     let mut ws = Workspace::new();
-    let mut nlls = Vec::with_capacity(imgs.len());
-    let bar = indicatif::ProgressBar::new(imgs.len() as u64).with_style(indicatif::ProgressStyle::with_template(
+    let mut nlls = Vec::with_capacity(items.len());
+    let bar = indicatif::ProgressBar::new(items.len() as u64).with_style(indicatif::ProgressStyle::with_template(
         "eval {bar:30} {pos}/{len} images [{elapsed_precise}<{eta_precise}, {per_sec}]",
     )?);
     let bert = !model.config.is_causal();
@@ -78,8 +108,8 @@ pub fn run(a: EvalArgs) -> Result<()> {
         bail!("--mask-prob {}: give a fraction in (0, 1]", a.mask_prob);
     }
     let mut rng = igpt::rng::Rng::new(a.seed);
-    for chunk in imgs.chunks(a.batch.max(1)) {
-        let targets: Vec<Vec<u32>> = chunk.iter().map(|img| proc.encode(img)).collect();
+    for chunk in items.chunks(a.batch.max(1)) {
+        let targets: Vec<Vec<u32>> = chunk.iter().map(|it| it.1.clone()).collect();
         let b = chunk.len();
         let masked = if bert {
             let flat: Vec<u32> = targets.concat();
@@ -115,24 +145,26 @@ pub fn run(a: EvalArgs) -> Result<()> {
     let (metric, what) = metric_of(bert);
     let objective = model.config.objective.name();
     if a.json {
-        let items: Vec<_> = a
-            .images
+        let per_image: Vec<_> = items
             .iter()
+            .map(|it| &it.0)
             .zip(&nlls)
             .map(|(p, &n)| {
                 let n = n.is_finite().then_some(n);
                 json!({"path": p, "nll": n, "bits_per_token": n.map(|n| n / std::f64::consts::LN_2)})
             })
             .collect();
-        let mut out = json!({"objective": objective, "metric": metric, "images": items, "mean_nll": mean, "bits_per_token": bits});
+        let mut out = json!({"objective": objective, "metric": metric, "images": per_image, "mean_nll": mean, "bits_per_token": bits});
         if bert {
             out["mask_prob"] = json!(a.mask_prob);
             out["seed"] = json!(a.seed);
         }
         return super::print_json(&out);
     }
-    for (p, n) in a.images.iter().zip(&nlls) {
-        println!("{:>9.5} nats/token  {:>8.5} bits/token  {}", n, n / std::f64::consts::LN_2, p.display());
+    if a.data.is_none() {
+        for (it, n) in items.iter().zip(&nlls) {
+            println!("{:>9.5} nats/token  {:>8.5} bits/token  {}", n, n / std::f64::consts::LN_2, it.0);
+        }
     }
     println!("{what}: mean {mean:.5} nats/token = {bits:.5} bits/token over {} images", scored.len());
     Ok(())
