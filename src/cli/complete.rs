@@ -50,17 +50,7 @@ pub fn run(a: CompleteArgs) -> Result<()> {
     let originals: Vec<Vec<u32>> = match &a.data {
         Some(d) => {
             let f = if d.join("test.tokens").exists() { d.join("test.tokens") } else { d.join("val.tokens") };
-            let tf = igpt::data::tokens::TokenFile::open(&f)?;
-            if (tf.height, tf.width, tf.colors) != (h, w, proc.n_clusters()) {
-                bail!(
-                    "{}: {}x{} images with {} colours, the model's palette is {h}x{w} with {}",
-                    f.display(),
-                    tf.height,
-                    tf.width,
-                    tf.colors,
-                    proc.n_clusters()
-                );
-            }
+            let tf = super::open_tokens_for(&f, &proc)?;
             (0..a.count.min(tf.count)).map(|i| tf.image(i).into_iter().map(u32::from).collect()).collect()
         }
         None => super::open_images(&a.images)?.iter().map(|im| proc.encode(im)).collect(),

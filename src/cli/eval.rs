@@ -76,17 +76,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
     let items: Vec<(String, Vec<u32>)> = match &a.data {
         Some(dir) => {
             let path = dir.join(format!("{}.tokens", a.split));
-            let f = igpt::data::tokens::TokenFile::open(&path)?;
-            if (f.height, f.width, f.colors) != (h, w, proc.n_clusters()) {
-                bail!(
-                    "{}: {}x{} images of {} colours, the model's palette is {h}x{w} with {}; prepare the data with the model's palette",
-                    path.display(),
-                    f.height,
-                    f.width,
-                    f.colors,
-                    proc.n_clusters()
-                );
-            }
+            let f = super::open_tokens_for(&path, &proc)?;
             (0..f.count)
                 .map(|i| (format!("{}#{i}", path.display()), f.image(i).into_iter().map(u32::from).collect()))
                 .collect()

@@ -25,6 +25,24 @@ pub fn open_model(dir: &Path) -> Result<ImageGpt> {
     load_model(dir).with_context(|| format!("loading model from {}", dir.display()))
 }
 
+/// Opens a token file made with `proc`'s palette (same size and colour count), or says
+/// which file does not match.
+pub fn open_tokens_for(path: &Path, proc: &ImageProcessorConfig) -> Result<igpt::data::tokens::TokenFile> {
+    let f = igpt::data::tokens::TokenFile::open(path)?;
+    let (h, w) = proc.hw();
+    if (f.height, f.width, f.colors) != (h, w, proc.n_clusters()) {
+        anyhow::bail!(
+            "{}: {}x{} images of {} colours, the model's palette is {h}x{w} with {}; prepare the data with the model's palette",
+            path.display(),
+            f.height,
+            f.width,
+            f.colors,
+            proc.n_clusters()
+        );
+    }
+    Ok(f)
+}
+
 /// Loads `DIR/preprocessor_config.json` (the palette).
 pub fn open_processor(dir: &Path) -> Result<ImageProcessorConfig> {
     let p = dir.join("preprocessor_config.json");

@@ -106,11 +106,15 @@ fn head_backward(h: &Head, y: &[f32], gy: &[f32], causal: bool) -> Grads {
     let mut g = Grads { dq: vec![0f32; n], dk: vec![0f32; n], dv: vec![0f32; n] };
     let mut x = Scratch::new(hs);
     let (mut st, mut rt) = (vec![0f32; hs * hs], vec![0f32; hs * hs]);
-    // BERT: R and r of every chunk are the totals, summed first
+    // BERT: one forward pass gives dN, dD and dphi(Q) of every chunk against the whole
+    // sequence's state, and sums R and r, which every chunk's dphi(K) and dV then use
     let (mut r_mat, mut r_vec) = (vec![0f32; hs * hs], vec![0f32; hs]);
     if !causal {
         for c in 0..nc {
-            chunk_dn(&mut x, h, c, &all_z[c * hs..(c + 1) * hs], y, gy, false);
+            let z = &all_z[c * hs..(c + 1) * hs];
+            chunk_dn(&mut x, h, c, z, y, gy, false);
+            let dq = &mut g.dq[c * CHUNK * hs..(c + 1) * CHUNK * hs];
+            state_dq(dq, &x, &all_s[c * hs * hs..(c + 1) * hs * hs], z, &mut st);
             add_reverse(&mut r_mat, &mut r_vec, &mut x, h.rows(&h.fq, c), hs);
         }
     }
@@ -118,13 +122,10 @@ fn head_backward(h: &Head, y: &[f32], gy: &[f32], causal: bool) -> Grads {
         let (s, z) = (&all_s[c * hs * hs..(c + 1) * hs * hs], &all_z[c * hs..(c + 1) * hs]);
         let (fq, fk, v) = (h.rows(&h.fq, c), h.rows(&h.fk, c), h.rows(&h.v, c));
         let span = c * CHUNK * hs..(c + 1) * CHUNK * hs;
-        chunk_dn(&mut x, h, c, z, y, gy, causal);
         let (dq, dk, dv) = (&mut g.dq[span.clone()], &mut g.dk[span.clone()], &mut g.dv[span]);
-        // dphi(Q) = dN S^T + dD z^T (+ dA phi(K))
-        transpose(&mut st, s, hs, hs);
-        accumulate_pv_any(dq, &x.dn, hs, &st, CHUNK, hs, hs);
-        for (row, &dd) in dq.chunks_mut(hs).zip(&x.dd) {
-            row.iter_mut().zip(z).for_each(|(o, &zi)| *o = dd.mul_add(zi, *o));
+        if causal {
+            chunk_dn(&mut x, h, c, z, y, gy, true);
+            state_dq(dq, &x, s, z, &mut st);
         }
         // dphi(K) = V R^T + r (+ dA^T phi(Q)); dV = phi(K) R (+ A^T dN)
         transpose(&mut rt, &r_mat, hs, hs);
@@ -143,6 +144,18 @@ fn head_backward(h: &Head, y: &[f32], gy: &[f32], causal: bool) -> Grads {
         *d *= dphi_of(f);
     }
     g
+}
+
+/// dphi(Q) of a chunk through the state before it: dq = dN S^T + dD z^T (x.dn, x.dd set;
+/// st is scratch for S^T).
+#[inline(always)]
+fn state_dq(dq: &mut [f32], x: &Scratch, s: &[f32], z: &[f32], st: &mut [f32]) {
+    let hs = z.len();
+    transpose(st, s, hs, hs);
+    accumulate_pv_any(dq, &x.dn, hs, st, CHUNK, hs, hs);
+    for (row, &dd) in dq.chunks_mut(hs).zip(&x.dd) {
+        row.iter_mut().zip(z).for_each(|(o, &zi)| *o = dd.mul_add(zi, *o));
+    }
 }
 
 /// Recomputes chunk c's denominators (and, causal, A into x.a) and sets dN, dD.
