@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 pub enum Error {
     /// The OS error is part of the message and not a `source`: printed as a chain, it
     /// would appear twice.
-    #[error("{}: {err}", path.display())]
+    #[error("{}: {err}{}", path.display(), io_advice(err))]
     Io { path: PathBuf, err: std::io::Error },
 
     #[error("{what}: invalid configuration: {msg}")]
@@ -31,6 +31,16 @@ pub enum Error {
 
     #[error("{0}")]
     Invalid(String),
+}
+
+/// The advice added to an OS error that has a usual fix.
+fn io_advice(err: &std::io::Error) -> &'static str {
+    match err.kind() {
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => {
+            " (the disk is full: free some space or write elsewhere, then run the command again; what igpt wrote before, such as the last checkpoint, is intact)"
+        }
+        _ => "",
+    }
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -283,6 +283,9 @@ impl TrainObserver for Console {
             if e.best { " (best)" } else { "" }
         ));
     }
+    fn note(&mut self, msg: &str) {
+        self.println(format!("note: {msg}"));
+    }
 }
 
 pub fn run_cmd(a: TrainArgs) -> Result<()> {

@@ -149,10 +149,62 @@ fn rgb_key(p: &[u8]) -> u32 {
     u32::from_le_bytes([p[0], p[1], p[2], 0])
 }
 
-/// Runs the whole preparation into `out`.
+/// The files `prepare` writes: a folder holding only these (or nothing) may be replaced.
+pub const OUTPUT_FILES: [&str; 7] = [
+    "train.tokens",
+    "val.tokens",
+    "test.tokens",
+    "preprocessor_config.json",
+    "labels.txt",
+    "preview.png",
+    "prepare.json",
+];
+
+/// Refuses an `--out` folder that holds files `prepare` did not write (they would be lost).
+fn check_replaceable(out: &Path) -> Result<()> {
+    let Ok(rd) = std::fs::read_dir(out) else {
+        return if out.exists() {
+            Err(Error::Invalid(format!("--out {}: not a folder; choose a new folder", out.display())))
+        } else {
+            Ok(())
+        };
+    };
+    for e in rd.filter_map(|e| e.ok()) {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !OUTPUT_FILES.contains(&name.as_str()) {
+            return Err(Error::Invalid(format!(
+                "--out {}: the folder holds `{name}`, which `igpt prepare` did not write; choose a new or empty folder (a prepared folder is replaced as a whole)",
+                out.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Runs the whole preparation into `out`, all or nothing: every file is written into a
+/// hidden staging folder beside `out`, which then replaces `out` in one step (a kill at any
+/// moment leaves either the previous folder or the new one, never a palette and tokens
+/// that disagree).
 pub fn prepare(source: Source, out: &Path, cfg: &PrepareConfig, progress: &dyn Progress) -> Result<PrepareReport> {
+    check_replaceable(out)?;
+    let Some(name) = out.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+        return Err(Error::Invalid(format!("--out {}: name the data folder (e.g. data/mine)", out.display())));
+    };
+    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+    crate::formats::atomic::clean_leftovers(parent, Some(&name))?;
+    let stage = crate::formats::atomic::staging_dir(out)?;
+    let report = prepare_into(source, &stage, cfg, progress);
+    if report.is_err() {
+        let _ = std::fs::remove_dir_all(&stage);
+    }
+    let report = report?;
+    crate::formats::atomic::replace_dir(&stage, out)?;
+    Ok(report)
+}
+
+fn prepare_into(source: Source, out: &Path, cfg: &PrepareConfig, progress: &dyn Progress) -> Result<PrepareReport> {
     let t_start = Instant::now();
-    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let r = cfg.size;
     if r == 0 {
         return Err(Error::Invalid("--size must be at least 1".into()));

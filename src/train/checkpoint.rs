@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::batches::Cursor;
 use super::optim::AdamW;
 use crate::error::{Error, Result};
+use crate::formats::atomic::{clean_leftovers, link_or_copy_dir, remove_dir, replace_dir, staging_dir};
 use crate::formats::{read_safetensors, write_atomic, write_safetensors};
 use crate::model::{ImageGpt, save_model};
 use crate::rng::Rng;
@@ -24,20 +25,30 @@ pub struct TrainState {
     pub rng: Rng,
     pub cursor: Cursor,
     pub best_val_loss: Option<f64>,
+    /// The step whose model is in best/ (absent in checkpoints written before it was recorded).
+    #[serde(default)]
+    pub best_step: Option<u64>,
     pub tokens_seen: u64,
     pub adam_step: u64,
 }
 
-/// Writes a checkpoint folder atomically (temporary folder, then rename over `dir`).
+/// Writes a checkpoint folder: staged in `.name.tmp-PID`, then swapped in
+/// ([`replace_dir`]), so a complete `dir` exists at every instant. If the write fails (a
+/// full disk), the staged folder is removed and the previous `dir` is left as it was.
 pub fn save(dir: &Path, model: &ImageGpt, opt: &AdamW, state: &TrainState, palette: &Path) -> Result<()> {
     let parent = dir.parent().ok_or_else(|| Error::Invalid(format!("{}: no parent folder", dir.display())))?;
     std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
-    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    let tmp = staging_dir(dir)?;
+    let written = write_contents(&tmp, model, opt, state, palette);
+    if written.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
     }
-    save_model(model, &tmp)?;
+    written?;
+    replace_dir(&tmp, dir)
+}
+
+fn write_contents(tmp: &Path, model: &ImageGpt, opt: &AdamW, state: &TrainState, palette: &Path) -> Result<()> {
+    save_model(model, tmp)?;
     std::fs::copy(palette, tmp.join("preprocessor_config.json")).map_err(|e| Error::io(palette, e))?;
     let mut moments: Vec<(String, Vec<usize>, &[f32])> = Vec::new();
     for e in &model.layout.entries {
@@ -46,17 +57,45 @@ pub fn save(dir: &Path, model: &ImageGpt, opt: &AdamW, state: &TrainState, palet
     }
     write_safetensors(&tmp.join("optimizer.safetensors"), &moments)?;
     let json = serde_json::to_string_pretty(state).map_err(|e| Error::Invalid(e.to_string()))?;
-    write_atomic(&tmp.join("state.json"), json.as_bytes())?;
-    // Swap into place: an existing folder is moved aside first, then removed.
-    let old = parent.join(format!(".{name}.old-{}", std::process::id()));
-    if dir.exists() {
-        std::fs::rename(dir, &old).map_err(|e| Error::io(dir, e))?;
+    write_atomic(&tmp.join("state.json"), json.as_bytes())
+}
+
+/// The step recorded in a checkpoint folder's state.json (None: missing or unreadable).
+pub fn step_of(dir: &Path) -> Option<u64> {
+    let text = std::fs::read_to_string(dir.join("state.json")).ok()?;
+    serde_json::from_str::<serde_json::Value>(&text).ok()?["step"].as_u64()
+}
+
+/// Before a run starts or continues: removes what interrupted writes left (in RUN and
+/// RUN/checkpoints), and makes RUN/best the checkpoint the latest state names as best when
+/// best/ is missing or older than that step. (best/ is written before its step checkpoint,
+/// so a kill between the two leaves a best/ ahead of the latest checkpoint: the resumed
+/// run recomputes the same step and writes it again.) Returns what it did.
+pub fn repair(run: &Path) -> Result<Vec<String>> {
+    let mut done = clean_leftovers(run, None)?;
+    done.extend(clean_leftovers(&run.join("checkpoints"), None)?);
+    let Some((_, latest)) = list(run).pop() else { return Ok(done) };
+    let text = std::fs::read_to_string(latest.join("state.json")).map_err(|e| Error::io(&latest, e))?;
+    let state: TrainState = serde_json::from_str(&text)
+        .map_err(|e| Error::format(latest.join("state.json"), format!("invalid state.json: {e}")))?;
+    let Some(best_step) = state.best_step else { return Ok(done) };
+    let best = run.join("best");
+    if step_of(&best).is_some_and(|s| s >= best_step) {
+        return Ok(done);
     }
-    std::fs::rename(&tmp, dir).map_err(|e| Error::io(dir, e))?;
-    if old.exists() {
-        std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
-    }
-    Ok(())
+    let Some((_, src)) = list(run).into_iter().find(|(s, _)| *s == best_step) else {
+        done.push(format!(
+            "{} does not hold step {best_step}'s model (the best so far) and that checkpoint was rotated away; it will be written at the next better evaluation",
+            best.display()
+        ));
+        return Ok(done);
+    };
+    let tmp = staging_dir(&best)?;
+    std::fs::remove_dir(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    link_or_copy_dir(&src, &tmp)?;
+    replace_dir(&tmp, &best)?;
+    done.push(format!("restored {} from {} (the best step, {best_step})", best.display(), src.display()));
+    Ok(done)
 }
 
 /// Step checkpoints of a run, oldest first.
@@ -80,7 +119,7 @@ pub fn list(run: &Path) -> Vec<(u64, PathBuf)> {
 pub fn prune(run: &Path, keep: usize) -> Result<()> {
     let all = list(run);
     for (_, p) in all.iter().take(all.len().saturating_sub(keep.max(1))) {
-        std::fs::remove_dir_all(p).map_err(|e| Error::io(p, e))?;
+        remove_dir(p)?;
     }
     Ok(())
 }

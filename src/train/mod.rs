@@ -57,6 +57,8 @@ pub trait TrainObserver {
     fn step(&mut self, _log: &StepLog, _total: u64) {}
     fn log(&mut self, _log: &StepLog) {}
     fn eval(&mut self, _log: &EvalLog) {}
+    /// Something the run did on its own that the user should hear of (a repaired best/).
+    fn note(&mut self, _msg: &str) {}
 }
 
 /// A silent observer.
@@ -247,7 +249,16 @@ pub fn run(cfg: &TrainConfig, resume: bool, obs: &mut dyn TrainObserver) -> Resu
     let mcfg = resolve_model(cfg, &train)?;
     let run_dir = &cfg.out;
     std::fs::create_dir_all(run_dir).map_err(|e| Error::io(run_dir, e))?;
+    for msg in checkpoint::repair(run_dir)? {
+        obs.note(&msg);
+    }
     let latest = checkpoint::list(run_dir).pop();
+    if resume && latest.is_none() {
+        return Err(Error::Invalid(format!(
+            "--resume: {} has no checkpoint to continue from; run without --resume to start training there",
+            run_dir.display()
+        )));
+    }
     if !resume && latest.is_some() {
         return Err(Error::Invalid(format!(
             "{}: the run folder already has checkpoints; pass --resume to continue it or choose another --out",
@@ -290,6 +301,7 @@ pub fn run(cfg: &TrainConfig, resume: bool, obs: &mut dyn TrainObserver) -> Resu
             rng: Rng::new(cfg.seed ^ 0x7a11),
             cursor: Cursor::default(),
             best_val_loss: None,
+            best_step: None,
             tokens_seen: 0,
             adam_step: 0,
         },
@@ -391,7 +403,7 @@ pub fn run(cfg: &TrainConfig, resume: bool, obs: &mut dyn TrainObserver) -> Resu
             let vl = evaluate(&model, &mut acts, &val, cfg)?;
             let best = state.best_val_loss.is_none_or(|b| vl < b);
             if best {
-                state.best_val_loss = Some(vl);
+                (state.best_val_loss, state.best_step) = (Some(vl), Some(state.step));
             }
             last_val = Some(vl);
             evals.push((state.step, vl));
@@ -401,6 +413,10 @@ pub fn run(cfg: &TrainConfig, resume: bool, obs: &mut dyn TrainObserver) -> Resu
                 &json!({"kind": "eval", "step": e.step, "tokens": state.tokens_seen, "val_loss": e.val_loss, "val_bits": e.val_bits}),
             )?;
             obs.eval(&e);
+            // best/ first: once any step checkpoint exists, a complete best/ exists too
+            if best {
+                checkpoint::save(&run_dir.join("best"), &model, &opt, &state, &palette)?;
+            }
             checkpoint::save(
                 &run_dir.join("checkpoints").join(format!("step-{}", state.step)),
                 &model,
@@ -408,9 +424,6 @@ pub fn run(cfg: &TrainConfig, resume: bool, obs: &mut dyn TrainObserver) -> Resu
                 &state,
                 &palette,
             )?;
-            if best {
-                checkpoint::save(&run_dir.join("best"), &model, &opt, &state, &palette)?;
-            }
             checkpoint::prune(run_dir, cfg.keep)?;
             plot_losses(run_dir, (per_step as usize * t) as f64)?;
         }
