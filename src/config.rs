@@ -360,6 +360,18 @@ impl ImageGptConfig {
         if self.n_inner == Some(0) {
             return bad("n_inner must be at least 1 (or null for 4 * n_embd)".into());
         }
+        // caps far above any ImageGPT (iGPT-XL: 60 layers, n_embd 3072): a size beyond them
+        // is a corrupt or hostile file, refused before anything is allocated
+        for (name, v, cap) in [
+            ("n_layer", self.n_layer, 1024),
+            ("n_embd", self.n_embd, 1 << 16),
+            ("n_inner", self.n_inner(), 1 << 18),
+            ("n_positions", self.n_positions, 1 << 20),
+        ] {
+            if v > cap {
+                return bad(format!("{name} ({v}) is over igpt's limit of {cap}"));
+            }
+        }
         if !matches!(
             self.activation_function.as_str(),
             "quick_gelu" | "gelu_new" | "gelu" | "gelu_pytorch_tanh" | "relu"
@@ -372,8 +384,8 @@ impl ImageGptConfig {
         if self.add_cross_attention {
             return bad("add_cross_attention = true is not supported (ImageGPT checkpoints never use it)".into());
         }
-        if !(self.layer_norm_epsilon >= 0.0) {
-            return bad("layer_norm_epsilon must be >= 0".into());
+        if !(self.layer_norm_epsilon >= 0.0 && self.layer_norm_epsilon.is_finite()) {
+            return bad("layer_norm_epsilon must be a finite number >= 0".into());
         }
         self.validate_variant(what)
     }

@@ -119,7 +119,7 @@ pub fn run_demo(cfg: &DemoConfig, obs: &mut dyn DemoObserver) -> Result<DemoSumm
     obs.stage("prepare", &format!("--data {} -> {}/data", cfg.data, out.display()));
     let t0 = Instant::now();
     let spec: DataSpec = cfg.data.parse()?;
-    let mut src = spec.load(&|| {})?;
+    let mut src = spec.load_at(Some(cfg.size), &|| {})?;
     if let Some(m) = cfg.max_images {
         src.train.items.truncate(m);
         if let Some(t) = src.test.as_mut() {

@@ -59,6 +59,23 @@ impl Default for FinetuneConfig {
     }
 }
 
+impl FinetuneConfig {
+    /// Refuses values that cannot work, naming the flag.
+    pub fn validate(&self) -> Result<()> {
+        use crate::train::config::check;
+        check("--lr", self.lr, self.lr > 0.0, "a finite learning rate > 0, e.g. 1e-3")?;
+        check("--min-lr", self.min_lr, self.min_lr >= 0.0 && self.min_lr <= self.lr, "a value from 0 to --lr")?;
+        check("--clip", self.clip, self.clip >= 0.0, "a gradient-norm limit >= 0 (0 = off)")?;
+        check("--gen-weight", self.gen_weight, self.gen_weight >= 0.0, "a weight >= 0 (paper: 1)")?;
+        for (flag, n) in [("--steps", self.steps as usize), ("--batch", self.batch), ("--eval-every", self.eval_every as usize), ("--patience", self.patience)] {
+            if n == 0 {
+                return Err(Error::Invalid(format!("{flag} 0: give at least 1")));
+            }
+        }
+        Ok(())
+    }
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct FinetuneSummary {
     pub steps: u64,
@@ -136,6 +153,7 @@ fn save_classifier(dir: &Path, cls: &ImageGpt, palette: &Path) -> Result<()> {
 /// Fine-tunes; writes RUN/best (best val accuracy), RUN/last, RUN/metrics.jsonl.
 pub fn finetune(cfg: &FinetuneConfig, on_step: &mut StepFn) -> Result<FinetuneSummary> {
     let t0 = Instant::now();
+    cfg.validate()?;
     let open = |f: &str| TokenFile::open(&cfg.data.join(f));
     let (train, val) = (open("train.tokens")?, open("val.tokens")?);
     let test = cfg.data.join("test.tokens").exists().then(|| open("test.tokens")).transpose()?;
@@ -144,7 +162,8 @@ pub fn finetune(cfg: &FinetuneConfig, on_step: &mut StepFn) -> Result<FinetuneSu
     })?;
     let classes: Vec<String> =
         std::fs::read_to_string(cfg.data.join("labels.txt")).unwrap_or_default().lines().map(str::to_string).collect();
-    let k = classes.len().max(1 + ytr.iter().copied().max().unwrap_or(0) as usize);
+    let splits: Vec<&TokenFile> = [Some(&train), Some(&val), test.as_ref()].into_iter().flatten().collect();
+    let k = crate::data::tokens::class_count(&cfg.data, &splits)?;
     let classes: Vec<String> =
         (0..k).map(|i| classes.get(i).cloned().unwrap_or_else(|| format!("LABEL_{i}"))).collect();
     let mut model = load_model_as(&cfg.model, Some(ModelKind::CausalLm))?;

@@ -1,6 +1,6 @@
 //! Pictures people look at: image grids (samples, completions) as PNG.
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::tokenizer::RgbImage;
 
 /// A grid of equally sized RGB tiles, `cols` per row, each scaled up `scale` times
@@ -37,9 +37,24 @@ pub fn masked(img: &RgbImage, known: &[bool]) -> RgbImage {
     out
 }
 
-/// Saves a grid as PNG (through a temporary file and a rename).
+/// The largest grid side `save_grid` draws (PNG readers cope; memory stays under 1 GiB).
+pub const MAX_GRID_SIDE: usize = 16_384;
+
+/// Saves a grid as PNG (through a temporary file and a rename); a grid over
+/// [`MAX_GRID_SIDE`] a side is refused before anything is allocated.
 pub fn save_grid(path: &std::path::Path, tiles: &[RgbImage], cols: usize, scale: usize) -> Result<()> {
-    grid(tiles, cols, scale, 2).save_png(path)
+    let (tw, th) = tiles.first().map_or((1, 1), |t| (t.width, t.height));
+    let cols = cols.max(1);
+    let rows = tiles.len().div_ceil(cols).max(1);
+    let side = |n: usize, t: usize| n.checked_mul(t.checked_mul(scale)?.checked_add(2)?)?.checked_add(2);
+    match (side(cols, tw), side(rows, th)) {
+        (Some(w), Some(h)) if w <= MAX_GRID_SIDE && h <= MAX_GRID_SIDE => grid(tiles, cols, scale, 2).save_png(path),
+        _ => Err(Error::Invalid(format!(
+            "{}: a grid of {} images of {tw}x{th} at --scale {scale} is over {MAX_GRID_SIDE} pixels a side; lower --scale or the number of images",
+            path.display(),
+            tiles.len()
+        ))),
+    }
 }
 
 #[cfg(test)]

@@ -42,6 +42,12 @@ pub struct CompleteArgs {
 }
 
 pub fn run(a: CompleteArgs) -> Result<()> {
+    a.s.validate()?;
+    for (flag, n) in [("--count", a.count), ("--samples", a.samples)] {
+        if n == 0 || n > super::sample::MAX_IMAGES {
+            anyhow::bail!("{flag} {n}: give 1 to {}", super::sample::MAX_IMAGES);
+        }
+    }
     super::init_threads(a.s.threads);
     let (mut model, proc) = open_causal(&a.model)?;
     model.set_decode_weights(a.s.weights);
@@ -53,7 +59,7 @@ pub fn run(a: CompleteArgs) -> Result<()> {
             let tf = super::open_tokens_for(&f, &proc)?;
             (0..a.count.min(tf.count)).map(|i| tf.image(i).into_iter().map(u32::from).collect()).collect()
         }
-        None => super::open_images(&a.images)?.iter().map(|im| proc.encode(im)).collect(),
+        None => super::encode_images(&a.images, &proc)?,
     };
     let keep = match (a.keep_tokens, a.keep_rows) {
         (Some(k), _) => k,

@@ -19,9 +19,8 @@ pub struct EncodeArgs {
 
 pub fn run(a: EncodeArgs) -> Result<()> {
     let proc = super::open_processor(&a.model)?;
-    let imgs = super::open_images(&a.images)?;
     let (h, w) = proc.hw();
-    let encoded: Vec<Vec<u32>> = imgs.iter().map(|img| proc.encode(img)).collect();
+    let encoded = super::encode_images(&a.images, &proc)?;
     if a.json {
         let items: Vec<_> = a.images.iter().zip(&encoded).map(|(p, t)| json!({"path": p, "tokens": t})).collect();
         return super::print_json(&json!({ "images": items }));

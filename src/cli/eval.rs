@@ -48,6 +48,12 @@ fn metric_of(bert: bool) -> (&'static str, &'static str) {
 }
 
 pub fn run(a: EvalArgs) -> Result<()> {
+    if a.batch == 0 || a.batch > 4096 {
+        bail!("--batch {}: give 1 to 4096 images per pass", a.batch);
+    }
+    if !(a.mask_prob > 0.0 && a.mask_prob < 1.0) {
+        bail!("--mask-prob {}: give a fraction in (0, 1) (the paper's 0.15)", a.mask_prob);
+    }
     super::init_threads(a.threads);
     let model = super::open_model(&a.model)?;
     if model.kind != ModelKind::CausalLm {
@@ -82,8 +88,8 @@ pub fn run(a: EvalArgs) -> Result<()> {
                 .collect()
         }
         None => {
-            let imgs = super::open_images(&a.images)?;
-            a.images.iter().zip(&imgs).map(|(p, img)| (p.display().to_string(), proc.encode(img))).collect()
+            let tokens = super::encode_images(&a.images, &proc)?;
+            a.images.iter().map(|p| p.display().to_string()).zip(tokens).collect()
         }
     };
     let sos = model.config.sos_token();

@@ -63,6 +63,12 @@ pub fn open_images(paths: &[PathBuf]) -> Result<Vec<RgbImage>> {
     paths.iter().map(|p| RgbImage::open(p).map_err(anyhow::Error::from)).collect()
 }
 
+/// Reads and tokenises images with the model's processor, naming the file that fails.
+pub fn encode_images(paths: &[PathBuf], proc: &ImageProcessorConfig) -> Result<Vec<Vec<u32>>> {
+    let imgs = open_images(paths)?;
+    paths.iter().zip(&imgs).map(|(p, im)| proc.encode(im).with_context(|| p.display().to_string())).collect()
+}
+
 /// Sets up the rayon pool once for the whole command (0 = all cores).
 /// Every worker flushes denormal floats to zero (see `backend::math::flush_denormals`).
 pub fn init_threads(threads: usize) {

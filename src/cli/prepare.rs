@@ -120,6 +120,17 @@ pub fn run(a: PrepareArgs) -> Result<()> {
     } else if a.image_column.is_some() || a.label_column.is_some() {
         anyhow::bail!("--image-column and --label-column apply to --data parquet:FILE[,FILE..] only");
     }
+    let cfg = PrepareConfig {
+        size: a.size,
+        colors: a.colors,
+        palette: a.palette.clone(),
+        val_fraction: a.val_fraction,
+        seed: a.seed,
+        palette_sample: a.palette_sample,
+        ..Default::default()
+    };
+    cfg.validate()?;
+    igpt::data::prepare::check_replaceable(&a.out)?;
     if a.download {
         let fetched =
             spec.download(&DownloadBar::default()).with_context(|| format!("downloading --data {}", a.data))?;
@@ -133,17 +144,8 @@ pub fn run(a: PrepareArgs) -> Result<()> {
     }
     let bars = Bars::new();
     bars.start("decode", 0);
-    let source = spec.load(&|| bars.inc(1)).with_context(|| format!("reading --data {}", a.data))?;
+    let source = spec.load_at(Some(a.size), &|| bars.inc(1)).with_context(|| format!("reading --data {}", a.data))?;
     bars.finish();
-    let cfg = PrepareConfig {
-        size: a.size,
-        colors: a.colors,
-        palette: a.palette.clone(),
-        val_fraction: a.val_fraction,
-        seed: a.seed,
-        palette_sample: a.palette_sample,
-        ..Default::default()
-    };
     let rep = prepare(source, &a.out, &cfg, &bars).with_context(|| format!("preparing into {}", a.out.display()))?;
     if a.json {
         return super::print_json(&serde_json::to_value(&rep)?);

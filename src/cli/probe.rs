@@ -83,6 +83,9 @@ pub fn parse_layers(s: &str) -> Result<Option<Vec<usize>>> {
 }
 
 pub fn run(a: ProbeArgs) -> Result<()> {
+    if a.max_iter == 0 {
+        anyhow::bail!("--max-iter 0: give at least 1 L-BFGS iteration (default 300)");
+    }
     super::init_threads(a.threads);
     let model = super::open_model(&a.model)?;
     let opts = ProbeOptions {

@@ -45,7 +45,27 @@ pub struct SamplingArgs {
     pub weights: igpt::model::WeightPrecision,
 }
 
+/// The most images one `sample` or `complete` command makes.
+pub const MAX_IMAGES: usize = 100_000;
+
 impl SamplingArgs {
+    /// Refuses values that cannot work, naming the flag.
+    pub fn validate(&self) -> Result<()> {
+        if !(self.temperature.is_finite() && self.temperature > 0.0) {
+            bail!("--temperature {}: give a finite value > 0 (1 = the model's distribution; --greedy for the most likely colour)", self.temperature);
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            bail!("--top-p {}: give a probability in (0, 1]", self.top_p);
+        }
+        if self.batch == 0 || self.batch > 4096 {
+            bail!("--batch {}: give 1 to 4096 images generated together", self.batch);
+        }
+        if self.scale == 0 || self.scale > 64 {
+            bail!("--scale {}: give a pixel scale from 1 to 64", self.scale);
+        }
+        Ok(())
+    }
+
     pub fn sampling(&self) -> Sampling {
         Sampling {
             temperature: self.temperature,
@@ -120,6 +140,10 @@ pub fn open_causal(dir: &std::path::Path) -> Result<(igpt::model::ImageGpt, Imag
 }
 
 pub fn run(a: SampleArgs) -> Result<()> {
+    a.s.validate()?;
+    if a.num == 0 || a.num > MAX_IMAGES {
+        bail!("--num {}: give 1 to {MAX_IMAGES} images", a.num);
+    }
     super::init_threads(a.s.threads);
     let (mut model, proc) = open_causal(&a.model)?;
     model.set_decode_weights(a.s.weights);

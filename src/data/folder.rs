@@ -15,14 +15,20 @@ fn is_image(p: &Path) -> bool {
     )
 }
 
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+/// Image files under `dir`, sorted. A folder reached twice through symbolic links (a loop,
+/// or two links to one folder) is read once, and so is a file reached by two paths.
+fn walk(dir: &Path, seen: &mut std::collections::HashSet<PathBuf>, out: &mut Vec<PathBuf>) -> Result<()> {
+    let real = std::fs::canonicalize(dir).map_err(|e| Error::io(dir, e))?;
+    if !seen.insert(real) {
+        return Ok(());
+    }
     let mut entries: Vec<PathBuf> =
         std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?.filter_map(|e| e.ok().map(|e| e.path())).collect();
     entries.sort();
     for p in entries {
         if p.is_dir() {
-            walk(&p, out)?;
-        } else if is_image(&p) {
+            walk(&p, seen, out)?;
+        } else if is_image(&p) && std::fs::canonicalize(&p).is_ok_and(|r| seen.insert(r)) {
             out.push(p);
         }
     }
@@ -42,7 +48,7 @@ pub fn list(dir: &Path) -> Result<(Vec<(PathBuf, Option<u16>)>, Vec<String>)> {
         .collect();
     classes.sort();
     let mut files = Vec::new();
-    walk(dir, &mut files)?;
+    walk(dir, &mut Default::default(), &mut files)?;
     if files.is_empty() {
         return Err(Error::format(dir, "no PNG or JPEG images found (searched recursively)"));
     }
@@ -59,14 +65,15 @@ pub fn list(dir: &Path) -> Result<(Vec<(PathBuf, Option<u16>)>, Vec<String>)> {
     Ok((labelled, classes))
 }
 
-/// Reads every image (decoding in parallel); `progress` is called once per image.
-pub fn read(dir: &Path, progress: &(dyn Fn() + Sync)) -> Result<RawSplit> {
+/// Reads every image (decoding in parallel, each resized to `fit` x `fit` at once when
+/// given); `progress` is called once per image.
+pub fn read(dir: &Path, fit: Option<usize>, progress: &(dyn Fn() + Sync)) -> Result<RawSplit> {
     use rayon::prelude::*;
     let (files, classes) = list(dir)?;
     let items: Result<Vec<Item>> = files
         .par_iter()
         .map(|(p, label)| {
-            let image = RgbImage::open(p)?;
+            let image = RgbImage::open(p)?.fit(fit);
             progress();
             Ok(Item { image, label: *label })
         })

@@ -25,13 +25,14 @@ pub fn read(images: &Path, labels: Option<&Path>) -> Result<Vec<Item>> {
         ));
     }
     let (n, h, w) = (be32(&ib, 4), be32(&ib, 8), be32(&ib, 12));
-    if h == 0 || w == 0 || ib.len() != 16 + n * h * w {
+    // sizes in u64, checked: a header cannot make them wrap
+    let want = (n as u64).checked_mul(h as u64).and_then(|x| x.checked_mul(w as u64));
+    if n == 0 || h == 0 || w == 0 || want != Some(ib.len() as u64 - 16) {
         return Err(Error::format(
             images,
             format!(
-                "IDX header says {n} images of {h}x{w} ({} bytes) but the file has {} bytes of pixels: truncated?",
-                n * h * w,
-                ib.len().saturating_sub(16)
+                "IDX header says {n} images of {h}x{w} but the file has {} bytes of pixels: truncated or not an image file?",
+                ib.len() - 16
             ),
         ));
     }

@@ -34,25 +34,28 @@ pub struct RawSplit {
     pub classes: Vec<String>,
 }
 
-/// Reads a whole file, transparently gunzipping it when it starts with the gzip magic.
+/// The most bytes a gzip file may inflate to (Fashion-MNIST's largest file inflates to 47 MB).
+pub const MAX_INFLATED: u64 = 1 << 30;
+
+/// Reads a whole file, transparently gunzipping it when it starts with the gzip magic
+/// (inflating at most [`MAX_INFLATED`] bytes).
 pub fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
     let raw = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    if raw.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::new();
-        flate2::read::MultiGzDecoder::new(&raw[..])
-            .read_to_end(&mut out)
-            .map_err(|e| Error::format(path, format!("corrupt gzip data ({e}); download the file again")))?;
-        Ok(out)
-    } else {
-        Ok(raw)
-    }
+    if raw.starts_with(&[0x1f, 0x8b]) { gunzip(&raw, path) } else { Ok(raw) }
 }
 
-/// Gunzips bytes that are known to be gzip (bundled data).
+/// Gunzips bytes (at most [`MAX_INFLATED`] out: more is refused as a gzip bomb).
 pub fn gunzip(bytes: &[u8], what: &Path) -> Result<Vec<u8>> {
     let mut out = Vec::new();
     flate2::read::MultiGzDecoder::new(bytes)
+        .take(MAX_INFLATED + 1)
         .read_to_end(&mut out)
-        .map_err(|e| Error::format(what, format!("corrupt gzip data: {e}")))?;
+        .map_err(|e| Error::format(what, format!("corrupt gzip data ({e}); download the file again")))?;
+    if out.len() as u64 > MAX_INFLATED {
+        return Err(Error::format(
+            what,
+            format!("inflates to more than {} MiB (a gzip bomb?); igpt reads at most that from one file", MAX_INFLATED >> 20),
+        ));
+    }
     Ok(out)
 }

@@ -234,7 +234,7 @@ pub fn read_palette(path: &Path) -> Result<Vec<[f64; 3]>> {
         return Ok(ImageProcessorConfig::from_file(path)?.clusters);
     }
     let b = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    if b.len() < 10 || &b[..6] != b"\x93NUMPY" {
+    if b.len() < 12 || &b[..6] != b"\x93NUMPY" {
         return Err(Error::format(path, "not a .npy file (bad magic)"));
     }
     let (hlen, start) = if b[6] == 1 {
@@ -262,7 +262,9 @@ pub fn read_palette(path: &Path) -> Result<Vec<[f64; 3]>> {
     if vals.is_empty() || !vals.len().is_multiple_of(3) {
         return Err(Error::format(path, format!("{} values is not a (k, 3) palette", vals.len())));
     }
-    Ok(vals.chunks_exact(3).map(|c| [c[0], c[1], c[2]]).collect())
+    let clusters: Vec<[f64; 3]> = vals.chunks_exact(3).map(|c| [c[0], c[1], c[2]]).collect();
+    crate::tokenizer::processor::check_palette(path, &clusters)?;
+    Ok(clusters)
 }
 
 /// Writes a (k, 3) float32 `.npy` (OpenAI's kmeans_centers.npy format).

@@ -88,7 +88,8 @@ fn class_names(reader: &SerializedFileReader<File>, label: &str) -> Option<Vec<S
 }
 
 /// Reads one parquet file. `progress` is called once per decoded image.
-pub fn read(path: &Path, cols: &Columns, progress: &(dyn Fn() + Sync)) -> Result<ParquetImages> {
+/// With `fit`, each image is resized to fit x fit as soon as it is decoded.
+pub fn read(path: &Path, cols: &Columns, fit: Option<usize>, progress: &(dyn Fn() + Sync)) -> Result<ParquetImages> {
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     let reader = SerializedFileReader::new(file)
         .map_err(|e| Error::format(path, format!("not a readable parquet file ({e})")))?;
@@ -131,7 +132,7 @@ pub fn read(path: &Path, cols: &Columns, progress: &(dyn Fn() + Sync)) -> Result
                 let at = format!("{}: row group {g}, row {r}", path.display());
                 let bytes = image_bytes(cells[0])
                     .ok_or_else(|| Error::Invalid(format!("{at}: the image cell holds no bytes")))?;
-                let image = RgbImage::decode(bytes, Path::new(&at))?;
+                let image = RgbImage::decode(bytes, Path::new(&at))?.fit(fit);
                 let label = match cells.get(1) {
                     None => None,
                     Some(f) => match label_value(f) {

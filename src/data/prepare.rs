@@ -47,6 +47,34 @@ impl Default for PrepareConfig {
     }
 }
 
+/// The largest `--size` (a 1024x1024 image is a million tokens).
+pub const MAX_SIZE: usize = 1024;
+/// The most colours a palette may have: token ids are u16 and one id is the SOS token.
+pub const MAX_COLORS: usize = 65_535;
+
+impl PrepareConfig {
+    /// Refuses values that cannot work, naming the flag.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |msg: String| Err(Error::Invalid(msg));
+        if !(1..=MAX_SIZE).contains(&self.size) {
+            return bad(format!("--size {}: give an image side from 1 to {MAX_SIZE}", self.size));
+        }
+        if !(1..=MAX_COLORS).contains(&self.colors) {
+            return bad(format!("--colors {}: give a palette size from 1 to {MAX_COLORS} (the paper uses 512)", self.colors));
+        }
+        if !(self.val_fraction > 0.0 && self.val_fraction < 1.0) {
+            return bad(format!(
+                "--val-fraction {}: give a fraction between 0 and 1 (exclusive), e.g. 0.1",
+                self.val_fraction
+            ));
+        }
+        if self.palette_sample == 0 || self.kmeans_max_iter == 0 {
+            return bad("--palette-sample must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
 /// Progress of the slow stages, drawn by the caller (the library prints nothing).
 pub trait Progress: Sync {
     fn start(&self, stage: &str, total: u64);
@@ -161,7 +189,7 @@ pub const OUTPUT_FILES: [&str; 7] = [
 ];
 
 /// Refuses an `--out` folder that holds files `prepare` did not write (they would be lost).
-fn check_replaceable(out: &Path) -> Result<()> {
+pub fn check_replaceable(out: &Path) -> Result<()> {
     let Ok(rd) = std::fs::read_dir(out) else {
         return if out.exists() {
             Err(Error::Invalid(format!("--out {}: not a folder; choose a new folder", out.display())))
@@ -186,6 +214,7 @@ fn check_replaceable(out: &Path) -> Result<()> {
 /// moment leaves either the previous folder or the new one, never a palette and tokens
 /// that disagree).
 pub fn prepare(source: Source, out: &Path, cfg: &PrepareConfig, progress: &dyn Progress) -> Result<PrepareReport> {
+    cfg.validate()?;
     check_replaceable(out)?;
     let Some(name) = out.file_name().map(|n| n.to_string_lossy().into_owned()) else {
         return Err(Error::Invalid(format!("--out {}: name the data folder (e.g. data/mine)", out.display())));
@@ -206,9 +235,6 @@ pub fn prepare(source: Source, out: &Path, cfg: &PrepareConfig, progress: &dyn P
 fn prepare_into(source: Source, out: &Path, cfg: &PrepareConfig, progress: &dyn Progress) -> Result<PrepareReport> {
     let t_start = Instant::now();
     let r = cfg.size;
-    if r == 0 {
-        return Err(Error::Invalid("--size must be at least 1".into()));
-    }
     let classes = source.train.classes.clone();
     let n_images = source.train.items.len() + source.test.as_ref().map_or(0, |t| t.items.len());
     if source.train.items.is_empty() {

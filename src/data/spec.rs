@@ -168,6 +168,13 @@ impl DataSpec {
 
     /// Reads the data set. `progress` is called once per decoded image (folders, parquet).
     pub fn load(&self, progress: &(dyn Fn() + Sync)) -> Result<Source> {
+        self.load_at(None, progress)
+    }
+
+    /// Reads the data set; with `fit`, every decoded image (folders, parquet) is resized to
+    /// fit x fit as soon as it is decoded (the same Pillow-exact resize `prepare` applies),
+    /// so photos are never all held at full size.
+    pub fn load_at(&self, fit: Option<usize>, progress: &(dyn Fn() + Sync)) -> Result<Source> {
         match self {
             DataSpec::Emoji32 => {
                 let classes: Vec<String> = EMOJI32_LABELS.lines().map(str::to_string).collect();
@@ -235,7 +242,7 @@ impl DataSpec {
                 })
             }
             DataSpec::Folder(dir) => {
-                Ok(Source { name: dir.display().to_string(), train: folder::read(dir, progress)?, test: None })
+                Ok(Source { name: dir.display().to_string(), train: folder::read(dir, fit, progress)?, test: None })
             }
             DataSpec::Cifar(files) => {
                 // Files named test* form the test split, the others the training split.
@@ -262,7 +269,7 @@ impl DataSpec {
             DataSpec::Parquet(files, cols) => {
                 let (mut train, mut test, mut names) = (Vec::new(), Vec::new(), None);
                 for f in files {
-                    let read = parquet::read(f, cols, progress)?;
+                    let read = parquet::read(f, cols, fit, progress)?;
                     names = names.or(read.class_names);
                     if parquet::is_test_file(f) { test.extend(read.items) } else { train.extend(read.items) }
                 }

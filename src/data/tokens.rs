@@ -36,6 +36,39 @@ pub fn write(path: &Path, tokens: &[u16], labels: Option<&[u16]>, (h, w): (usize
     crate::formats::write_atomic(path, &out)
 }
 
+/// The most classes a labelled data set may have (a probe or fine-tuning head is K x D).
+pub const MAX_CLASSES: usize = 10_000;
+
+/// The number of classes of labelled token files in `data_dir`: the lines of its labels.txt
+/// when it names any (every label must be below that), else 1 + the largest label.
+pub fn class_count(data_dir: &Path, files: &[&TokenFile]) -> Result<usize> {
+    let names = std::fs::read_to_string(data_dir.join("labels.txt")).unwrap_or_default();
+    let named = names.lines().filter(|l| !l.trim().is_empty()).count();
+    let mut k = named;
+    for f in files {
+        let Some(labels) = f.labels() else { continue };
+        let Some((i, &top)) = labels.iter().enumerate().max_by_key(|(_, l)| **l) else { continue };
+        if named > 0 && top as usize >= named {
+            return Err(Error::format(
+                &f.path,
+                format!(
+                    "image {i} has label {top}, but {} names {named} classes (0..{}); prepare the data again",
+                    data_dir.join("labels.txt").display(),
+                    named - 1
+                ),
+            ));
+        }
+        k = k.max(top as usize + 1);
+    }
+    if k > MAX_CLASSES {
+        return Err(Error::format(
+            data_dir,
+            format!("the labels go up to {}: igpt fits at most {MAX_CLASSES} classes; check the label column", k - 1),
+        ));
+    }
+    Ok(k)
+}
+
 /// A memory-mapped token file.
 pub struct TokenFile {
     pub path: PathBuf,
@@ -64,16 +97,41 @@ impl TokenFile {
                 format!("token file version {version}, this igpt reads version {VERSION}; {regen}"),
             ));
         }
-        let count = u64::from_le_bytes(map[12..20].try_into().expect("8 bytes")) as usize;
-        let (height, width, colors, has_labels) = (u32_at(20), u32_at(24), u32_at(28), u32_at(32) == 1);
-        let expect = HEADER + 2 * count * height * width + if has_labels { 2 * count } else { 0 };
-        if map.len() != expect {
+        let count = u64::from_le_bytes(map[12..20].try_into().expect("8 bytes"));
+        let (height, width, colors, labels_flag) = (u32_at(20), u32_at(24), u32_at(28), u32_at(32));
+        if count == 0 || height == 0 || width == 0 || colors == 0 || colors > u16::MAX as usize || labels_flag > 1 {
             return Err(Error::format(
                 path,
                 format!(
-                    "{} bytes, expected {expect} for {count} images of {height}x{width}: truncated or corrupt; {regen}",
+                    "header says {count} images of {height}x{width}, {colors} colours, labels flag {labels_flag}: a token file has at least one image, a size, 1 to 65535 colours and a flag of 0 or 1; {regen}"
+                ),
+            ));
+        }
+        let has_labels = labels_flag == 1;
+        // the expected length in u64, checked: a header cannot make it wrap
+        let expect = (height as u64 * width as u64)
+            .checked_mul(count)
+            .and_then(|n| n.checked_add(if has_labels { count } else { 0 }))
+            .and_then(|n| n.checked_mul(2))
+            .and_then(|n| n.checked_add(HEADER as u64));
+        if expect != Some(map.len() as u64) {
+            return Err(Error::format(
+                path,
+                format!(
+                    "{} bytes, but the header says {count} images of {height}x{width}: truncated or corrupt; {regen}",
                     map.len()
                 ),
+            ));
+        }
+        let count = count as usize;
+        let n_tok = count * height * width;
+        if let Some(i) = map[HEADER..HEADER + 2 * n_tok]
+            .chunks_exact(2)
+            .position(|b| u16::from_le_bytes([b[0], b[1]]) as usize >= colors)
+        {
+            return Err(Error::format(
+                path,
+                format!("token {i} (image {}) is not below the file's {colors} colours: corrupt; {regen}", i / (height * width)),
             ));
         }
         Ok(TokenFile { path: path.to_path_buf(), map, count, height, width, colors, has_labels })

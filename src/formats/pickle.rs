@@ -53,12 +53,38 @@ fn storage_dtype(module: &str, name: &str) -> Option<Dtype> {
     })
 }
 
+/// The most values a pickle may build by copying memo entries (a state dict of ten
+/// thousand tensors builds about a hundred thousand): beyond it is a pickle bomb.
+const MAX_COPIED: usize = 1 << 22;
+/// The deepest nesting of values (a state dict is 4 deep).
+const MAX_DEPTH: usize = 64;
+/// The largest data.pkl read (a state dict's pickle is a few hundred bytes per tensor).
+const MAX_PICKLE_BYTES: u64 = 64 << 20;
+
+/// Values in `v` and its depth (1 for a scalar), counted without recursion.
+fn measure(v: &Value) -> (usize, usize) {
+    let (mut nodes, mut depth) = (0, 0);
+    let mut todo = vec![(v, 1)];
+    while let Some((v, d)) = todo.pop() {
+        nodes += 1;
+        depth = depth.max(d);
+        match v {
+            Value::Tuple(xs) | Value::List(xs) => todo.extend(xs.iter().map(|x| (x, d + 1))),
+            Value::Dict(kv) => todo.extend(kv.iter().flat_map(|(k, x)| [(k, d + 1), (x, d + 1)])),
+            _ => {}
+        }
+    }
+    (nodes, depth)
+}
+
 struct Machine<'a> {
     data: &'a [u8],
     pos: usize,
     stack: Vec<Value>,
     memo: HashMap<u32, Value>,
     path: &'a Path,
+    /// Values still allowed to be built by copying (memo puts and gets).
+    copy_budget: usize,
 }
 
 impl<'a> Machine<'a> {
@@ -98,6 +124,30 @@ impl<'a> Machine<'a> {
         let b = self.take(n)?;
         Ok(Value::Str(String::from_utf8(b.to_vec()).map_err(|_| self.err("invalid UTF-8 string"))?))
     }
+    /// Admits a value about to be placed in a container (`copy`: or copied from the memo):
+    /// nesting and copies are bounded, so no pickle makes igpt build unbounded values.
+    fn admit(&mut self, v: &Value, copy: bool) -> Result<()> {
+        let (nodes, depth) = measure(v);
+        if depth >= MAX_DEPTH {
+            return Err(self.err(format!("values nested over {MAX_DEPTH} deep: not a state dict")));
+        }
+        if copy {
+            self.copy_budget = self.copy_budget.checked_sub(nodes).ok_or_else(|| {
+                self.err(format!("the pickle copies more than {MAX_COPIED} values (a pickle bomb?): not a state dict"))
+            })?;
+        }
+        Ok(())
+    }
+    fn admit_all(&mut self, vs: &[Value]) -> Result<()> {
+        vs.iter().try_for_each(|v| self.admit(v, false))
+    }
+    fn memo_put(&mut self, i: u32) -> Result<()> {
+        let v = self.top()?.clone();
+        self.admit(&v, true)?;
+        self.memo.insert(i, v);
+        Ok(())
+    }
+
     fn pop(&mut self) -> Result<Value> {
         self.stack.pop().ok_or_else(|| self.err("stack underflow"))
     }
@@ -123,19 +173,21 @@ impl<'a> Machine<'a> {
                 b'}' => self.stack.push(Value::Dict(Vec::new())),        // EMPTY_DICT
                 b']' => self.stack.push(Value::List(Vec::new())),        // EMPTY_LIST
                 b')' => self.stack.push(Value::Tuple(Vec::new())),       // EMPTY_TUPLE
-                b't' => { let v = self.pop_mark()?; self.stack.push(Value::Tuple(v)); } // TUPLE
+                b't' => { let v = self.pop_mark()?; self.admit_all(&v)?; self.stack.push(Value::Tuple(v)); } // TUPLE
                 0x85..=0x87 => {                                  // TUPLE1..3
                     let n = (op - 0x84) as usize;
                     if self.stack.len() < n { return Err(self.err("stack underflow")); }
                     let v = self.stack.split_off(self.stack.len() - n);
+                    self.admit_all(&v)?;
                     self.stack.push(Value::Tuple(v));
                 }
-                b'q' => { let i = self.u8()? as u32; let v = self.top()?.clone(); self.memo.insert(i, v); } // BINPUT
-                b'r' => { let i = self.u32()?; let v = self.top()?.clone(); self.memo.insert(i, v); }       // LONG_BINPUT
-                0x94 => { let i = self.memo.len() as u32; let v = self.top()?.clone(); self.memo.insert(i, v); } // MEMOIZE
+                b'q' => { let i = self.u8()? as u32; self.memo_put(i)?; }            // BINPUT
+                b'r' => { let i = self.u32()?; self.memo_put(i)?; }                  // LONG_BINPUT
+                0x94 => { let i = self.memo.len() as u32; self.memo_put(i)?; }       // MEMOIZE
                 b'h' | b'j' => {                                         // BINGET, LONG_BINGET
                     let i = if op == b'h' { self.u8()? as u32 } else { self.u32()? };
                     let v = self.memo.get(&i).cloned().ok_or_else(|| self.err(format!("memo entry {i} missing")))?;
+                    self.admit(&v, true)?;
                     self.stack.push(v);
                 }
                 b'X' => { let n = self.u32()? as usize; let s = self.string(n)?; self.stack.push(s); } // BINUNICODE
@@ -184,10 +236,13 @@ impl<'a> Machine<'a> {
                 b's' => {                                                // SETITEM
                     let v = self.pop()?;
                     let k = self.pop()?;
+                    self.admit(&k, false)?;
+                    self.admit(&v, false)?;
                     match self.top()? { Value::Dict(d) => d.push((k, v)), _ => return Err(self.err("SETITEM on a non-dict")) }
                 }
                 b'u' => {                                                // SETITEMS
                     let items = self.pop_mark()?;
+                    self.admit_all(&items)?;
                     let pos = self.pos;
                     match self.top()? {
                         Value::Dict(d) => {
@@ -197,8 +252,8 @@ impl<'a> Machine<'a> {
                         _ => return Err(Error::Invalid(format!("pickle SETITEMS on a non-dict at byte {pos}"))),
                     }
                 }
-                b'a' => { let v = self.pop()?; match self.top()? { Value::List(l) => l.push(v), _ => return Err(self.err("APPEND on a non-list")) } }
-                b'e' => { let items = self.pop_mark()?; match self.top()? { Value::List(l) => l.extend(items), _ => return Err(self.err("APPENDS on a non-list")) } }
+                b'a' => { let v = self.pop()?; self.admit(&v, false)?; match self.top()? { Value::List(l) => l.push(v), _ => return Err(self.err("APPEND on a non-list")) } }
+                b'e' => { let items = self.pop_mark()?; self.admit_all(&items)?; match self.top()? { Value::List(l) => l.extend(items), _ => return Err(self.err("APPENDS on a non-list")) } }
                 other => {
                     return Err(self.err(format!(
                         "opcode 0x{other:02x} is not allowed: igpt reads only plain state dicts of tensors and never executes pickled code; convert the file to model.safetensors"
@@ -281,10 +336,39 @@ fn dtype_size(d: Dtype) -> usize {
     }
 }
 
+/// Reads at most `limit` bytes of a zip entry; more is an error (a zip bomb).
+fn read_entry<R: Read>(entry: R, limit: u64, path: &Path, what: &str) -> Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    entry.take(limit + 1).read_to_end(&mut buf).map_err(|e| Error::format(path, format!("{what}: {e}")))?;
+    if buf.len() as u64 > limit {
+        return Err(Error::format(
+            path,
+            format!("{what} inflates to more than {limit} bytes (a zip bomb?); re-save the model with torch.save or as safetensors"),
+        ));
+    }
+    Ok(buf)
+}
+
+/// The bytes of a tensor's storage that its view reaches: (offset + sum (size - 1) * stride + 1)
+/// elements, checked; None when the sizes overflow.
+fn reach(offset: usize, shape: &[usize], stride: &[usize], es: usize) -> Option<u64> {
+    if shape.contains(&0) {
+        return Some(0);
+    }
+    let mut last = offset as u64;
+    for (&n, &s) in shape.iter().zip(stride) {
+        last = last.checked_add((n as u64 - 1).checked_mul(s as u64)?)?;
+    }
+    last.checked_add(1)?.checked_mul(es as u64)
+}
+
 /// Reads every floating tensor of a `torch.save` zip checkpoint. Integer/bool tensors
-/// (buffers) are skipped.
+/// (buffers) are skipped. What is inflated is bounded: data.pkl by [`MAX_PICKLE_BYTES`],
+/// all storages together by 16 times the file's size (torch.save stores them uncompressed),
+/// and no tensor has more elements than the storage bytes its view reaches.
 pub fn read_torch_file(path: &Path) -> Result<Vec<(String, Tensor)>> {
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
     let mut zip = zip::ZipArchive::new(file).map_err(|e| {
         Error::format(path, format!("not a torch.save zip archive ({e}); legacy (pre-1.6) torch files are not supported, re-save with a recent torch or as safetensors"))
     })?;
@@ -294,17 +378,17 @@ pub fn read_torch_file(path: &Path) -> Result<Vec<(String, Tensor)>> {
         .find(|n| n.ends_with("data.pkl"))
         .ok_or_else(|| Error::format(path, "no data.pkl in the archive"))?;
     let stem = pkl_name.trim_end_matches("data.pkl").to_string();
-    let mut pkl = Vec::new();
-    zip.by_name(&pkl_name)
-        .map_err(|e| Error::format(path, e.to_string()))?
-        .read_to_end(&mut pkl)
-        .map_err(|e| Error::io(path, e))?;
+    let entry = zip.by_name(&pkl_name).map_err(|e| Error::format(path, e.to_string()))?;
+    let pkl = read_entry(entry, MAX_PICKLE_BYTES, path, "data.pkl")?;
 
-    let mut m = Machine { data: &pkl, pos: 0, stack: Vec::new(), memo: HashMap::new(), path };
+    let mut m =
+        Machine { data: &pkl, pos: 0, stack: Vec::new(), memo: HashMap::new(), path, copy_budget: MAX_COPIED };
     let root = m.run()?;
+    drop(m);
     let Value::Dict(items) = root else {
         return Err(Error::format(path, "the pickle is not a state dict (a dict of tensors)"));
     };
+    let mut budget = file_len.saturating_mul(16).saturating_add(1 << 20);
     let mut storages: HashMap<String, Vec<u8>> = HashMap::new();
     let mut out = Vec::new();
     for (k, v) in items {
@@ -314,26 +398,42 @@ pub fn read_torch_file(path: &Path) -> Result<Vec<(String, Tensor)>> {
         if !matches!(dtype, Dtype::F32 | Dtype::F64 | Dtype::F16 | Dtype::BF16) {
             continue;
         }
-        if !storages.contains_key(&key) {
-            let mut buf = Vec::new();
-            zip.by_name(&format!("{stem}data/{key}"))
-                .map_err(|e| Error::format(path, format!("storage {key} of `{name}`: {e}")))?
-                .read_to_end(&mut buf)
-                .map_err(|e| Error::io(path, e))?;
+        let es = dtype_size(dtype);
+        let corrupt = |why: &str| Error::format(path, format!("tensor `{name}` {why}; the file is corrupt"));
+        if stride.len() != shape.len() {
+            return Err(corrupt("has a stride of another rank than its shape"));
+        }
+        let need = reach(offset, &shape, &stride, es).ok_or_else(|| corrupt("has sizes that overflow"))?;
+        let n = shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d as u64)).ok_or_else(|| corrupt("has sizes that overflow"))?;
+        if n.saturating_mul(es as u64) > need {
+            return Err(corrupt("has overlapping strides (more elements than the storage it reads)"));
+        }
+        if storages.get(&key).is_none_or(|b| (b.len() as u64) < need) {
+            let what = format!("storage {key} of `{name}`");
+            let entry = zip
+                .by_name(&format!("{stem}data/{key}"))
+                .map_err(|e| Error::format(path, format!("{what}: {e}")))?;
+            if need > budget {
+                return Err(Error::format(
+                    path,
+                    format!("{what} needs {need} bytes, more than 16 times the file's size allows (a zip bomb?); re-save with torch.save or as safetensors"),
+                ));
+            }
+            let buf = read_entry(entry.take(need), need, path, &what)?;
+            budget -= need.min(budget);
             storages.insert(key.clone(), buf);
         }
         let raw = &storages[&key];
-        let es = dtype_size(dtype);
-        let n: usize = shape.iter().product();
+        if (raw.len() as u64) < need {
+            return Err(corrupt("reads past its storage"));
+        }
         // Gather the strided view into a contiguous row-major buffer.
+        let n = n as usize;
         let mut bytes = Vec::with_capacity(n * es);
         let mut idx = vec![0usize; shape.len()];
         for _ in 0..n {
             let el = offset + idx.iter().zip(&stride).map(|(i, s)| i * s).sum::<usize>();
-            let src = raw.get(el * es..(el + 1) * es).ok_or_else(|| {
-                Error::format(path, format!("tensor `{name}` reads past its storage; the file is corrupt"))
-            })?;
-            bytes.extend_from_slice(src);
+            bytes.extend_from_slice(&raw[el * es..(el + 1) * es]);
             for d in (0..shape.len()).rev() {
                 idx[d] += 1;
                 if idx[d] < shape[d] {

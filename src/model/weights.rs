@@ -45,6 +45,17 @@ pub fn load_model_as(dir: &Path, kind: Option<ModelKind>) -> Result<ImageGpt> {
     let cfg = ImageGptConfig::from_file(&dir.join("config.json"))?;
     let tensors = formats::read_model_dir(dir)?;
     let kind = kind.unwrap_or_else(|| infer_kind(&cfg, &tensors));
+    // the config's size against the weights before the arena is allocated
+    let needed = super::params::ParamLayout::new(&cfg, kind).total;
+    let held: usize = tensors.values().map(|(t, _)| t.data.len()).sum();
+    if needed > held {
+        return Err(Error::format(
+            dir.join("config.json"),
+            format!(
+                "describes a model of {needed} parameters but the weights hold {held} values; config.json does not match the weights (re-export the model)"
+            ),
+        ));
+    }
     let mut model = ImageGpt::zeros(cfg, kind)?;
     fill_params(&mut model, tensors, dir, kind)?;
     Ok(model)
@@ -70,6 +81,12 @@ fn fill_params(model: &mut ImageGpt, tensors: TensorMap, dir: &Path, kind: Model
                 expected: e.shape.clone(),
                 got: t.shape.clone(),
             });
+        }
+        if let Some(i) = t.data.iter().position(|x| !x.is_finite()) {
+            return Err(Error::format(
+                path,
+                format!("tensor `{key}` holds {} at element {i}: the weights are broken (a diverged run?); use an earlier checkpoint", t.data[i]),
+            ));
         }
         model.params[e.range.clone()].copy_from_slice(&t.data);
         used.insert(key.clone());

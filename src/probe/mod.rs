@@ -147,7 +147,8 @@ pub fn run_probe(
     }
     let (ytr, yva) = (labels_of(&train)?, labels_of(&val)?);
     let yte = test.as_ref().map(labels_of).transpose()?;
-    let k = 1 + ytr.iter().chain(&yva).chain(yte.iter().flatten()).copied().max().unwrap_or(0) as usize;
+    let splits: Vec<&TokenFile> = [Some(&train), Some(&val), test.as_ref()].into_iter().flatten().collect();
+    let k = crate::data::tokens::class_count(data_dir, &splits)?;
     let y = [Some(&ytr[..]), Some(&yva[..]), yte.as_deref()];
     let t0 = std::time::Instant::now();
     let total = train.count + val.count + test.as_ref().map_or(0, |t| t.count);

@@ -74,6 +74,21 @@ pub struct ImageProcessorConfig {
     pub size: SizeSpec,
 }
 
+/// A palette igpt can use: at most 65535 colours (token ids are u16, one is SOS), every
+/// coordinate a finite number (JSON has no NaN: a NaN would be written as `null`).
+pub fn check_palette(path: &Path, clusters: &[[f64; 3]]) -> Result<()> {
+    if clusters.len() > u16::MAX as usize {
+        return Err(Error::format(
+            path,
+            format!("the palette has {} colours; igpt's token ids take at most 65535 (the paper uses 512)", clusters.len()),
+        ));
+    }
+    if let Some(i) = clusters.iter().position(|c| c.iter().any(|v| !v.is_finite())) {
+        return Err(Error::format(path, format!("palette colour {i} is {:?}: every coordinate must be a finite number", clusters[i])));
+    }
+    Ok(())
+}
+
 impl ImageProcessorConfig {
     /// A processor for `clusters` at height x width, HF defaults otherwise.
     pub fn new(clusters: Vec<[f64; 3]>, height: usize, width: usize) -> Self {
@@ -95,6 +110,7 @@ impl ImageProcessorConfig {
         if self.clusters.is_empty() && self.do_color_quantize {
             return Err(Error::format(path, "`clusters` is empty: a palette is needed to quantise colours"));
         }
+        check_palette(path, &self.clusters)?;
         if self.resample != 2 && self.do_resize {
             return Err(Error::format(
                 path,
@@ -102,13 +118,14 @@ impl ImageProcessorConfig {
             ));
         }
         let (h, w) = self.size.hw();
-        if h == 0 || w == 0 {
-            return Err(Error::format(path, "`size` must be positive"));
+        if h == 0 || w == 0 || h > 4096 || w > 4096 {
+            return Err(Error::format(path, format!("`size` is {h}x{w}: give 1 to 4096 pixels a side")));
         }
         Ok(())
     }
 
     pub fn save(&self, path: &Path) -> Result<()> {
+        check_palette(path, &self.clusters)?;
         let text = serde_json::to_string_pretty(self).map_err(|e| Error::Invalid(e.to_string()))?;
         crate::formats::write_atomic(path, text.as_bytes())
     }
@@ -122,13 +139,20 @@ impl ImageProcessorConfig {
         self.size.hw()
     }
 
-    /// Resize (if asked) to the configured size. Returns (H, W, 3) u8.
-    pub fn resize(&self, img: &RgbImage) -> Vec<u8> {
+    /// Resize (if asked) to the configured size. Returns (H, W, 3) u8. With `do_resize: false`
+    /// the image must already have the model's size.
+    pub fn resize(&self, img: &RgbImage) -> Result<Vec<u8>> {
         let (h, w) = self.hw();
-        if !self.do_resize || (img.width, img.height) == (w, h) {
-            return img.data.clone();
+        if (img.width, img.height) == (w, h) {
+            return Ok(img.data.clone());
         }
-        resize_bilinear(&img.data, (img.width, img.height), (w, h), 3)
+        if !self.do_resize {
+            return Err(Error::Invalid(format!(
+                "the image is {}x{} but the model takes {w}x{h} and its preprocessor_config.json says `do_resize: false`; resize the image to {w}x{h} or set `do_resize` to true",
+                img.width, img.height
+            )));
+        }
+        Ok(resize_bilinear(&img.data, (img.width, img.height), (w, h), 3))
     }
 
     /// u8 -> model space exactly as HF: f32(f64(u8) * rescale), then (v - mean) / std in f32.
@@ -162,14 +186,14 @@ impl ImageProcessorConfig {
     }
 
     /// Token ids of an image (raster order, no SOS): HF's `input_ids`.
-    pub fn encode(&self, img: &RgbImage) -> Vec<u32> {
-        self.resize(img).chunks_exact(3).map(|p| self.nearest(self.normalize_pixel([p[0], p[1], p[2]]))).collect()
+    pub fn encode(&self, img: &RgbImage) -> Result<Vec<u32>> {
+        Ok(self.resize(img)?.chunks_exact(3).map(|p| self.nearest(self.normalize_pixel([p[0], p[1], p[2]]))).collect())
     }
 
     /// Normalised pixel values (H, W, 3) f32: HF's `pixel_values` with do_color_quantize = false
     /// (HF lays them out (3, H, W)).
-    pub fn pixel_values(&self, img: &RgbImage) -> Vec<f32> {
-        self.resize(img).chunks_exact(3).flat_map(|p| self.normalize_pixel([p[0], p[1], p[2]])).collect()
+    pub fn pixel_values(&self, img: &RgbImage) -> Result<Vec<f32>> {
+        Ok(self.resize(img)?.chunks_exact(3).flat_map(|p| self.normalize_pixel([p[0], p[1], p[2]])).collect())
     }
 
     /// Token ids back to RGB: rint(127.5 * (c + 1)) per channel. Ids outside the palette

@@ -55,6 +55,53 @@ pub struct TrainConfig {
     pub stop_after: Option<u64>,
 }
 
+/// Checks for the numeric values of a run and a fine-tuning, naming the flag.
+pub(crate) fn check(flag: &str, v: f64, ok: bool, want: &str) -> crate::error::Result<()> {
+    if v.is_finite() && ok {
+        Ok(())
+    } else {
+        Err(crate::error::Error::Invalid(format!("{flag} {v}: give {want}")))
+    }
+}
+
+impl TrainConfig {
+    /// Refuses values the trainer cannot run, naming the flag (or the train.json field).
+    pub fn validate(&self) -> crate::error::Result<()> {
+        let a = &self.adamw;
+        check("--lr", self.lr, self.lr > 0.0, "a finite learning rate > 0, e.g. 3e-3")?;
+        check("--min-lr", self.min_lr, self.min_lr >= 0.0 && self.min_lr <= self.lr, "a value from 0 to --lr")?;
+        check("--clip", self.clip, self.clip >= 0.0, "a gradient-norm limit >= 0 (0 = off)")?;
+        check("--mask-prob", self.mask_prob, self.mask_prob > 0.0 && self.mask_prob < 1.0, "a fraction in (0, 1)")?;
+        check("--weight-decay", a.weight_decay, a.weight_decay >= 0.0, "a value >= 0")?;
+        check("--rope-theta", self.rope_theta, self.rope_theta > 0.0, "a base > 0 (default 100)")?;
+        for (name, b) in [("adamw.beta1", a.beta1), ("adamw.beta2", a.beta2)] {
+            check(name, b, (0.0..1.0).contains(&b), "a value in [0, 1)")?;
+        }
+        check("adamw.eps", a.eps, a.eps > 0.0, "a value > 0")?;
+        if let Some(e) = self.epochs {
+            check("--epochs", e, e > 0.0 && e <= 1e6, "a number of epochs > 0")?;
+        }
+        let counts = [
+            ("--steps", self.steps.unwrap_or(1) as usize),
+            ("--batch", self.batch),
+            ("--grad-accum", self.grad_accum),
+            ("--eval-every", self.eval_every as usize),
+            ("--eval-batches", self.eval_batches),
+            ("--log-every", self.log_every as usize),
+            ("--keep", self.keep),
+        ];
+        for (flag, n) in counts {
+            if n == 0 {
+                return Err(crate::error::Error::Invalid(format!("{flag} 0: give at least 1")));
+            }
+        }
+        if self.batch > 1 << 16 || self.grad_accum > 1 << 16 {
+            return Err(crate::error::Error::Invalid("--batch and --grad-accum: at most 65536 each".into()));
+        }
+        Ok(())
+    }
+}
+
 impl Default for TrainConfig {
     fn default() -> Self {
         TrainConfig {

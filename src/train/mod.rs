@@ -232,9 +232,7 @@ pub fn plot_losses(run: &Path, tokens_per_step: f64) -> Result<()> {
 /// Runs (or, with `resume`, continues) training.
 pub fn run(cfg: &TrainConfig, resume: bool, obs: &mut dyn TrainObserver) -> Result<TrainSummary> {
     let t_start = Instant::now();
-    if cfg.batch == 0 || cfg.grad_accum == 0 {
-        return Err(Error::Invalid("--batch and --grad-accum must be at least 1".into()));
-    }
+    cfg.validate()?;
     let (train, val, proc) = open_data(&cfg.data)?;
     let (h, w) = proc.hw();
     if (train.height, train.width) != (h, w)
@@ -313,7 +311,7 @@ pub fn run(cfg: &TrainConfig, resume: bool, obs: &mut dyn TrainObserver) -> Resu
         (None, Some(e)) => ((e * train.count as f64) / per_step as f64).ceil() as u64,
         (None, None) => return Err(Error::Invalid("give --steps or --epochs".into())),
     }
-    .max(1);
+    .max(1); // --epochs so small it rounds to no step still takes one
     let json = serde_json::to_string_pretty(&json!({"train": cfg, "model": model.config, "total_steps": total}))
         .map_err(|e| Error::Invalid(e.to_string()))?;
     crate::formats::write_atomic(&run_dir.join("train.json"), json.as_bytes())?;
