@@ -56,3 +56,26 @@ impl Error {
         Error::Config { what: what.into(), msg: msg.into() }
     }
 }
+
+thread_local! {
+    static CONTAINING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f`, turning a panic inside it into a format error on `path`. For third-party
+/// readers that panic on some corrupt files (the parquet crate does); igpt's own code
+/// returns errors instead. While `f` runs, [`containing_panics`] is true on this thread, so
+/// the binary's panic hook can stay quiet about a panic that becomes an error.
+pub fn contain_panics<T>(path: &Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let was = CONTAINING.with(|c| c.replace(true));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    CONTAINING.with(|c| c.set(was));
+    r.unwrap_or_else(|p| {
+        let msg = p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned());
+        Err(Error::format(path, format!("corrupt file: its reader failed ({})", msg.unwrap_or_default())))
+    })
+}
+
+/// Whether this thread is inside [`contain_panics`].
+pub fn containing_panics() -> bool {
+    CONTAINING.with(|c| c.get())
+}

@@ -47,6 +47,14 @@ enum Command {
 }
 
 fn main() {
+    // a panic that the library turns into an error (a third-party reader on a corrupt file)
+    // is not printed; any other is
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !igpt::error::containing_panics() {
+            default_hook(info);
+        }
+    }));
     let cli = Cli::parse();
     // A kernel set the CPU lacks would crash (illegal instruction) mid-run: refuse it first.
     if let Err(msg) = igpt::backend::isa::requested() {

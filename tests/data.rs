@@ -104,17 +104,17 @@ fn folders_label_by_subfolder_and_reject_bad_input() {
             RgbImage::new(5, 7, vec![(i * 40) as u8; 5 * 7 * 3]).save_png(&d.join(format!("{i}.png"))).unwrap();
         }
     }
-    let split = folder::read(tmp.path(), &|| {}).unwrap();
+    let split = folder::read(tmp.path(), None, &|| {}).unwrap();
     assert_eq!(split.classes, vec!["apple", "zebra"]);
     assert_eq!(counts(split.items.iter().map(|i| i.label.unwrap()), 2), vec![3, 2]);
     // corrupt PNG: named in the error
     std::fs::write(tmp.path().join("apple/broken.png"), b"\x89PNG\r\n\x1a\nnope").unwrap();
-    let err = folder::read(tmp.path(), &|| {}).err().unwrap().to_string();
+    let err = folder::read(tmp.path(), None, &|| {}).err().unwrap().to_string();
     assert!(err.contains("broken.png"), "{err}");
     // empty folder
     let empty = tmp.path().join("empty");
     std::fs::create_dir(&empty).unwrap();
-    let err = folder::read(&empty, &|| {}).err().unwrap().to_string();
+    let err = folder::read(&empty, None, &|| {}).err().unwrap().to_string();
     assert!(err.contains("no PNG or JPEG images"), "{err}");
     assert!("folderx:abc".parse::<DataSpec>().is_err());
     assert!("nope".parse::<DataSpec>().unwrap_err().to_string().contains("emoji32"));
@@ -202,7 +202,7 @@ fn parquet_files_as_the_hub_stores_them() {
     parquet::write(&train, &pngs[..7], &labels[..7], &names, 3).unwrap();
     parquet::write(&test, &pngs[7..], &labels[7..], &names, 10).unwrap();
 
-    let read = parquet::read(&train, &Default::default(), &|| {}).unwrap();
+    let read = parquet::read(&train, &Default::default(), None, &|| {}).unwrap();
     assert_eq!(read.items.len(), 7);
     assert_eq!(read.class_names.as_deref(), Some(&["cat".to_string(), "dog".into(), "eel".into()][..]));
     for (k, it) in read.items.iter().enumerate() {
@@ -220,22 +220,22 @@ fn parquet_files_as_the_hub_stores_them() {
 
     // Column names are configurable; a wrong one names the file's columns.
     let cols = parquet::Columns { image: Some("picture".into()), label: None };
-    let err = parquet::read(&train, &cols, &|| {}).err().unwrap().to_string();
+    let err = parquet::read(&train, &cols, None, &|| {}).err().unwrap().to_string();
     assert!(
         err.contains("train-00000-of-00001.parquet") && err.contains("picture") && err.contains("image, label"),
         "{err}"
     );
     let cols = parquet::Columns { image: Some("image".into()), label: Some("label".into()) };
-    assert_eq!(parquet::read(&train, &cols, &|| {}).unwrap().items.len(), 7);
+    assert_eq!(parquet::read(&train, &cols, None, &|| {}).unwrap().items.len(), 7);
 
     // A file that is not parquet, and a corrupt image cell.
     let bad = tmp.path().join("bad.parquet");
     std::fs::write(&bad, b"PAR1 not really").unwrap();
-    let err = parquet::read(&bad, &Default::default(), &|| {}).err().unwrap().to_string();
+    let err = parquet::read(&bad, &Default::default(), None, &|| {}).err().unwrap().to_string();
     assert!(err.contains("bad.parquet") && err.contains("parquet"), "{err}");
     let corrupt = tmp.path().join("corrupt.parquet");
     parquet::write(&corrupt, &[b"not a png".to_vec()], &[0], &names, 10).unwrap();
-    let err = parquet::read(&corrupt, &Default::default(), &|| {}).err().unwrap().to_string();
+    let err = parquet::read(&corrupt, &Default::default(), None, &|| {}).err().unwrap().to_string();
     assert!(err.contains("corrupt.parquet") && err.contains("row 0"), "{err}");
 
     // prepare end to end through the CLI.

@@ -89,7 +89,12 @@ fn class_names(reader: &SerializedFileReader<File>, label: &str) -> Option<Vec<S
 
 /// Reads one parquet file. `progress` is called once per decoded image.
 /// With `fit`, each image is resized to fit x fit as soon as it is decoded.
+/// The parquet crate panics on some corrupt files: those panics become errors naming the file.
 pub fn read(path: &Path, cols: &Columns, fit: Option<usize>, progress: &(dyn Fn() + Sync)) -> Result<ParquetImages> {
+    crate::error::contain_panics(path, || read_file(path, cols, fit, progress))
+}
+
+fn read_file(path: &Path, cols: &Columns, fit: Option<usize>, progress: &(dyn Fn() + Sync)) -> Result<ParquetImages> {
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     let reader = SerializedFileReader::new(file)
         .map_err(|e| Error::format(path, format!("not a readable parquet file ({e})")))?;

@@ -73,7 +73,6 @@ impl TrainConfig {
         check("--clip", self.clip, self.clip >= 0.0, "a gradient-norm limit >= 0 (0 = off)")?;
         check("--mask-prob", self.mask_prob, self.mask_prob > 0.0 && self.mask_prob < 1.0, "a fraction in (0, 1)")?;
         check("--weight-decay", a.weight_decay, a.weight_decay >= 0.0, "a value >= 0")?;
-        check("--rope-theta", self.rope_theta, self.rope_theta > 0.0, "a base > 0 (default 100)")?;
         for (name, b) in [("adamw.beta1", a.beta1), ("adamw.beta2", a.beta2)] {
             check(name, b, (0.0..1.0).contains(&b), "a value in [0, 1)")?;
         }

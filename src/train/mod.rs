@@ -131,6 +131,28 @@ pub fn resolve_model(cfg: &TrainConfig, data: &TokenFile) -> Result<ImageGptConf
     Ok(m)
 }
 
+/// This machine's memory in bytes (Linux: MemTotal of /proc/meminfo).
+fn memory_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb: u64 = text.lines().find(|l| l.starts_with("MemTotal:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Refuses a model whose weights, gradients and AdamW moments (16 bytes a parameter) would
+/// not fit this machine's memory, before anything is allocated.
+fn check_memory(m: &ImageGptConfig) -> Result<()> {
+    let params = crate::model::ParamLayout::new(m, ModelKind::CausalLm).total as u64;
+    let need = params.saturating_mul(16);
+    match memory_bytes() {
+        Some(have) if need > have => Err(Error::Invalid(format!(
+            "a model of {params} parameters needs {:.1} GiB for weights, gradients and AdamW, and this machine has {:.1} GiB; lower --n-layer or --n-embd",
+            need as f64 / (1u64 << 30) as f64,
+            have as f64 / (1u64 << 30) as f64
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// What a checkpoint must share with the run's configuration to resume it: the shape and
 /// the architecture options.
 fn shape_of(c: &ImageGptConfig) -> (usize, usize, usize, usize, usize, usize, String) {
@@ -245,6 +267,7 @@ pub fn run(cfg: &TrainConfig, resume: bool, obs: &mut dyn TrainObserver) -> Resu
         )));
     }
     let mcfg = resolve_model(cfg, &train)?;
+    check_memory(&mcfg)?;
     let run_dir = &cfg.out;
     std::fs::create_dir_all(run_dir).map_err(|e| Error::io(run_dir, e))?;
     for msg in checkpoint::repair(run_dir)? {
