@@ -13,7 +13,7 @@ fn main() {
     let qkv: Vec<f32> = (0..b * t * 3 * c).map(|_| rng.normal() as f32).collect();
     let mut out = vec![0f32; b * t * c];
     let mut lse = vec![0f32; b * nh * t];
-    let d = AttnDims { b, t, tk: t, nh, hs, mask: Mask::Causal, form: Form::Softmax, scale: 0.17 };
+    let d = AttnDims { b, t, tk: t, nh, hs, mask: Mask::Causal, form: Form::Softmax, scale: 0.17, dropout: None };
     let view = |p: usize| SeqView { data: &qkv, offset: p * c, batch_stride: t * 3 * c, row_stride: 3 * c };
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(std::env::args().nth(1).map_or(2, |s| s.parse().unwrap()))
@@ -41,7 +41,7 @@ fn main() {
                 kv.write(kview(1), kview(2), 0, past + 1);
             }
             let q = SeqView { data: &kv_src, offset: 0, batch_stride: t * 3 * c, row_stride: 3 * c };
-            let d = AttnDims { b, t: 1, tk: past + 1, nh, hs, mask: Mask::Causal, form: Form::Softmax, scale: 0.17 };
+            let d = AttnDims { b, t: 1, tk: past + 1, nh, hs, mask: Mask::Causal, form: Form::Softmax, scale: 0.17, dropout: None };
             let mut out = vec![0f32; b * c];
             let mut lse = vec![0f32; b * nh];
             for _ in 0..3 {

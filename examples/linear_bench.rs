@@ -22,7 +22,7 @@ fn main() {
             let qkv: Vec<f32> = (0..b * t * 3 * c).map(|_| rng.normal() as f32).collect();
             let dout: Vec<f32> = (0..b * t * c).map(|_| rng.normal() as f32).collect();
             let (mut out, mut dqkv) = (vec![0f32; b * t * c], vec![0f32; b * t * 3 * c]);
-            let d = AttnDims { b, t, tk: t, nh, hs, mask: Mask::Causal, form: Form::Linear, scale: 1.0 };
+            let d = AttnDims { b, t, tk: t, nh, hs, mask: Mask::Causal, form: Form::Linear, scale: 1.0, dropout: None };
             let view = |p: usize| SeqView { data: &qkv, offset: p * c, batch_stride: t * 3 * c, row_stride: 3 * c };
             for _ in 0..3 {
                 let t0 = Instant::now();

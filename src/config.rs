@@ -235,8 +235,10 @@ impl Default for ImageGptConfig {
 
 impl ImageGptConfig {
     /// A shape with explicit depth, width and heads; 32x32 and 512 colours unless changed.
+    /// No dropout (the paper's); HF's default is 0.1 for all three.
     pub fn with_shape(n_layer: usize, n_embd: usize, n_head: usize) -> Self {
-        ImageGptConfig { n_layer, n_embd, n_head, ..Default::default() }
+        let (resid_pdrop, embd_pdrop, attn_pdrop) = (0.0, 0.0, 0.0);
+        ImageGptConfig { n_layer, n_embd, n_head, resid_pdrop, embd_pdrop, attn_pdrop, ..Default::default() }
     }
 
     /// `tiny`: the shape of the test fixtures (2 layers, 32 wide, 4 heads).
@@ -383,6 +385,11 @@ impl ImageGptConfig {
         }
         if self.add_cross_attention {
             return bad("add_cross_attention = true is not supported (ImageGPT checkpoints never use it)".into());
+        }
+        for (name, p) in [("resid_pdrop", self.resid_pdrop), ("embd_pdrop", self.embd_pdrop), ("attn_pdrop", self.attn_pdrop)] {
+            if !(0.0..1.0).contains(&p) {
+                return bad(format!("{name} ({p}) must be a dropout probability in [0, 1)"));
+            }
         }
         if !(self.layer_norm_epsilon >= 0.0 && self.layer_norm_epsilon.is_finite()) {
             return bad("layer_norm_epsilon must be a finite number >= 0".into());

@@ -30,11 +30,12 @@ const CASES: &[(&str, Make, &str, &[&str])] = &[
     ("cfg-huge-n_embd", |d| cfg_set(d, "n_embd", 4_000_000_000u64.into()), "info --model {d}/m", &["n_embd"]),
     ("cfg-huge-n_layer", |d| cfg_set(d, "n_layer", 1_000_000_000u64.into()), "info --model {d}/m", &["n_layer"]),
     ("cfg-huge-n_inner", |d| cfg_set(d, "n_inner", 1_000_000_000u64.into()), "info --model {d}/m", &["n_inner"]),
-    ("cfg-larger-than-weights", |d| cfg_set(d, "n_layer", 900u64.into()), "info --model {d}/m", &["config.json", "does not match the weights"]),
+    ("cfg-larger-than-weights", |d| cfg_set(d, "n_layer", 900u64.into()), "info --model {d}/m", &["transformer.h.3", "does not match config.json"]),
     ("cfg-n_head-0", |d| cfg_set(d, "n_head", 0u64.into()), "info --model {d}/m", &["n_head"]),
     ("cfg-negative-size", |d| cfg_set(d, "n_embd", (-64i64).into()), "info --model {d}/m", &["config.json"]),
     ("cfg-not-json", |d| { model(d); std::fs::write(d.join("m/config.json"), "{\"n_embd\": 64,").unwrap() }, "info --model {d}/m", &["config.json"]),
     ("cfg-nan-epsilon", |d| cfg_set(d, "layer_norm_epsilon", (-1.0).into()), "info --model {d}/m", &["layer_norm_epsilon"]),
+    ("cfg-dropout-1.5", |d| cfg_set(d, "attn_pdrop", 1.5.into()), "info --model {d}/m", &["attn_pdrop"]),
     // preprocessor_config.json
     ("proc-70000-colours", proc_70000, "encode --model {d}/m {d}/m/../img.png", &["preprocessor_config.json", "65535"]),
     ("proc-nan-colour", |d| { model(d); patch(d, "m/preprocessor_config.json", "[", "[[NaN, 0, 0], ") }, "encode --model {d}/m {d}/img.png", &["preprocessor_config.json"]),
@@ -83,6 +84,8 @@ const CASES: &[(&str, Make, &str, &[&str])] = &[
     ("train-batch-0", data, "train --data {d}/data --out {d}/run --steps 1 --batch 0", &["--batch"]),
     ("train-mask-prob-2", data, "train --data {d}/data --out {d}/run --steps 1 --objective bert --mask-prob 2", &["--mask-prob"]),
     ("train-model-too-big", data, "train --data {d}/data --out {d}/run --steps 1 --n-layer 1024 --n-embd 65536 --n-head 64", &["GiB", "--n-layer"]),
+    ("train-dropout-nan", data, "train --data {d}/data --out {d}/run --steps 1 --dropout nan", &["--embd-pdrop"]),
+    ("train-linear-attention-dropout", data, "train --data {d}/data --out {d}/run --steps 1 --attention linear --dropout 0.1", &["--attn-pdrop"]),
     ("train-resume-empty", data, "train --data {d}/data --out {d}/run --steps 1 --resume", &["--resume", "no checkpoint"]),
     // flags: data
     ("prepare-colors-0", images, "prepare --data folder:{d}/f --out {d}/o --colors 0", &["--colors"]),

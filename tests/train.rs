@@ -54,10 +54,11 @@ fn cfg(data: &Path, out: &Path) -> TrainConfig {
 fn interrupted_and_resumed_run_equals_uninterrupted_bit_for_bit() {
     let tmp = tempfile::tempdir().unwrap();
     let data = prepared(tmp.path());
-    for (objective, hflip) in [(Objective::Gpt, true), (Objective::Bert, false)] {
-        let a_dir = tmp.path().join(format!("a-{objective:?}"));
-        let b_dir = tmp.path().join(format!("b-{objective:?}"));
-        let base = TrainConfig { objective, hflip, ..cfg(&data, &a_dir) };
+    for (objective, hflip, drop) in [(Objective::Gpt, true, None), (Objective::Bert, false, None), (Objective::Gpt, false, Some(0.2))] {
+        let a_dir = tmp.path().join(format!("a-{objective:?}-{drop:?}"));
+        let b_dir = tmp.path().join(format!("b-{objective:?}-{drop:?}"));
+        let (embd_pdrop, attn_pdrop, resid_pdrop) = (drop, drop, drop);
+        let base = TrainConfig { objective, hflip, embd_pdrop, attn_pdrop, resid_pdrop, ..cfg(&data, &a_dir) };
         let full = run(&base, false, &mut NoObserver).unwrap();
         assert_eq!(full.steps, 8);
         // Interrupted after step 5 (last checkpoint at step 3), then resumed.
@@ -83,6 +84,7 @@ fn interrupted_and_resumed_run_equals_uninterrupted_bit_for_bit() {
         assert_eq!(best.kind, ModelKind::CausalLm);
         // the saved model records its objective; a BERT one carries the model card
         assert_eq!(best.config.objective, objective);
+        assert_eq!(best.config.attn_pdrop, drop.unwrap_or(0.0), "the dropout trained with is recorded");
         assert_eq!(a_dir.join("best/README.md").exists(), objective == Objective::Bert);
         assert!(a_dir.join("loss.png").exists() && a_dir.join("train.json").exists());
         // A second run into the same folder without --resume is refused.
@@ -111,4 +113,64 @@ fn mismatches_and_nan_are_refused_clearly() {
     // Missing data folder
     let c = cfg(&tmp.path().join("nope"), &tmp.path().join("r4"));
     assert!(run(&c, false, &mut NoObserver).unwrap_err().to_string().contains("igpt prepare"));
+}
+
+/// Dropout (all three sites) in a training pass: the gradient is the derivative of the loss
+/// with the same masks (central differences along random directions), the masks differ
+/// between keys, evaluation never drops, and a probability outside [0, 1) or attention
+/// dropout on linear attention is refused naming the field.
+#[test]
+fn dropout_gradients_are_the_derivative_of_the_dropped_loss() {
+    use igpt::backend::dropout::DropoutSites;
+    use igpt::config::ImageGptConfig;
+    use igpt::model::ImageGpt;
+    use igpt::model::train_graph::TrainActs;
+    let mut mcfg = ImageGptConfig::with_shape(2, 32, 4).with_image(6, 12);
+    (mcfg.embd_pdrop, mcfg.attn_pdrop, mcfg.resid_pdrop) = (0.2, 0.3, 0.25);
+    let mut model = ImageGpt::init_random(mcfg, ModelKind::CausalLm, 3).unwrap();
+    let (b, t) = (2, 36);
+    let tokens: Vec<u32> = (0..b * t).map(|i| (i * 7 % 12) as u32).collect();
+    let mut acts = TrainActs::new();
+    let sites = DropoutSites::new(11, 0.2, 0.3, 0.25);
+    let loss_with = |model: &ImageGpt, acts: &mut TrainActs, sites: DropoutSites| {
+        acts.set_dropout(sites);
+        let mut g = vec![0f32; model.params.len()];
+        model.forward_backward(acts, &mut g, &tokens, b, t, Objective::Gpt, None).unwrap()
+    };
+    acts.set_dropout(sites);
+    let mut grads = vec![0f32; model.params.len()];
+    let l0 = model.forward_backward(&mut acts, &mut grads, &tokens, b, t, Objective::Gpt, None).unwrap();
+    assert_eq!(loss_with(&model, &mut acts, sites), l0, "the same key gives the same loss");
+    assert_ne!(loss_with(&model, &mut acts, DropoutSites::new(12, 0.2, 0.3, 0.25)), l0);
+    let plain = loss_with(&model, &mut acts, DropoutSites::default());
+    assert_ne!(plain, l0, "dropout changes the training loss");
+    acts.set_dropout(sites);
+    assert_eq!(model.loss(&mut acts, &tokens, b, t, Objective::Gpt, None).unwrap(), plain, "evaluation never drops");
+    let mut rng = igpt::rng::Rng::new(5);
+    for _ in 0..4 {
+        let u: Vec<f32> = (0..model.params.len()).map(|_| rng.normal() as f32).collect();
+        let norm = u.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+        let h = 1e-2 / norm;
+        let at = |s: f64, model: &mut ImageGpt, acts: &mut TrainActs| {
+            let p0 = model.params.clone();
+            model.params.iter_mut().zip(&u).for_each(|(p, d)| *p += (s * h) as f32 * d);
+            let l = loss_with(model, acts, sites);
+            model.params = p0;
+            l
+        };
+        let numeric = (at(1.0, &mut model, &mut acts) - at(-1.0, &mut model, &mut acts)) / (2.0 * h);
+        let analytic: f64 = grads.iter().zip(&u).map(|(g, d)| *g as f64 * *d as f64).sum();
+        assert!((numeric - analytic).abs() < 2e-2 * analytic.abs().max(1e-2), "{numeric} vs {analytic}");
+    }
+    // refused values name the field
+    let tmp = tempfile::tempdir().unwrap();
+    let data = prepared(tmp.path());
+    let bad = TrainConfig { attn_pdrop: Some(1.5), ..cfg(&data, &tmp.path().join("r1")) };
+    assert!(run(&bad, false, &mut NoObserver).unwrap_err().to_string().contains("--attn-pdrop"));
+    let lin = TrainConfig {
+        attention: igpt::config::AttentionKind::Linear,
+        attn_pdrop: Some(0.1),
+        ..cfg(&data, &tmp.path().join("r2"))
+    };
+    assert!(run(&lin, false, &mut NoObserver).unwrap_err().to_string().contains("linear attention has no attention probabilities"));
 }

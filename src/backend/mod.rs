@@ -10,6 +10,7 @@ pub mod act;
 pub mod attention;
 pub(crate) mod avx2;
 pub(crate) mod avx512;
+pub mod dropout;
 pub mod elem;
 pub mod embed;
 pub mod isa;

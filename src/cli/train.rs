@@ -65,6 +65,19 @@ pub struct TrainArgs {
     /// BERT: probability that a position is masked [default: 0.15].
     #[arg(long)]
     mask_prob: Option<f64>,
+    /// Dropout probability at all three of transformers' sites (embeddings, attention
+    /// probabilities, residual branches) [default: the model config's; presets: 0].
+    #[arg(long)]
+    dropout: Option<f32>,
+    /// Dropout on the embeddings (overrides --dropout).
+    #[arg(long)]
+    embd_pdrop: Option<f32>,
+    /// Dropout on the attention probabilities (overrides --dropout; softmax attention only).
+    #[arg(long)]
+    attn_pdrop: Option<f32>,
+    /// Dropout on the attention and MLP outputs (overrides --dropout).
+    #[arg(long)]
+    resid_pdrop: Option<f32>,
     /// Images per micro-batch [default: 8].
     #[arg(long)]
     batch: Option<usize>,
@@ -194,6 +207,11 @@ fn resolve(a: &TrainArgs) -> Result<TrainConfig> {
     }
     if let Some(wd) = a.weight_decay {
         c.adamw.weight_decay = wd;
+    }
+    for (dst, site) in [(&mut c.embd_pdrop, a.embd_pdrop), (&mut c.attn_pdrop, a.attn_pdrop), (&mut c.resid_pdrop, a.resid_pdrop)] {
+        if let Some(p) = site.or(a.dropout) {
+            *dst = Some(p);
+        }
     }
     if let Some(o) = a.objective {
         c.objective = match o {

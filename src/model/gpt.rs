@@ -13,6 +13,7 @@
 use std::ops::Range;
 
 use crate::backend::attention::{self, AttnDims, DecodeState, SeqView};
+use crate::backend::dropout::Dropout;
 use crate::backend::profile::{Kernel, timed};
 use crate::backend::{Activation, WeightLayout, act, matmul::matmul_forward, norm};
 use crate::config::ImageGptConfig;
@@ -127,6 +128,18 @@ pub(crate) struct BlockBufs<'a> {
     pub rstd2: &'a mut [f32],
     pub fc: &'a mut [f32],
     pub fc_act: Option<&'a mut [f32]>,
+    /// Training with dropout: the block's masks and an (N, C) scratch for a dropped branch.
+    pub drop: BlockDropout<'a>,
+}
+
+/// One block's dropout in training (HF: `attn_dropout` on the probabilities, `resid_dropout`
+/// on c_proj's output, the MLP's `dropout` on its output); all None in inference.
+#[derive(Default)]
+pub(crate) struct BlockDropout<'a> {
+    pub attn: Option<Dropout>,
+    /// [attention branch, MLP branch]
+    pub resid: [Option<Dropout>; 2],
+    pub branch: Option<&'a mut Vec<f32>>,
 }
 
 impl ImageGpt {
@@ -321,6 +334,7 @@ impl ImageGpt {
                 rstd2: &mut ws.rstd2[..n],
                 fc: &mut ws.fc[..n * i],
                 fc_act: None,
+                drop: BlockDropout::default(),
             };
             self.block_forward(l, lo, b, t, bufs, kv, cfg.is_causal());
             if ws.want_attentions && !cached {
@@ -366,7 +380,7 @@ impl ImageGpt {
     ) {
         let cfg = &self.config;
         let (c, inner, n, eps) = (cfg.n_embd, cfg.n_inner(), b * t, cfg.layer_norm_epsilon);
-        let BlockBufs { x, ln1, rstd1, qkv, att, saved, x_mid, ln2, rstd2, fc, fc_act } = bufs;
+        let BlockBufs { x, ln1, rstd1, qkv, att, saved, x_mid, ln2, rstd2, fc, fc_act, mut drop } = bufs;
         timed(Kernel::Norm, || norm::rmsnorm_forward(ln1, rstd1, x, self.param(&lo.ln_1), eps));
         timed(Kernel::Matmul, || self.dense(qkv, ln1, (&lo.c_attn_w, &lo.c_attn_b), (n, c, 3 * c), t, false));
         let past = kv.as_ref().map_or(0, |kv| kv.1);
@@ -383,6 +397,7 @@ impl ImageGpt {
             mask,
             form: self.config.attention_form(),
             scale: self.attn_scale(l),
+            dropout: drop.attn,
         };
         match kv {
             Some((state, past)) => {
@@ -392,7 +407,8 @@ impl ImageGpt {
             None => timed(Kernel::Attention, || attention::forward(att, saved, view(0), view(1), view(2), dims)),
         }
         // x += att @ c_proj + b  (the gemm accumulates straight into the residual stream)
-        timed(Kernel::Matmul, || self.dense(x, att, (&lo.c_proj_w, &lo.c_proj_b), (n, c, c), t, true));
+        let proj = (&lo.c_proj_w, &lo.c_proj_b);
+        timed(Kernel::Matmul, || self.add_branch(x, att, proj, (n, c, c), t, drop.resid[0], &mut drop.branch));
         if let Some(m) = x_mid {
             m.copy_from_slice(x);
         }
@@ -409,7 +425,31 @@ impl ImageGpt {
                 fc
             }
         };
-        timed(Kernel::Matmul, || self.dense(x, h, (&lo.mlp_proj_w, &lo.mlp_proj_b), (n, inner, c), t, true));
+        let proj = (&lo.mlp_proj_w, &lo.mlp_proj_b);
+        timed(Kernel::Matmul, || self.add_branch(x, h, proj, (n, inner, c), t, drop.resid[1], &mut drop.branch));
+    }
+
+    /// x += dropout(inp @ W + b): straight into x without dropout, else through `scratch`.
+    #[allow(clippy::too_many_arguments)]
+    fn add_branch(
+        &self,
+        x: &mut [f32],
+        inp: &[f32],
+        wb: (&Range<usize>, &Range<usize>),
+        dims: (usize, usize, usize),
+        t: usize,
+        drop: Option<Dropout>,
+        scratch: &mut Option<&mut Vec<f32>>,
+    ) {
+        match (drop, scratch) {
+            (Some(d), Some(buf)) => {
+                buf.resize(x.len(), 0.0);
+                self.dense(buf, inp, wb, dims, t, false);
+                d.apply(buf);
+                crate::backend::add_inplace(x, buf);
+            }
+            _ => self.dense(x, inp, wb, dims, t, true),
+        }
     }
 
     /// HF's `output_attentions` for layer `l`, recomputed from the workspace (uncached only).
@@ -427,6 +467,7 @@ impl ImageGpt {
             mask,
             form: self.config.attention_form(),
             scale: self.attn_scale(l),
+            dropout: None,
         };
         let mut probs = Vec::with_capacity(b * nh * t * t);
         for bi in 0..b {

@@ -14,7 +14,8 @@ use crate::backend::profile::{Kernel, timed};
 use crate::backend::{WeightLayout, act, loss, norm};
 use crate::error::{Error, Result};
 
-use super::gpt::{BlockBufs, ImageGpt};
+use super::gpt::{BlockBufs, BlockDropout, ImageGpt};
+use crate::backend::dropout::{Dropout, DropoutSites};
 use super::params::ModelKind;
 
 pub use crate::config::Objective;
@@ -55,6 +56,12 @@ pub struct TrainActs {
     dqkv: Vec<f32>,
     dfc_act: Vec<f32>,
     dfc: Vec<f32>,
+    /// (N, C): a residual branch's output (forward) or its gradient (backward) under dropout.
+    branch: Vec<f32>,
+    /// The dropout of the next training pass (set by the trainer per micro-batch), and of the
+    /// pass running (none in evaluation).
+    dropout: DropoutSites,
+    active: DropoutSites,
 }
 
 fn sized(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
@@ -65,6 +72,12 @@ fn sized(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
 impl TrainActs {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The dropout masks of the following training passes (`forward_backward` and
+    /// `forward_backward_classify`; evaluation never drops).
+    pub fn set_dropout(&mut self, sites: DropoutSites) {
+        self.dropout = sites;
     }
 }
 
@@ -155,6 +168,7 @@ impl ImageGpt {
         acts.b = b;
         acts.t = t;
         let causal = objective == Objective::Gpt;
+        acts.active = if grads.is_some() { acts.dropout } else { DropoutSites::default() };
         // on a pool thread, as ImageGpt::forward: the kernels fork from inside the pool
         crate::backend::on_pool(|| {
             self.train_forward(acts, causal);
@@ -223,6 +237,7 @@ impl ImageGpt {
         };
         acts.b = b;
         acts.t = t;
+        acts.active = acts.dropout;
         self.train_forward(acts, causal);
         let gen_loss = if gen_weight > 0.0 {
             loss::cross_entropy_fused(&mut acts.logits, &targets, &acts.weights, v) / gen_weight
@@ -262,6 +277,9 @@ impl ImageGpt {
         // x = wte[input] * scale + position rows (BERT: scale 0 at masked positions)
         let x = sized(&mut a.x, n * c);
         timed(Kernel::Embed, || self.embed(x, &a.input, Some(&a.token_scale), t, 0));
+        if let Some(d) = a.active.embd {
+            d.apply(x);
+        }
         for (l, lo) in self.layout.layers.iter().enumerate() {
             let la = &mut a.layers[l];
             sized(&mut la.x_in, n * c).copy_from_slice(&a.x[..n * c]);
@@ -277,6 +295,11 @@ impl ImageGpt {
                 rstd2: sized(&mut la.rstd2, n),
                 fc: sized(&mut la.fc, n * inner),
                 fc_act: Some(sized(&mut la.fc_act, n * inner)),
+                drop: BlockDropout {
+                    attn: a.active.attn_of(l),
+                    resid: [a.active.resid_of(l, false), a.active.resid_of(l, true)],
+                    branch: Some(&mut a.branch),
+                },
             };
             self.block_forward(l, lo, b, t, bufs, None, causal);
         }
@@ -321,20 +344,13 @@ impl ImageGpt {
         });
         for (l, lo) in self.layout.layers.iter().enumerate().rev() {
             let la = &a.layers[l];
-            // MLP: x_out = x_mid + act(ln2 @ Wfc + bfc) @ Wp + bp
+            // MLP: x_out = x_mid + dropout(act(ln2 @ Wfc + bfc) @ Wp + bp)
+            let dy = branch_grad(&mut a.branch, &a.dx[..n * c], a.active.resid_of(l, true));
             let dfc_act = sized(&mut a.dfc_act, n * inner);
             timed(Kernel::Matmul, || {
-                matmul_forward(
-                    dfc_act,
-                    &a.dx,
-                    self.param(&lo.mlp_proj_w),
-                    None,
-                    (n, c, inner),
-                    WeightLayout::OutIn,
-                    false,
-                );
-                matmul_backward_weight(&mut grads[lo.mlp_proj_w.clone()], &la.fc_act, &a.dx, (n, inner, c));
-                bias_backward(&mut grads[lo.mlp_proj_b.clone()], &a.dx, c);
+                matmul_forward(dfc_act, dy, self.param(&lo.mlp_proj_w), None, (n, c, inner), WeightLayout::OutIn, false);
+                matmul_backward_weight(&mut grads[lo.mlp_proj_w.clone()], &la.fc_act, dy, (n, inner, c));
+                bias_backward(&mut grads[lo.mlp_proj_b.clone()], dy, c);
             });
             let dfc = sized(&mut a.dfc, n * inner);
             timed(Kernel::Act, || act::act_backward(self.act, dfc, &a.dfc_act, &la.fc));
@@ -354,12 +370,13 @@ impl ImageGpt {
                     self.param(&lo.ln_2),
                 )
             });
-            // Attention: x_mid = x_in + attn(ln1 @ Wqkv + bqkv) @ Wo + bo
+            // Attention: x_mid = x_in + dropout(attn(ln1 @ Wqkv + bqkv) @ Wo + bo)
+            let dy = branch_grad(&mut a.branch, &a.dx[..n * c], a.active.resid_of(l, false));
             let datt = sized(&mut a.datt, n * c);
             timed(Kernel::Matmul, || {
-                matmul_forward(datt, &a.dx, self.param(&lo.c_proj_w), None, (n, c, c), WeightLayout::OutIn, false);
-                matmul_backward_weight(&mut grads[lo.c_proj_w.clone()], &la.att, &a.dx, (n, c, c));
-                bias_backward(&mut grads[lo.c_proj_b.clone()], &a.dx, c);
+                matmul_forward(datt, dy, self.param(&lo.c_proj_w), None, (n, c, c), WeightLayout::OutIn, false);
+                matmul_backward_weight(&mut grads[lo.c_proj_w.clone()], &la.att, dy, (n, c, c));
+                bias_backward(&mut grads[lo.c_proj_b.clone()], dy, c);
             });
             let view =
                 |part: usize| SeqView { data: &la.qkv, offset: part * c, batch_stride: t * 3 * c, row_stride: 3 * c };
@@ -373,6 +390,7 @@ impl ImageGpt {
                 mask,
                 form: self.config.attention_form(),
                 scale: self.attn_scale(l),
+                dropout: a.active.attn_of(l),
             };
             let dqkv = sized(&mut a.dqkv, n * 3 * c);
             timed(Kernel::Attention, || {
@@ -397,6 +415,23 @@ impl ImageGpt {
                 )
             });
         }
+        if let Some(d) = a.active.embd {
+            d.apply(&mut a.dx[..n * c]);
+        }
         timed(Kernel::Embed, || self.embed_backward(grads, &a.dx[..n * c], &a.input, Some(&a.token_scale), t));
+    }
+}
+
+/// The gradient reaching a residual branch's output from the stream's gradient dx: dx
+/// itself, or dx * mask / (1 - p) (copied into `buf`) under dropout.
+fn branch_grad<'a>(buf: &'a mut Vec<f32>, dx: &'a [f32], drop: Option<Dropout>) -> &'a [f32] {
+    match drop {
+        None => dx,
+        Some(d) => {
+            buf.clear();
+            buf.extend_from_slice(dx);
+            d.apply(buf);
+            buf
+        }
     }
 }

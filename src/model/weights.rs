@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use super::gpt::ImageGpt;
-use super::params::ModelKind;
+use super::params::{ModelKind, ParamLayout};
 use crate::config::ImageGptConfig;
 use crate::error::{Error, Result};
 use crate::formats::{self, TensorMap};
@@ -45,25 +45,24 @@ pub fn load_model_as(dir: &Path, kind: Option<ModelKind>) -> Result<ImageGpt> {
     let cfg = ImageGptConfig::from_file(&dir.join("config.json"))?;
     let tensors = formats::read_model_dir(dir)?;
     let kind = kind.unwrap_or_else(|| infer_kind(&cfg, &tensors));
-    // the config's size against the weights before the arena is allocated
-    let needed = super::params::ParamLayout::new(&cfg, kind).total;
-    let held: usize = tensors.values().map(|(t, _)| t.data.len()).sum();
-    if needed > held {
-        return Err(Error::format(
-            dir.join("config.json"),
-            format!(
-                "describes a model of {needed} parameters but the weights hold {held} values; config.json does not match the weights (re-export the model)"
-            ),
-        ));
-    }
+    // every tensor is checked against the config's layout before the arena is allocated:
+    // a config far larger than its weights is refused, not allocated
+    let layout = super::params::ParamLayout::new(&cfg, kind);
+    let keys = match_tensors(&layout, &tensors, dir, kind)?;
     let mut model = ImageGpt::zeros(cfg, kind)?;
-    fill_params(&mut model, tensors, dir, kind)?;
+    for (e, key) in layout.entries.iter().zip(keys) {
+        model.params[e.range.clone()].copy_from_slice(&tensors[&key].0.data);
+    }
     Ok(model)
 }
 
-fn fill_params(model: &mut ImageGpt, tensors: TensorMap, dir: &Path, kind: ModelKind) -> Result<()> {
+/// The key in `tensors` of every entry of `layout` (with or without the `transformer.`
+/// prefix, as HF accepts), each of the right shape and finite; nothing left over but the
+/// head of another class.
+fn match_tensors(layout: &ParamLayout, tensors: &TensorMap, dir: &Path, kind: ModelKind) -> Result<Vec<String>> {
     let mut used = BTreeSet::new();
-    for e in &model.layout.entries {
+    let mut keys = Vec::with_capacity(layout.entries.len());
+    for e in &layout.entries {
         // Accept the name with or without the transformer prefix (HF does the same).
         let alt = match e.name.strip_prefix("transformer.") {
             Some(bare) => bare.to_string(),
@@ -88,10 +87,10 @@ fn fill_params(model: &mut ImageGpt, tensors: TensorMap, dir: &Path, kind: Model
                 format!("tensor `{key}` holds {} at element {i}: the weights are broken (a diverged run?); use an earlier checkpoint", t.data[i]),
             ));
         }
-        model.params[e.range.clone()].copy_from_slice(&t.data);
         used.insert(key.clone());
+        keys.push(key.clone());
     }
-    for (name, (_, path)) in &tensors {
+    for (name, (_, path)) in tensors {
         if used.contains(name) {
             continue;
         }
@@ -102,7 +101,7 @@ fn fill_params(model: &mut ImageGpt, tensors: TensorMap, dir: &Path, kind: Model
             return Err(Error::UnexpectedTensor { path: path.clone(), name: name.clone() });
         }
     }
-    Ok(())
+    Ok(keys)
 }
 
 /// The config as saved: `architectures` set to the model's class.

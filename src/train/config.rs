@@ -32,6 +32,11 @@ pub struct TrainConfig {
     pub local_cols: i64,
     pub objective: Objective,
     pub mask_prob: f64,
+    /// Dropout probabilities in training (transformers' sites); None keeps the model's
+    /// config (presets: 0, HF checkpoints: usually 0.1).
+    pub embd_pdrop: Option<f32>,
+    pub attn_pdrop: Option<f32>,
+    pub resid_pdrop: Option<f32>,
     pub batch: usize,
     pub grad_accum: usize,
     /// Optimizer steps (overrides `epochs`).
@@ -77,6 +82,11 @@ impl TrainConfig {
             check(name, b, (0.0..1.0).contains(&b), "a value in [0, 1)")?;
         }
         check("adamw.eps", a.eps, a.eps > 0.0, "a value > 0")?;
+        for (flag, p) in [("--embd-pdrop", self.embd_pdrop), ("--attn-pdrop", self.attn_pdrop), ("--resid-pdrop", self.resid_pdrop)] {
+            if let Some(p) = p {
+                check(flag, p as f64, (0.0..1.0).contains(&p), "a dropout probability in [0, 1)")?;
+            }
+        }
         if let Some(e) = self.epochs {
             check("--epochs", e, e > 0.0 && e <= 1e6, "a number of epochs > 0")?;
         }
@@ -118,6 +128,9 @@ impl Default for TrainConfig {
             local_cols: 8,
             objective: Objective::Gpt,
             mask_prob: 0.15,
+            embd_pdrop: None,
+            attn_pdrop: None,
+            resid_pdrop: None,
             batch: 8,
             grad_accum: 1,
             steps: None,

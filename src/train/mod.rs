@@ -19,6 +19,7 @@ use std::time::Instant;
 use serde::Serialize;
 use serde_json::json;
 
+use crate::backend::dropout::DropoutSites;
 use crate::config::ImageGptConfig;
 use crate::data::tokens::TokenFile;
 use crate::error::{Error, Result};
@@ -151,6 +152,28 @@ fn check_memory(m: &ImageGptConfig) -> Result<()> {
         ))),
         _ => Ok(()),
     }
+}
+
+/// The run's dropout probabilities over the model's (flags or train.json first); linear
+/// attention has no probabilities to drop, so a non-zero `attn_pdrop` is refused there.
+fn apply_dropout(m: &mut ImageGptConfig, cfg: &TrainConfig) -> Result<()> {
+    m.embd_pdrop = cfg.embd_pdrop.unwrap_or(m.embd_pdrop);
+    m.attn_pdrop = cfg.attn_pdrop.unwrap_or(m.attn_pdrop);
+    m.resid_pdrop = cfg.resid_pdrop.unwrap_or(m.resid_pdrop);
+    if m.attention == crate::config::AttentionKind::Linear && m.attn_pdrop > 0.0 {
+        return Err(Error::Invalid(format!(
+            "attn_pdrop {}: linear attention has no attention probabilities to drop; give --attn-pdrop 0 (embeddings and residual branches still take --embd-pdrop / --resid-pdrop)",
+            m.attn_pdrop
+        )));
+    }
+    m.validate("train config")
+}
+
+/// The dropout masks of micro-batch `micro` of optimizer step `step`: a function of the seed
+/// and the position in the run only, so a resumed run draws the same ones.
+pub(crate) fn dropout_of(m: &ImageGptConfig, seed: u64, step: u64, micro: usize) -> DropoutSites {
+    let key = seed.rotate_left(29) ^ step.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (micro as u64).wrapping_mul(0xd1b5_4a32_d192_ed03);
+    DropoutSites::new(key, m.embd_pdrop, m.attn_pdrop, m.resid_pdrop)
 }
 
 /// What a checkpoint must share with the run's configuration to resume it: the shape and
@@ -294,7 +317,9 @@ pub fn run(cfg: &TrainConfig, resume: bool, obs: &mut dyn TrainObserver) -> Resu
         _ => (ImageGpt::init_random(mcfg.clone(), ModelKind::CausalLm, cfg.seed)?, None),
     };
     // the saved model records what it was trained for (BERT: every later pass bidirectional)
+    // and the dropout it was trained with
     model.config.objective = cfg.objective;
+    apply_dropout(&mut model.config, cfg)?;
     if shape_of(&model.config) != shape_of(&mcfg) && cfg.init.is_none() {
         return Err(Error::Invalid(format!(
             "{}: the checkpoint's shape {:?} differs from this configuration's {:?}; resume with the same flags",
@@ -372,13 +397,14 @@ pub fn run(cfg: &TrainConfig, resume: bool, obs: &mut dyn TrainObserver) -> Resu
         let lr = lr_at(step, cfg.lr, cfg.min_lr, cfg.warmup, total);
         grads.fill(0.0);
         let mut loss = 0.0;
-        for _ in 0..cfg.grad_accum {
+        for micro in 0..cfg.grad_accum {
             let _ = batches::next_batch(&train, &mut state.cursor, &mut order, cfg.seed, cfg.batch, &mut tokens);
             if cfg.hflip {
                 batches::hflip(&mut tokens, train.width, train.height, &mut state.rng);
             }
             let mask = (cfg.objective == Objective::Bert)
                 .then(|| batches::bert_mask(cfg.batch * t, cfg.mask_prob, &mut state.rng));
+            acts.set_dropout(dropout_of(&model.config, cfg.seed, step, micro));
             loss +=
                 model.forward_backward(&mut acts, &mut grads, &tokens, cfg.batch, t, cfg.objective, mask.as_deref())?
                     / cfg.grad_accum as f64;

@@ -4,6 +4,8 @@
 //!
 //! With S = scale * q k^T, P = softmax(S) (masked), O = P v and D_r = dO_r . O_r:
 //! dv = P^T dO, dP = dO v^T, dS = P * (dP - D), dq = scale * dS k, dk = scale * dS^T q.
+//! With dropout (P~ = P * M, M the mask scaled by 1 / (1 - p), O = P~ v): dv = P~^T dO,
+//! dP = M * (dO v^T), and D_r = dO_r . O_r = sum_s P~ dP~ = sum_s P dP still holds.
 
 use rayon::prelude::*;
 
@@ -123,10 +125,23 @@ pub fn attention_backward(
                 for j in 0..nk {
                     let pr: &mut [f32; BB] = (&mut pt[j * BB..(j + 1) * BB]).try_into().expect("BB columns");
                     let dr: &mut [f32; BB] = (&mut dst_t[j * BB..(j + 1) * BB]).try_into().expect("BB columns");
-                    for r in 0..BB {
-                        let p = exp(pr[r] * d.scale - lb[r]);
-                        pr[r] = p;
-                        dr[r] = p * (dr[r] - db[r]) * d.scale; // dS^T, score scale folded in
+                    match &d.dropout {
+                        None => {
+                            for r in 0..BB {
+                                let p = exp(pr[r] * d.scale - lb[r]);
+                                pr[r] = p;
+                                dr[r] = p * (dr[r] - db[r]) * d.scale; // dS^T, score scale folded in
+                            }
+                        }
+                        // P~ = P m / (1 - p) was used: dV from P~, dP = m / (1 - p) dP~
+                        Some(dp) => {
+                            for r in 0..BB {
+                                let p = exp(pr[r] * d.scale - lb[r]);
+                                let f = dp.factor((((bh * t) + q_lo + r) * t + k_lo + j) as u64);
+                                pr[r] = p * f;
+                                dr[r] = p * (dr[r] * f - db[r]) * d.scale;
+                            }
+                        }
                     }
                     // rows past nq are padding; hidden (query, key) pairs give 0
                     mask_column(pr, dr, d.mask, k_lo + j, q_lo, nq);
@@ -205,7 +220,7 @@ mod tests {
             let mut rng = crate::rng::Rng::new(t as u64);
             let qkv: Vec<f32> = (0..b * t * 3 * c).map(|_| rng.normal() as f32).collect();
             let dout: Vec<f32> = (0..b * t * c).map(|_| rng.normal() as f32).collect();
-            let d = AttnDims { b, t, tk: t, nh, hs, mask, form: Form::Softmax, scale: 0.4 };
+            let d = AttnDims { b, t, tk: t, nh, hs, mask, form: Form::Softmax, scale: 0.4, dropout: None };
             let view = |p: usize| SeqView { data: &qkv, offset: p * c, batch_stride: t * 3 * c, row_stride: 3 * c };
             let (mut out, mut lse) = (vec![0f32; b * t * c], vec![0f32; b * nh * t]);
             attention_forward(&mut out, &mut lse, view(0), view(1), view(2), d);
@@ -238,6 +253,63 @@ mod tests {
             }
             let worst = dqkv.iter().zip(&want).map(|(a, b)| (*a as f64 - b).abs()).fold(0f64, f64::max);
             assert!(worst < 2e-5, "{mask:?}: gradients differ by {worst}");
+        }
+    }
+
+    /// With dropout on the probabilities: the output and every gradient against a float64
+    /// reference that applies the same mask (P~ = P M, O = P~ V, dV = P~^T dO, dP = M dP~).
+    #[test]
+    fn dropout_forward_and_gradients_match_a_float64_reference() {
+        let (b, nh, hs, t) = (2, 2, 8, 72);
+        let c = nh * hs;
+        for mask in [Mask::Causal, Mask::Full, Mask::Local2d { rows: 2, cols: 2, width: 12, causal: true }] {
+            let dp = crate::backend::dropout::Dropout::new(0.3, 7).unwrap();
+            let mut rng = crate::rng::Rng::new(3);
+            let qkv: Vec<f32> = (0..b * t * 3 * c).map(|_| rng.normal() as f32).collect();
+            let dout: Vec<f32> = (0..b * t * c).map(|_| rng.normal() as f32).collect();
+            let d = AttnDims { b, t, tk: t, nh, hs, mask, form: Form::Softmax, scale: 0.4, dropout: Some(dp) };
+            let view = |p: usize| SeqView { data: &qkv, offset: p * c, batch_stride: t * 3 * c, row_stride: 3 * c };
+            let (mut out, mut lse) = (vec![0f32; b * t * c], vec![0f32; b * nh * t]);
+            attention_forward(&mut out, &mut lse, view(0), view(1), view(2), d);
+            let mut dqkv = vec![0f32; b * t * 3 * c];
+            attention_backward(&mut dqkv, &dout, &out, &lse, view(0), view(1), view(2), d);
+            let at = |bi: usize, r: usize, part: usize, h: usize, x: usize| {
+                qkv[(bi * t + r) * 3 * c + part * c + h * hs + x] as f64
+            };
+            let (mut want, mut want_out) = (vec![0f64; b * t * 3 * c], vec![0f64; b * t * c]);
+            for bi in 0..b {
+                for h in 0..nh {
+                    for p in 0..t {
+                        let keys: Vec<usize> = (0..t).filter(|&s| mask.visible(p, s)).collect();
+                        let sc: Vec<f64> = keys
+                            .iter()
+                            .map(|&s| 0.4 * (0..hs).map(|x| at(bi, p, 0, h, x) * at(bi, s, 1, h, x)).sum::<f64>())
+                            .collect();
+                        let mx = sc.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                        let z: f64 = sc.iter().map(|v| (v - mx).exp()).sum();
+                        let pr: Vec<f64> = sc.iter().map(|v| (v - mx).exp() / z).collect();
+                        let m: Vec<f64> =
+                            keys.iter().map(|&s| dp.factor((((bi * nh + h) * t + p) * t + s) as u64) as f64).collect();
+                        let go = |x: usize| dout[(bi * t + p) * c + h * hs + x] as f64;
+                        let dpt: Vec<f64> =
+                            keys.iter().map(|&s| (0..hs).map(|x| go(x) * at(bi, s, 2, h, x)).sum()).collect();
+                        let dpr: Vec<f64> = dpt.iter().zip(&m).map(|(a, b)| a * b).collect();
+                        let dd: f64 = pr.iter().zip(&dpr).map(|(a, b)| a * b).sum();
+                        for (i, &s) in keys.iter().enumerate() {
+                            let ds = pr[i] * (dpr[i] - dd) * 0.4;
+                            for x in 0..hs {
+                                want_out[(bi * t + p) * c + h * hs + x] += pr[i] * m[i] * at(bi, s, 2, h, x);
+                                want[(bi * t + p) * 3 * c + h * hs + x] += ds * at(bi, s, 1, h, x);
+                                want[(bi * t + s) * 3 * c + c + h * hs + x] += ds * at(bi, p, 0, h, x);
+                                want[(bi * t + s) * 3 * c + 2 * c + h * hs + x] += pr[i] * m[i] * go(x);
+                            }
+                        }
+                    }
+                }
+            }
+            let worst = |a: &[f32], w: &[f64]| a.iter().zip(w).map(|(a, b)| (*a as f64 - b).abs()).fold(0f64, f64::max);
+            assert!(worst(&out, &want_out) < 1e-5, "{mask:?}: outputs differ by {}", worst(&out, &want_out));
+            assert!(worst(&dqkv, &want) < 3e-5, "{mask:?}: gradients differ by {}", worst(&dqkv, &want));
         }
     }
 }

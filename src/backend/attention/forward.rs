@@ -46,7 +46,7 @@ multiversion! {
 /// Attention of T new query rows over the first d.tk positions of `kv` (which already holds
 /// the new rows' keys and values at positions d.tk - T..d.tk).
 pub fn attention_with_kv(out: &mut [f32], lse: &mut [f32], q: SeqView, kv: &KvBlocks, d: AttnDims) {
-    if d.t == 1 {
+    if d.t == 1 && d.dropout.is_none() {
         // one query row per sequence (decoding): the bandwidth-bound kernel
         return super::decode::decode_attention(out, lse, q, kv, d);
     }
@@ -115,6 +115,11 @@ pub fn attention_with_kv(out: &mut [f32], lse: &mut [f32], q: SeqView, kv: &KvBl
                     let corr = exp(sc.m[r] - m_new);
                     let sum = exp_sub_sum(&mut row[..valid], m_new);
                     row[valid..].fill(0.0);
+                    // dropout: the sum (the softmax's denominator) is of the kept and dropped alike
+                    if let Some(dp) = &d.dropout {
+                        let base = ((bh * d.tk + past + q_lo + r) * d.tk + k_lo) as u64;
+                        row[..valid].iter_mut().enumerate().for_each(|(j, x)| *x *= dp.factor(base + j as u64));
+                    }
                     sc.l[r] = sc.l[r] * corr + sum;
                     sc.m[r] = m_new;
                     if corr != 1.0 {
@@ -284,7 +289,7 @@ mod tests {
             Mask::Local2d { rows: 0, cols: 0, width: 20, causal: true },
         ];
         for mask in masks {
-            let d = AttnDims { b, t, tk: t, nh, hs, mask, form: Form::Softmax, scale: 1.0 / (hs as f32).sqrt() };
+            let d = AttnDims { b, t, tk: t, nh, hs, mask, form: Form::Softmax, scale: 1.0 / (hs as f32).sqrt(), dropout: None };
             let view =
                 |part: usize| SeqView { data: &qkv, offset: part * c, batch_stride: t * 3 * c, row_stride: 3 * c };
             let mut out = vec![0f32; b * t * c];
@@ -313,7 +318,7 @@ mod tests {
             let mut rng = crate::rng::Rng::new(hs as u64);
             let qkv: Vec<f32> = (0..b * t * 3 * c).map(|_| rng.normal() as f32).collect();
             let view = |p: usize| SeqView { data: &qkv, offset: p * c, batch_stride: t * 3 * c, row_stride: 3 * c };
-            let d = AttnDims { b, t, tk: t, nh, hs, mask: Mask::Causal, form: Form::Softmax, scale: 0.3 };
+            let d = AttnDims { b, t, tk: t, nh, hs, mask: Mask::Causal, form: Form::Softmax, scale: 0.3, dropout: None };
             let (mut full, mut lse_full) = (vec![0f32; b * t * c], vec![0f32; b * nh * t]);
             attention_forward(&mut full, &mut lse_full, view(0), view(1), view(2), d);
             let last = |p: usize| SeqView { offset: p * c + (t - 1) * 3 * c, ..view(p) };

@@ -262,7 +262,7 @@ mod tests {
             let view = |p: usize| SeqView { data: &qkv, offset: p * c, batch_stride: t * 3 * c, row_stride: 3 * c };
             for causal in [true, false] {
                 let mask = if causal { Mask::Causal } else { Mask::Full };
-                let d = AttnDims { b: 1, t, tk: t, nh, hs, mask, form: Form::Linear, scale: 1.0 };
+                let d = AttnDims { b: 1, t, tk: t, nh, hs, mask, form: Form::Linear, scale: 1.0, dropout: None };
                 let mut out = vec![0f32; t * c];
                 super::super::linear::linear_forward(&mut out, view(0), view(1), view(2), d);
                 let mut dqkv = vec![0f32; t * 3 * c];

@@ -2,6 +2,7 @@
 //! what a forward keeps for its backward.
 
 use super::mask::Mask;
+use crate::backend::dropout::Dropout;
 
 /// A (B, rows, cols) view into a flat buffer: element (b, r, c) is at
 /// `offset + b * batch_stride + r * row_stride + c`. Heads are column blocks of width hs.
@@ -45,6 +46,9 @@ pub struct AttnDims {
     pub form: Form,
     /// Multiplier of q.k (1/sqrt(hs), times 1/(layer+1) when asked).
     pub scale: f32,
+    /// Training only: dropout of the probabilities (after the softmax, HF's `attn_dropout`);
+    /// the mask of (b, h, query slot p, key slot s) is element ((b nh + h) tk + p) tk + s.
+    pub dropout: Option<Dropout>,
 }
 
 /// The form of attention over the keys a [`Mask`] shows.
