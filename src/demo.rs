@@ -234,7 +234,10 @@ pub fn run_demo(cfg: &DemoConfig, obs: &mut dyn DemoObserver) -> Result<DemoSumm
         seed: cfg.seed,
         ..Default::default()
     };
-    let ft = finetune(&fcfg, &mut |_, _, _, _, _| {})?;
+    if fcfg.out.exists() {
+        std::fs::remove_dir_all(&fcfg.out).map_err(|e| Error::io(&fcfg.out, e))?;
+    }
+    let ft = finetune(&fcfg, false, &mut crate::train::NoObserver)?;
     timings.push(("finetune".to_string(), t0.elapsed().as_secs_f64()));
 
     let report = out.join("report.html");

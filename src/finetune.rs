@@ -1,11 +1,12 @@
 //! Fine-tuning a pretrained model into a classifier (paper, section 3.4): the loss is the
 //! generative loss plus the cross-entropy of a linear head (`score`, zero-initialised) over
 //! the mean-pooled final features; early stopping on validation accuracy. The result is
-//! saved as HF's `ImageGPTForImageClassification` (transformer + `score.weight`).
+//! saved as HF's `ImageGPTForImageClassification` (transformer + `score.weight`). It runs on
+//! the pretraining loop ([`crate::train::run_task`]): the head is a second parameter group
+//! of the same AdamW, checkpoints are resumable, rotated and atomic.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use serde::Serialize;
 use serde_json::json;
@@ -14,9 +15,10 @@ use crate::data::tokens::TokenFile;
 use crate::error::{Error, Result};
 use crate::model::train_graph::TrainActs;
 use crate::model::{ImageGpt, Logits, ModelKind, Workspace, load_model_as, save_model};
-use crate::rng::Rng;
-use crate::train::batches::{self, Cursor};
-use crate::train::optim::{AdamW, AdamWConfig, clip_grad_norm, lr_at};
+use crate::train::batches;
+use crate::train::checkpoint::TrainState;
+use crate::train::task::{DataInfo, Evaluation, Losses, Task};
+use crate::train::{TrainConfig, TrainObserver};
 
 #[derive(Clone, Debug, Serialize)]
 pub struct FinetuneConfig {
@@ -36,6 +38,10 @@ pub struct FinetuneConfig {
     pub patience: usize,
     pub hflip: bool,
     pub seed: u64,
+    /// Step checkpoints kept besides best/.
+    pub keep: usize,
+    /// Stop (as if interrupted) after this step; `--resume` continues.
+    pub stop_after: Option<u64>,
 }
 
 impl Default for FinetuneConfig {
@@ -55,6 +61,8 @@ impl Default for FinetuneConfig {
             patience: 5,
             hflip: false,
             seed: 0,
+            keep: 2,
+            stop_after: None,
         }
     }
 }
@@ -86,9 +94,6 @@ pub struct FinetuneSummary {
     pub stopped_early: bool,
     pub best_dir: PathBuf,
 }
-
-/// Progress callback: (step, total, gen loss, class loss, train accuracy of the batch).
-pub type StepFn<'a> = dyn FnMut(u64, u64, f64, f64, f64) + 'a;
 
 /// Accuracy of a classifier on a token file (HF semantics: tokens without SOS, mean pool).
 pub fn accuracy(model: &ImageGpt, data: &TokenFile, batch: usize) -> Result<f64> {
@@ -133,128 +138,210 @@ fn as_classifier(model: &ImageGpt, score: &[f32], classes: &[String]) -> Result<
     Ok(cls)
 }
 
-fn save_classifier(dir: &Path, cls: &ImageGpt, palette: &Path) -> Result<()> {
-    let tmp = dir.with_file_name(format!(
-        ".{}.tmp-{}",
-        dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
-        std::process::id()
-    ));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    }
-    save_model(cls, &tmp)?;
-    std::fs::copy(palette, tmp.join("preprocessor_config.json")).map_err(|e| Error::io(palette, e))?;
-    if dir.exists() {
-        std::fs::remove_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    }
-    std::fs::rename(&tmp, dir).map_err(|e| Error::io(dir, e))
+/// Fine-tuning as a training task: the pretraining loop with a second parameter group (the
+/// head) in the same AdamW.
+pub struct Classify {
+    train: TokenFile,
+    val: TokenFile,
+    labels: Vec<u16>,
+    classes: Vec<String>,
+    gen_weight: f64,
+    palette: PathBuf,
+    order: std::cell::RefCell<Vec<usize>>,
 }
 
-/// Fine-tunes; writes RUN/best (best val accuracy), RUN/last, RUN/metrics.jsonl.
-pub fn finetune(cfg: &FinetuneConfig, on_step: &mut StepFn) -> Result<FinetuneSummary> {
-    let t0 = Instant::now();
-    cfg.validate()?;
-    let open = |f: &str| TokenFile::open(&cfg.data.join(f));
-    let (train, val) = (open("train.tokens")?, open("val.tokens")?);
-    let test = cfg.data.join("test.tokens").exists().then(|| open("test.tokens")).transpose()?;
-    let ytr = train.labels().ok_or_else(|| {
-        Error::Invalid(format!("{}: no labels: fine-tuning needs a labelled data set", train.path.display()))
-    })?;
-    let classes: Vec<String> =
-        std::fs::read_to_string(cfg.data.join("labels.txt")).unwrap_or_default().lines().map(str::to_string).collect();
-    let splits: Vec<&TokenFile> = [Some(&train), Some(&val), test.as_ref()].into_iter().flatten().collect();
-    let k = crate::data::tokens::class_count(&cfg.data, &splits)?;
-    let classes: Vec<String> =
-        (0..k).map(|i| classes.get(i).cloned().unwrap_or_else(|| format!("LABEL_{i}"))).collect();
-    let mut model = load_model_as(&cfg.model, Some(ModelKind::CausalLm))?;
-    if model.config.n_positions != train.seq_len() || model.config.n_colors() != train.colors {
-        return Err(Error::Invalid(format!(
-            "{}: model ({} colours, {} positions) does not match the data ({} colours, {} pixels)",
-            cfg.model.display(),
-            model.config.n_colors(),
-            model.config.n_positions,
-            train.colors,
-            train.seq_len()
-        )));
+impl Classify {
+    /// Opens a labelled prepared folder for fine-tuning.
+    pub fn open(data: &Path, gen_weight: f64) -> Result<Self> {
+        let open = |f: &str| TokenFile::open(&data.join(f));
+        let (train, val) = (open("train.tokens")?, open("val.tokens")?);
+        let test = data.join("test.tokens").exists().then(|| open("test.tokens")).transpose()?;
+        let labels = train.labels().ok_or_else(|| {
+            Error::Invalid(format!("{}: no labels: fine-tuning needs a labelled data set", train.path.display()))
+        })?;
+        let names: Vec<String> =
+            std::fs::read_to_string(data.join("labels.txt")).unwrap_or_default().lines().map(str::to_string).collect();
+        let splits: Vec<&TokenFile> = [Some(&train), Some(&val), test.as_ref()].into_iter().flatten().collect();
+        let k = crate::data::tokens::class_count(data, &splits)?;
+        let classes = (0..k).map(|i| names.get(i).cloned().unwrap_or_else(|| format!("LABEL_{i}"))).collect();
+        let palette = data.join("preprocessor_config.json");
+        Ok(Classify { train, val, labels, classes, gen_weight, palette, order: Default::default() })
     }
-    std::fs::create_dir_all(&cfg.out).map_err(|e| Error::io(&cfg.out, e))?;
-    let palette = cfg.data.join("preprocessor_config.json");
-    let c = model.config.n_embd;
-    let t = train.seq_len();
-    let mut score = vec![0f32; k * c]; // zero-initialised head (OpenAI's wclf)
-    let mut opt = AdamW::new(AdamWConfig::default(), &model.layout);
-    let mut opt_s = AdamW::for_tensor(AdamWConfig::default(), k * c, false);
-    let (mut grads, mut dscore) = (vec![0f32; model.params.len()], vec![0f32; k * c]);
-    let mut acts = TrainActs::new();
-    let (mut cursor, mut order, mut tokens) = (Cursor::default(), Vec::new(), Vec::new());
-    let mut rng = Rng::new(cfg.seed ^ 0xf1e7);
-    let metrics = cfg.out.join("metrics.jsonl");
-    let mut lines = String::new();
-    let (mut best_acc, mut best_step, mut since_best, mut stopped_early) = (-1.0, 0, 0, false);
-    let mut step = 0;
-    while step < cfg.steps {
-        let lr = lr_at(step, cfg.lr, cfg.min_lr, cfg.warmup, cfg.steps);
-        let picked = batches::next_batch(&train, &mut cursor, &mut order, cfg.seed, cfg.batch, &mut tokens);
-        let labels: Vec<u16> = picked.iter().map(|&i| ytr[i]).collect();
-        if cfg.hflip {
-            batches::hflip(&mut tokens, train.width, train.height, &mut rng);
+}
+
+impl Task for Classify {
+    fn metric(&self) -> &'static str {
+        "val_acc"
+    }
+    fn higher_is_better(&self) -> bool {
+        true
+    }
+    fn data(&self) -> DataInfo {
+        DataInfo {
+            train_images: self.train.count,
+            val_images: self.val.count,
+            seq_len: self.train.seq_len(),
+            palette: self.palette.clone(),
         }
-        grads.fill(0.0);
-        dscore.fill(0.0);
-        // BERT models: the generative loss predicts 15% masked pixels (the paper's rate)
-        let masked = (!model.config.is_causal() && cfg.gen_weight > 0.0)
-            .then(|| batches::bert_mask(cfg.batch * t, 0.15, &mut rng));
+    }
+    fn initial_model(&self, cfg: &TrainConfig) -> Result<ImageGpt> {
+        let init = cfg.init.as_ref().ok_or_else(|| Error::Invalid("fine-tuning needs --model".into()))?;
+        load_model_as(init, Some(ModelKind::CausalLm))
+    }
+    fn check_model(&self, model: &ImageGpt, cfg: &TrainConfig) -> Result<()> {
+        if model.config.n_positions != self.train.seq_len() || model.config.n_colors() != self.train.colors {
+            return Err(Error::Invalid(format!(
+                "{}: model ({} colours, {} positions) does not match the data ({} colours, {} pixels)",
+                cfg.init.as_deref().unwrap_or(Path::new("model")).display(),
+                model.config.n_colors(),
+                model.config.n_positions,
+                self.train.colors,
+                self.train.seq_len()
+            )));
+        }
+        Ok(())
+    }
+    fn head(&self, model: &ImageGpt) -> Option<(String, Vec<usize>)> {
+        Some(("score.weight".into(), vec![self.classes.len(), model.config.n_embd]))
+    }
+    fn micro_batch(
+        &self,
+        model: &ImageGpt,
+        head: &[f32],
+        acts: &mut TrainActs,
+        grads: &mut [f32],
+        dhead: &mut [f32],
+        state: &mut TrainState,
+        cfg: &TrainConfig,
+    ) -> Result<Losses> {
+        let t = self.train.seq_len();
+        let mut tokens = Vec::new();
+        let picked =
+            batches::next_batch(&self.train, &mut state.cursor, &mut self.order.borrow_mut(), cfg.seed, cfg.batch, &mut tokens);
+        let labels: Vec<u16> = picked.iter().map(|&i| self.labels[i]).collect();
+        if cfg.hflip {
+            batches::hflip(&mut tokens, self.train.width, self.train.height, &mut state.rng);
+        }
+        // BERT models: the generative loss predicts masked pixels (the run's mask rate)
+        let masked = (!model.config.is_causal() && self.gen_weight > 0.0)
+            .then(|| batches::bert_mask(cfg.batch * t, cfg.mask_prob, &mut state.rng));
         let (g, l, correct) = model.forward_backward_classify(
-            &mut acts,
-            &mut grads,
-            &score,
-            &mut dscore,
+            acts,
+            grads,
+            head,
+            dhead,
             &tokens,
             &labels,
             cfg.batch,
             t,
-            (cfg.gen_weight, masked.as_deref()),
+            (self.gen_weight, masked.as_deref()),
         )?;
-        if !(g + l).is_finite() {
-            return Err(Error::Invalid(format!("the loss is not finite at fine-tuning step {step}: lower --lr")));
+        let fields = json!({"gen_loss": g, "clf_loss": l, "train_acc": correct as f64 / cfg.batch as f64});
+        Ok(Losses { loss: self.gen_weight * g + l, fields: fields.as_object().cloned().unwrap_or_default() })
+    }
+    fn evaluate(&self, model: &ImageGpt, head: &[f32], _: &mut TrainActs, _: &TrainConfig) -> Result<Evaluation> {
+        let acc = accuracy(&as_classifier(model, head, &self.classes)?, &self.val, 32)?;
+        Ok(Evaluation { value: acc, fields: json!({"val_acc": acc}).as_object().cloned().unwrap_or_default() })
+    }
+    /// best/ is the classifier (HF `ImageGPTForImageClassification`), its palette and state.json.
+    fn write_best(&self, dir: &Path, m: &ImageGpt, head: &[f32], state: &TrainState, _: &dyn Fn(&Path) -> Result<()>) -> Result<()> {
+        write_classifier(dir, &as_classifier(m, head, &self.classes)?, &self.palette)?;
+        let json = serde_json::to_string_pretty(state).map_err(|e| Error::Invalid(e.to_string()))?;
+        crate::formats::write_atomic(&dir.join("state.json"), json.as_bytes())
+    }
+    fn plot(&self, run: &Path, _: f64) -> Result<()> {
+        plot_finetune(run)
+    }
+}
+
+/// A classifier's files in `dir`: the HF model and the palette.
+fn write_classifier(dir: &Path, cls: &ImageGpt, palette: &Path) -> Result<()> {
+    save_model(cls, dir)?;
+    std::fs::copy(palette, dir.join("preprocessor_config.json")).map_err(|e| Error::io(palette, e))?;
+    Ok(())
+}
+
+/// RUN/loss.png (the training loss: generative + classification) and RUN/accuracy.png (the
+/// validation accuracy at each evaluation), with svg copies.
+fn plot_finetune(run: &Path) -> Result<()> {
+    use crate::plot::{Chart, Series, Style, smooth};
+    let (mut loss, mut acc) = (Vec::new(), Vec::new());
+    for l in std::fs::read_to_string(run.join("metrics.jsonl")).unwrap_or_default().lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(l) else { continue };
+        let step = v["step"].as_f64().unwrap_or(0.0);
+        match v["kind"].as_str() {
+            Some("train") => loss.push((step, v["loss"].as_f64().unwrap_or(f64::NAN))),
+            Some("eval") => acc.push((step, 100.0 * v["val_acc"].as_f64().unwrap_or(f64::NAN))),
+            _ => {}
         }
-        // one global clip over transformer and head
-        let mut all: Vec<f32> = grads.iter().chain(&dscore).copied().collect();
-        clip_grad_norm(&mut all, cfg.clip);
-        let (gm, gs) = all.split_at(grads.len());
-        opt.update(&mut model.params, gm, lr);
-        opt_s.update(&mut score, gs, lr);
-        step += 1;
-        on_step(step, cfg.steps, g, l, correct as f64 / cfg.batch as f64);
-        lines
-            .push_str(&format!("{}\n", json!({"kind": "train", "step": step, "gen_loss": g, "clf_loss": l, "lr": lr})));
-        if step % cfg.eval_every.max(1) == 0 || step == cfg.steps {
-            let cls = as_classifier(&model, &score, &classes)?;
-            let acc = accuracy(&cls, &val, 32)?;
-            lines.push_str(&format!("{}\n", json!({"kind": "eval", "step": step, "val_acc": acc})));
-            if acc > best_acc {
-                (best_acc, best_step, since_best) = (acc, step, 0);
-                save_classifier(&cfg.out.join("best"), &cls, &palette)?;
-            } else {
-                since_best += 1;
-            }
-            save_classifier(&cfg.out.join("last"), &cls, &palette)?;
-            crate::formats::write_atomic(&metrics, lines.as_bytes())?;
-            if since_best >= cfg.patience {
-                stopped_early = true;
-                break;
-            }
+    }
+    let chart = |title: &str, y: &str, series| Chart {
+        title: title.into(),
+        x_label: "step".into(),
+        y_label: y.into(),
+        series,
+        ..Default::default()
+    };
+    chart(
+        "Fine-tuning loss",
+        "loss (nats)",
+        vec![
+            Series::new("train", loss.clone(), [40, 90, 200], Style::Faint),
+            Series::new("train (smoothed, EMA 0.9)", smooth(&loss, 0.9), [40, 90, 200], Style::Line),
+        ],
+    )
+    .save(&run.join("loss"), 760, 440)?;
+    chart("Validation accuracy", "accuracy (%)", vec![Series::new("validation", acc, [230, 120, 20], Style::Markers)])
+        .save(&run.join("accuracy"), 760, 440)
+}
+
+/// Fine-tunes (or, with `resume`, continues) on the pretraining loop; writes RUN/best (best
+/// val accuracy), RUN/last (the final classifier), RUN/checkpoints/step-N (resumable),
+/// metrics.jsonl, loss.png, accuracy.png and finetune.json.
+pub fn finetune(cfg: &FinetuneConfig, resume: bool, obs: &mut dyn TrainObserver) -> Result<FinetuneSummary> {
+    cfg.validate()?;
+    let task = Classify::open(&cfg.data, cfg.gen_weight)?;
+    let pretrained = crate::config::ImageGptConfig::from_file(&cfg.model.join("config.json"))?;
+    let tcfg = TrainConfig {
+        data: cfg.data.clone(),
+        out: cfg.out.clone(),
+        init: Some(cfg.model.clone()),
+        objective: pretrained.objective,
+        batch: cfg.batch,
+        steps: Some(cfg.steps),
+        lr: cfg.lr,
+        warmup: cfg.warmup,
+        min_lr: cfg.min_lr,
+        clip: cfg.clip,
+        eval_every: cfg.eval_every,
+        log_every: 1,
+        hflip: cfg.hflip,
+        seed: cfg.seed,
+        keep: cfg.keep,
+        stop_after: cfg.stop_after,
+        patience: Some(cfg.patience),
+        ..Default::default()
+    };
+    let s = crate::train::run_task(&tcfg, resume, &task, obs)?;
+    if s.stopped_early || cfg.stop_after.is_none_or(|a| a >= cfg.steps) {
+        // last/: the classifier of the final checkpoint
+        if let Some((_, dir)) = crate::train::checkpoint::list(&cfg.out).pop() {
+            let m = load_model_as(&dir, Some(ModelKind::CausalLm))?;
+            let head = crate::train::checkpoint::load_head(&dir, "score.weight", &[task.classes.len(), m.config.n_embd])?;
+            let cls = as_classifier(&m, &head, &task.classes)?;
+            crate::formats::atomic::write_dir_atomic(&cfg.out.join("last"), |d| write_classifier(d, &cls, &task.palette))?;
         }
     }
     let best = load_model_as(&cfg.out.join("best"), Some(ModelKind::Classifier))?;
-    let test_acc = test.as_ref().map(|t| accuracy(&best, t, 32)).transpose()?;
+    let test = cfg.data.join("test.tokens");
+    let test_acc = test.exists().then(|| accuracy(&best, &TokenFile::open(&test)?, 32)).transpose()?;
     let summary = FinetuneSummary {
-        steps: step,
-        best_step,
-        best_val_acc: best_acc,
+        steps: s.steps,
+        best_step: s.best_step.unwrap_or(0),
+        best_val_acc: s.best_val_loss.unwrap_or(0.0),
         test_acc,
-        seconds: t0.elapsed().as_secs_f64(),
-        stopped_early,
+        seconds: s.seconds,
+        stopped_early: s.stopped_early,
         best_dir: cfg.out.join("best"),
     };
     let json = serde_json::to_string_pretty(&json!({"config": cfg, "summary": summary}))

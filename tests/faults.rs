@@ -134,10 +134,21 @@ fn sigkill_at_20_moments_loses_nothing_and_resume_reproduces_the_run() {
         if !list(&killed).is_empty() {
             args.push("--resume".into());
         }
+        // what earlier kills left (the new process cleans it up at its start)
+        let before: std::collections::HashSet<String> = leftovers(&killed).into_iter().collect();
+        let fresh = || leftovers(&killed).into_iter().any(|n| !before.contains(&n));
         let mut child = igpt().args(&args).spawn().unwrap();
-        // up to a twelfth of a whole run after this start: over the 20 starts the kills land
-        // at moments spread over the run (start-up, steps, evaluations, checkpoint writes)
-        std::thread::sleep(Duration::from_secs_f64(rng.next() * full / 12.0));
+        if moment % 3 == 0 {
+            // every third kill: the moment a checkpoint write is seen in progress
+            let t0 = Instant::now();
+            while !fresh() && t0.elapsed().as_secs_f64() < full && child.try_wait().unwrap().is_none() {
+                std::thread::sleep(Duration::from_micros(50));
+            }
+        } else {
+            // up to a twelfth of a whole run after this start: over the starts the kills land
+            // at moments spread over the run (start-up, steps, evaluations, checkpoint writes)
+            std::thread::sleep(Duration::from_secs_f64(rng.next() * full / 12.0));
+        }
         if child.try_wait().unwrap().is_none() {
             child.kill().unwrap(); // SIGKILL
             kills += 1;
@@ -148,7 +159,7 @@ fn sigkill_at_20_moments_loses_nothing_and_resume_reproduces_the_run() {
         }
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.code().is_none(), "kill {moment}: igpt failed by itself: {err}");
-        mid_write += leftovers(&killed).len().min(1);
+        mid_write += fresh() as usize;
         check_loadable(&killed, moment);
     }
     eprintln!("{kills} kills, {mid_write} in the middle of a write; a whole run takes {full:.2} s");

@@ -14,7 +14,8 @@ pub struct FinetuneArgs {
     /// Prepared, labelled data folder.
     #[arg(long)]
     data: PathBuf,
-    /// Run folder: best/ and last/ (ImageGPTForImageClassification), metrics.jsonl, finetune.json.
+    /// Run folder: best/ and last/ (ImageGPTForImageClassification), checkpoints/step-N
+    /// (resumable), metrics.jsonl, loss.png, accuracy.png, finetune.json.
     #[arg(long)]
     out: PathBuf,
     /// Optimizer steps (at most; --patience may stop earlier).
@@ -50,6 +51,15 @@ pub struct FinetuneArgs {
     /// Seed of the batch order, flips and BERT masks.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Step checkpoints kept besides best/ (checkpoints/step-N: resumable).
+    #[arg(long, default_value_t = 2)]
+    keep: usize,
+    /// Stop (as if interrupted) after this step; --resume continues.
+    #[arg(long)]
+    stop_after: Option<u64>,
+    /// Continue the run in --out from its latest checkpoint (the same flags).
+    #[arg(long)]
+    resume: bool,
     /// Worker threads (0 = all cores).
     #[arg(long, default_value_t = 0)]
     threads: usize,
@@ -75,16 +85,14 @@ pub fn run(a: FinetuneArgs) -> Result<()> {
         patience: a.patience,
         hflip: a.hflip,
         seed: a.seed,
+        keep: a.keep,
+        stop_after: a.stop_after,
     };
-    let bar = indicatif::ProgressBar::new(a.steps).with_style(indicatif::ProgressStyle::with_template(
-        "finetune {bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
-    )?);
-    let s = finetune(&cfg, &mut |step, _, g, l, acc| {
-        bar.set_position(step);
-        bar.set_message(format!("gen {g:.3} clf {l:.3} batch acc {:.0}%", acc * 100.0));
-    })
-    .with_context(|| format!("fine-tuning {}", a.model.display()))?;
-    bar.finish_and_clear();
+    let mut console = super::train::Console::new(a.json).labelled("finetune");
+    let s = finetune(&cfg, a.resume, &mut console).with_context(|| format!("fine-tuning {}", a.model.display()))?;
+    if let Some(b) = &console.bar {
+        b.finish_and_clear();
+    }
     if a.json {
         return super::print_json(&serde_json::to_value(&s)?);
     }

@@ -225,13 +225,18 @@ fn resolve(a: &TrainArgs) -> Result<TrainConfig> {
 
 /// Progress bar (step, loss, lr, tokens/s, ETA) and one line per logged step, on stderr.
 pub struct Console {
-    bar: Option<indicatif::ProgressBar>,
+    pub bar: Option<indicatif::ProgressBar>,
     quiet: bool,
+    /// The bar's label (`train`, `finetune`).
+    label: &'static str,
 }
 
 impl Console {
     pub fn new(quiet: bool) -> Self {
-        Console { bar: None, quiet }
+        Console { bar: None, quiet, label: "train" }
+    }
+    pub fn labelled(self, label: &'static str) -> Self {
+        Console { label, ..self }
     }
     fn println(&self, s: String) {
         match &self.bar {
@@ -264,9 +269,10 @@ impl TrainObserver for Console {
             i.train_images, i.val_images, i.start_step, i.total_steps
         ));
         let bar = indicatif::ProgressBar::new(i.total_steps).with_style(
-            indicatif::ProgressStyle::with_template(
-                "train {bar:30} {pos}/{len} steps [{elapsed_precise}<{eta_precise}] {msg}",
-            )
+            indicatif::ProgressStyle::with_template(&format!(
+                "{} {{bar:30}} {{pos}}/{{len}} steps [{{elapsed_precise}}<{{eta_precise}}] {{msg}}",
+                self.label
+            ))
             .expect("valid template"),
         );
         bar.set_position(i.start_step);
@@ -293,13 +299,12 @@ impl TrainObserver for Console {
         ));
     }
     fn eval(&mut self, e: &EvalLog) {
-        self.println(format!(
-            "step {}: val loss {:.4} ({:.4} bits/token){}",
-            e.step,
-            e.val_loss,
-            e.val_bits,
-            if e.best { " (best)" } else { "" }
-        ));
+        let value = match e.metric.as_str() {
+            "val_loss" => format!("val loss {:.4} ({:.4} bits/token)", e.value, e.value / std::f64::consts::LN_2),
+            "val_acc" => format!("val accuracy {:.2}%", 100.0 * e.value),
+            m => format!("{m} {:.4}", e.value),
+        };
+        self.println(format!("step {}: {value}{}", e.step, if e.best { " (best)" } else { "" }));
     }
     fn note(&mut self, msg: &str) {
         self.println(format!("note: {msg}"));

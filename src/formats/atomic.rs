@@ -82,6 +82,21 @@ fn exchange(_: &Path, _: &Path) -> bool {
     false
 }
 
+/// Writes folder `dir` as a whole: `write` fills a fresh staging folder, which then
+/// replaces `dir` ([`replace_dir`]); if `write` fails (a full disk), the staging folder is
+/// removed and the previous `dir` is left as it was.
+pub fn write_dir_atomic(dir: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+    }
+    let tmp = staging_dir(dir)?;
+    if let Err(e) = write(&tmp) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    replace_dir(&tmp, dir)
+}
+
 /// Removes folder `dir` so that an interruption never leaves a half-removed `dir`: it is
 /// renamed to `.name.del-PID` first.
 pub fn remove_dir(dir: &Path) -> Result<()> {
@@ -126,20 +141,6 @@ pub fn clean_leftovers(folder: &Path, only: Option<&str>) -> Result<Vec<String>>
         done.push(format!("removed {} (left by an interrupted write)", path.display()));
     }
     Ok(done)
-}
-
-/// Makes `dst` (which must not exist) a copy of folder `src`'s files: hard links where the
-/// file system allows (files are only ever replaced, never changed in place), else copies.
-pub fn link_or_copy_dir(src: &Path, dst: &Path) -> Result<()> {
-    std::fs::create_dir_all(dst).map_err(|e| Error::io(dst, e))?;
-    for e in std::fs::read_dir(src).map_err(|e| Error::io(src, e))? {
-        let from = e.map_err(|e| Error::io(src, e))?.path();
-        let to = dst.join(from.file_name().unwrap_or_default());
-        if std::fs::hard_link(&from, &to).is_err() {
-            std::fs::copy(&from, &to).map_err(|e| Error::io(&from, e))?;
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::batches::Cursor;
 use super::optim::AdamW;
 use crate::error::{Error, Result};
-use crate::formats::atomic::{clean_leftovers, link_or_copy_dir, remove_dir, replace_dir, staging_dir};
+use crate::formats::atomic::{clean_leftovers, remove_dir, write_dir_atomic};
 use crate::formats::{read_safetensors, write_atomic, write_safetensors};
 use crate::model::{ImageGpt, save_model};
 use crate::rng::Rng;
@@ -24,7 +24,11 @@ pub struct TrainState {
     pub step: u64,
     pub rng: Rng,
     pub cursor: Cursor,
+    /// The best evaluation so far (validation loss, or accuracy when fine-tuning).
     pub best_val_loss: Option<f64>,
+    /// Evaluations since the best one (early stopping).
+    #[serde(default)]
+    pub evals_since_best: usize,
     /// The step whose model is in best/ (absent in checkpoints written before it was recorded).
     #[serde(default)]
     pub best_step: Option<u64>,
@@ -32,32 +36,57 @@ pub struct TrainState {
     pub adam_step: u64,
 }
 
-/// Writes a checkpoint folder: staged in `.name.tmp-PID`, then swapped in
-/// ([`replace_dir`]), so a complete `dir` exists at every instant. If the write fails (a
-/// full disk), the staged folder is removed and the previous `dir` is left as it was.
-pub fn save(dir: &Path, model: &ImageGpt, opt: &AdamW, state: &TrainState, palette: &Path) -> Result<()> {
-    let parent = dir.parent().ok_or_else(|| Error::Invalid(format!("{}: no parent folder", dir.display())))?;
-    std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
-    let tmp = staging_dir(dir)?;
-    let written = write_contents(&tmp, model, opt, state, palette);
-    if written.is_err() {
-        let _ = std::fs::remove_dir_all(&tmp);
-    }
-    written?;
-    replace_dir(&tmp, dir)
+/// A parameter group trained beside the model (a classification head): its tensor name,
+/// shape, values and range in the optimizer's moments.
+pub struct Head<'a> {
+    pub name: &'a str,
+    pub shape: &'a [usize],
+    pub data: &'a [f32],
+    pub range: std::ops::Range<usize>,
 }
 
-fn write_contents(tmp: &Path, model: &ImageGpt, opt: &AdamW, state: &TrainState, palette: &Path) -> Result<()> {
+/// Writes a checkpoint folder as a whole ([`write_dir_atomic`]): a complete `dir` exists at
+/// every instant, and a failed write (a full disk) leaves the previous one as it was.
+pub fn save(dir: &Path, model: &ImageGpt, head: Option<&Head>, opt: &AdamW, state: &TrainState, palette: &Path) -> Result<()> {
+    write_dir_atomic(dir, |tmp| write_contents(tmp, model, head, opt, state, palette))
+}
+
+/// A checkpoint's files in `tmp`: the model (HF layout), its palette, head.safetensors (the
+/// extra group, if any), optimizer.safetensors (`<tensor>.m`, `<tensor>.v`) and state.json.
+pub fn write_contents(
+    tmp: &Path,
+    model: &ImageGpt,
+    head: Option<&Head>,
+    opt: &AdamW,
+    state: &TrainState,
+    palette: &Path,
+) -> Result<()> {
     save_model(model, tmp)?;
     std::fs::copy(palette, tmp.join("preprocessor_config.json")).map_err(|e| Error::io(palette, e))?;
     let mut moments: Vec<(String, Vec<usize>, &[f32])> = Vec::new();
-    for e in &model.layout.entries {
-        moments.push((format!("{}.m", e.name), e.shape.clone(), &opt.m[e.range.clone()]));
-        moments.push((format!("{}.v", e.name), e.shape.clone(), &opt.v[e.range.clone()]));
+    let groups = model.layout.entries.iter().map(|e| (e.name.as_str(), &e.shape[..], e.range.clone()));
+    for (name, shape, range) in groups.chain(head.map(|h| (h.name, h.shape, h.range.clone()))) {
+        moments.push((format!("{name}.m"), shape.to_vec(), &opt.m[range.clone()]));
+        moments.push((format!("{name}.v"), shape.to_vec(), &opt.v[range]));
     }
     write_safetensors(&tmp.join("optimizer.safetensors"), &moments)?;
+    if let Some(h) = head {
+        write_safetensors(&tmp.join("head.safetensors"), &[(h.name.to_string(), h.shape.to_vec(), h.data)])?;
+    }
     let json = serde_json::to_string_pretty(state).map_err(|e| Error::Invalid(e.to_string()))?;
     write_atomic(&tmp.join("state.json"), json.as_bytes())
+}
+
+/// A checkpoint's extra parameter group `name` (head.safetensors).
+pub fn load_head(dir: &Path, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+    let path = dir.join("head.safetensors");
+    let mut map = crate::formats::TensorMap::new();
+    read_safetensors(&path, &mut map)?;
+    let (t, _) = map.remove(name).ok_or_else(|| Error::MissingTensor { path: path.clone(), name: name.into() })?;
+    if t.shape != shape {
+        return Err(Error::ShapeMismatch { path, name: name.into(), expected: shape.to_vec(), got: t.shape });
+    }
+    Ok(t.data)
 }
 
 /// The step recorded in a checkpoint folder's state.json (None: missing or unreadable).
@@ -67,11 +96,12 @@ pub fn step_of(dir: &Path) -> Option<u64> {
 }
 
 /// Before a run starts or continues: removes what interrupted writes left (in RUN and
-/// RUN/checkpoints), and makes RUN/best the checkpoint the latest state names as best when
-/// best/ is missing or older than that step. (best/ is written before its step checkpoint,
-/// so a kill between the two leaves a best/ ahead of the latest checkpoint: the resumed
-/// run recomputes the same step and writes it again.) Returns what it did.
-pub fn repair(run: &Path) -> Result<Vec<String>> {
+/// RUN/checkpoints), and rebuilds RUN/best from the checkpoint the latest state names as
+/// best when best/ is missing or older than that step (`rebuild(checkpoint, dir)` writes
+/// best/'s contents into the empty `dir`). best/ is written before its step checkpoint, so a
+/// kill between the two leaves a best/ ahead of the latest checkpoint: the resumed run
+/// recomputes the same step and writes it again. Returns what it did.
+pub fn repair(run: &Path, rebuild: &dyn Fn(&Path, &Path) -> Result<()>) -> Result<Vec<String>> {
     let mut done = clean_leftovers(run, None)?;
     done.extend(clean_leftovers(&run.join("checkpoints"), None)?);
     let Some((_, latest)) = list(run).pop() else { return Ok(done) };
@@ -90,10 +120,7 @@ pub fn repair(run: &Path) -> Result<Vec<String>> {
         ));
         return Ok(done);
     };
-    let tmp = staging_dir(&best)?;
-    std::fs::remove_dir(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    link_or_copy_dir(&src, &tmp)?;
-    replace_dir(&tmp, &best)?;
+    write_dir_atomic(&best, |tmp| rebuild(&src, tmp))?;
     done.push(format!("restored {} from {} (the best step, {best_step})", best.display(), src.display()));
     Ok(done)
 }
@@ -124,8 +151,9 @@ pub fn prune(run: &Path, keep: usize) -> Result<()> {
     Ok(())
 }
 
-/// Loads optimizer moments and state from a checkpoint folder into `opt`.
-pub fn load_state(dir: &Path, model: &ImageGpt, opt: &mut AdamW) -> Result<TrainState> {
+/// Loads optimizer moments (the model's and the head's, if any) and state from a checkpoint
+/// folder into `opt`.
+pub fn load_state(dir: &Path, model: &ImageGpt, head: Option<(&str, std::ops::Range<usize>)>, opt: &mut AdamW) -> Result<TrainState> {
     let sp = dir.join("state.json");
     let text = std::fs::read_to_string(&sp).map_err(|e| Error::io(&sp, e))?;
     let state: TrainState =
@@ -136,15 +164,18 @@ pub fn load_state(dir: &Path, model: &ImageGpt, opt: &mut AdamW) -> Result<Train
             format!("checkpoint format {} (this igpt writes {FORMAT_VERSION})", state.format_version),
         ));
     }
+    let path = dir.join("optimizer.safetensors");
     let mut moments = crate::formats::TensorMap::new();
-    read_safetensors(&dir.join("optimizer.safetensors"), &mut moments)?;
-    for e in &model.layout.entries {
+    read_safetensors(&path, &mut moments)?;
+    let groups = model.layout.entries.iter().map(|e| (e.name.as_str(), e.range.clone()));
+    for (name, range) in groups.chain(head) {
         for (suffix, buf) in [(".m", &mut opt.m), (".v", &mut opt.v)] {
-            let key = format!("{}{suffix}", e.name);
-            let (t, _) = moments
-                .get(&key)
-                .ok_or_else(|| Error::MissingTensor { path: dir.join("optimizer.safetensors"), name: key.clone() })?;
-            buf[e.range.clone()].copy_from_slice(&t.data);
+            let key = format!("{name}{suffix}");
+            let (t, _) = moments.get(&key).ok_or_else(|| Error::MissingTensor { path: path.clone(), name: key.clone() })?;
+            if t.data.len() != range.len() {
+                return Err(Error::format(&path, format!("`{key}` has {} values, expected {}", t.data.len(), range.len())));
+            }
+            buf[range.clone()].copy_from_slice(&t.data);
         }
     }
     opt.step = state.adam_step;

@@ -58,6 +58,8 @@ pub struct TrainConfig {
     pub keep: usize,
     /// Stop (as if interrupted) after this step, without changing the schedule.
     pub stop_after: Option<u64>,
+    /// Stop early after this many evaluations without a better one (fine-tuning).
+    pub patience: Option<usize>,
 }
 
 /// Checks for the numeric values of a run and a fine-tuning, naming the flag.
@@ -148,6 +150,7 @@ impl Default for TrainConfig {
             threads: 0,
             keep: 2,
             stop_after: None,
+            patience: None,
         }
     }
 }

@@ -26,26 +26,39 @@ impl Default for AdamWConfig {
     }
 }
 
-/// Optimizer state: first and second moments in the parameters' layout, and the step count.
+/// Optimizer state: first and second moments of every parameter group, one after the
+/// other (the model's arena first, in its layout; then, e.g., a classification head), and
+/// the step count. One optimizer serves every group (PyTorch's parameter groups).
 #[derive(Clone, Debug)]
 pub struct AdamW {
     pub cfg: AdamWConfig,
     pub m: Vec<f32>,
     pub v: Vec<f32>,
     pub step: u64,
-    /// Per element: does weight decay apply (matrices only)?
+    /// Ranges (in m and v) that weight decay applies to (matrices only).
     decay_ranges: Vec<std::ops::Range<usize>>,
+    /// The length of each group.
+    groups: Vec<usize>,
 }
 
 impl AdamW {
+    /// An optimizer for a model's parameters (one group in the arena's layout).
     pub fn new(cfg: AdamWConfig, layout: &ParamLayout) -> Self {
         let decay_ranges = layout.entries.iter().filter(|e| e.is_matrix()).map(|e| e.range.clone()).collect();
-        AdamW { cfg, m: vec![0.0; layout.total], v: vec![0.0; layout.total], step: 0, decay_ranges }
+        let n = layout.total;
+        AdamW { cfg, m: vec![0.0; n], v: vec![0.0; n], step: 0, decay_ranges, groups: vec![n] }
     }
 
-    /// An optimizer for a single extra tensor (e.g. a classification head), decayed or not.
-    pub fn for_tensor(cfg: AdamWConfig, n: usize, decay: bool) -> Self {
-        AdamW { cfg, m: vec![0.0; n], v: vec![0.0; n], step: 0, decay_ranges: if decay { vec![0..n] } else { vec![] } }
+    /// Adds a group of `n` parameters (decayed or not); returns its range in `m` and `v`.
+    pub fn add_group(&mut self, n: usize, decay: bool) -> std::ops::Range<usize> {
+        let start = self.m.len();
+        self.m.resize(start + n, 0.0);
+        self.v.resize(start + n, 0.0);
+        if decay {
+            self.decay_ranges.push(start..start + n);
+        }
+        self.groups.push(n);
+        start..start + n
     }
 
     /// Numbers of decayed and non-decayed parameters (printed at start, as nanoGPT).
@@ -54,22 +67,31 @@ impl AdamW {
         (d, self.m.len() - d)
     }
 
-    /// One update with learning rate `lr`.
+    /// One update of a single-group optimizer with learning rate `lr`.
     pub fn update(&mut self, params: &mut [f32], grads: &[f32], lr: f64) {
+        self.update_groups(&mut [params], &[grads], lr);
+    }
+
+    /// One update of every group (the slices in the order the groups were made).
+    pub fn update_groups(&mut self, params: &mut [&mut [f32]], grads: &[&[f32]], lr: f64) {
+        assert!(params.len() == self.groups.len() && grads.len() == self.groups.len(), "one slice per group");
         self.step += 1;
         let c = &self.cfg;
         let bc1 = 1.0 - c.beta1.powi(self.step as i32);
         let bc2_sqrt = (1.0 - c.beta2.powi(self.step as i32)).sqrt();
-        let step_size = (lr / bc1) as f32;
-        let (b1, b2, eps) = (c.beta1 as f32, c.beta2 as f32, c.eps as f32);
-        let bc2_sqrt = bc2_sqrt as f32;
-        if c.weight_decay > 0.0 {
-            let f = (1.0 - lr * c.weight_decay) as f32;
-            for r in &self.decay_ranges {
-                params[r.clone()].iter_mut().for_each(|p| *p *= f);
+        let k = [c.beta1 as f32, c.beta2 as f32, c.eps as f32, bc2_sqrt as f32, (lr / bc1) as f32];
+        let f = (1.0 - lr * c.weight_decay) as f32;
+        let mut start = 0;
+        for ((p, g), &n) in params.iter_mut().zip(grads).zip(&self.groups) {
+            assert!(p.len() == n && g.len() == n, "group of {n} parameters");
+            if c.weight_decay > 0.0 {
+                for r in self.decay_ranges.iter().filter(|r| r.start >= start && r.end <= start + n) {
+                    p[r.start - start..r.end - start].iter_mut().for_each(|x| *x *= f);
+                }
             }
+            adamw_step(p, g, &mut self.m[start..start + n], &mut self.v[start..start + n], k);
+            start += n;
         }
-        adamw_step(params, grads, &mut self.m, &mut self.v, [b1, b2, eps, bc2_sqrt, step_size]);
     }
 }
 
@@ -92,21 +114,33 @@ fn adamw_step(params: &mut [f32], grads: &[f32], m: &mut [f32], v: &mut [f32], k
 }
 }
 
-/// Global L2 norm of the gradients (computed in f64, in a fixed order).
-pub fn grad_norm(grads: &[f32]) -> f64 {
+/// Sum of squares of the gradients (in f64, in a fixed order).
+fn sum_squares(grads: &[f32]) -> f64 {
     let parts: Vec<f64> =
         grads.par_chunks(1 << 16).map(|c| c.iter().map(|&g| (g as f64) * (g as f64)).sum::<f64>()).collect();
-    parts.iter().sum::<f64>().sqrt()
+    parts.iter().sum::<f64>()
+}
+
+/// Global L2 norm of the gradients (computed in f64, in a fixed order).
+pub fn grad_norm(grads: &[f32]) -> f64 {
+    sum_squares(grads).sqrt()
 }
 
 /// Clips the gradients to a global norm of `max_norm` (torch `clip_grad_norm_`); returns the
 /// norm before clipping.
 pub fn clip_grad_norm(grads: &mut [f32], max_norm: f64) -> f64 {
-    let norm = grad_norm(grads);
+    clip_grad_norm_groups(&mut [grads], max_norm)
+}
+
+/// The same over several parameter groups at once (one global norm, nothing copied).
+pub fn clip_grad_norm_groups(groups: &mut [&mut [f32]], max_norm: f64) -> f64 {
+    let norm = groups.iter().map(|g| sum_squares(g)).sum::<f64>().sqrt();
     let coef = max_norm / (norm + 1e-6);
     if max_norm > 0.0 && coef < 1.0 {
         let f = coef as f32;
-        grads.par_iter_mut().for_each(|g| *g *= f);
+        for g in groups.iter_mut() {
+            g.par_iter_mut().for_each(|g| *g *= f);
+        }
     }
     norm
 }

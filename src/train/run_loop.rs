@@ -1,0 +1,261 @@
+//! The training loop, one for every [`Task`]: nanoGPT's shape. Every optimizer step: the
+//! learning rate (warmup + cosine), `grad_accum` micro-batches (forward, loss, backward),
+//! one global gradient-norm clip over all parameter groups, one AdamW step over all of them;
+//! every `eval_every` steps (and at the end): an evaluation, best/ when it is better, a step
+//! checkpoint, rotation, metrics.jsonl and the charts; early stopping after `patience`
+//! evaluations without a better one.
+
+use std::path::Path;
+use std::time::Instant;
+
+use serde_json::{Value, json};
+
+use super::checkpoint::{self, Head, TrainState};
+use super::config::TrainConfig;
+use super::optim::{AdamW, clip_grad_norm_groups, lr_at};
+use super::task::Task;
+use super::{EvalLog, RunInfo, StepLog, TrainObserver, TrainSummary, append_line, apply_dropout, dropout_of};
+use crate::error::{Error, Result};
+use crate::model::train_graph::TrainActs;
+use crate::model::{ImageGpt, ModelKind, load_model_as};
+use crate::rng::Rng;
+
+/// A run's trainable state: the model, the extra group (head) and one optimizer over both.
+struct Trainee {
+    model: ImageGpt,
+    head_name: String,
+    head_shape: Vec<usize>,
+    head: Vec<f32>,
+    head_range: std::ops::Range<usize>,
+    opt: AdamW,
+}
+
+impl Trainee {
+    fn head_ref(&self) -> Option<Head<'_>> {
+        (!self.head.is_empty()).then(|| Head {
+            name: &self.head_name,
+            shape: &self.head_shape,
+            data: &self.head,
+            range: self.head_range.clone(),
+        })
+    }
+}
+
+/// Runs (or, with `resume`, continues) `task` into `cfg.out`.
+pub fn run_task(cfg: &TrainConfig, resume: bool, task: &dyn Task, obs: &mut dyn TrainObserver) -> Result<TrainSummary> {
+    let t_start = Instant::now();
+    cfg.validate()?;
+    let run_dir = &cfg.out;
+    std::fs::create_dir_all(run_dir).map_err(|e| Error::io(run_dir, e))?;
+    let data = task.data();
+    // best/ rebuilt from the checkpoint of its step, as it was written then
+    let rebuild = |src: &Path, dst: &Path| -> Result<()> {
+        let (tr, state) = open_trainee(cfg, task, Some(src))?;
+        let head = tr.head_ref();
+        let ckpt = |d: &Path| checkpoint::write_contents(d, &tr.model, head.as_ref(), &tr.opt, &state, &data.palette);
+        task.write_best(dst, &tr.model, &tr.head, &state, &ckpt)
+    };
+    for msg in checkpoint::repair(run_dir, &rebuild)? {
+        obs.note(&msg);
+    }
+    let latest = checkpoint::list(run_dir).pop();
+    match (&latest, resume) {
+        (None, true) => {
+            return Err(Error::Invalid(format!(
+                "--resume: {} has no checkpoint to continue from; run without --resume to start training there",
+                run_dir.display()
+            )));
+        }
+        (Some(_), false) => {
+            return Err(Error::Invalid(format!(
+                "{}: the run folder already has checkpoints; pass --resume to continue it or choose another --out",
+                run_dir.display()
+            )));
+        }
+        _ => {}
+    }
+    let start = latest.map(|(_, d)| d);
+    let (mut tr, mut state) = open_trainee(cfg, task, start.as_deref())?;
+    let per_step = (cfg.batch * cfg.grad_accum) as u64;
+    let total = match (cfg.steps, cfg.epochs) {
+        (Some(s), _) => s,
+        (None, Some(e)) => ((e * data.train_images as f64) / per_step as f64).ceil() as u64,
+        (None, None) => return Err(Error::Invalid("give --steps or --epochs".into())),
+    }
+    .max(1); // --epochs so small it rounds to no step still takes one
+    let json = serde_json::to_string_pretty(&json!({"train": cfg, "model": tr.model.config, "total_steps": total}))
+        .map_err(|e| Error::Invalid(e.to_string()))?;
+    crate::formats::write_atomic(&run_dir.join("train.json"), json.as_bytes())?;
+    let metrics = run_dir.join("metrics.jsonl");
+    if start.is_some() {
+        super::truncate_metrics(&metrics, state.step)?;
+    } else if metrics.exists() {
+        std::fs::remove_file(&metrics).map_err(|e| Error::io(&metrics, e))?;
+    }
+    let (decayed, not_decayed) = tr.opt.decay_counts();
+    obs.start(&RunInfo {
+        n_params: tr.model.params.len() + tr.head.len(),
+        decayed,
+        not_decayed,
+        total_steps: total,
+        start_step: state.step,
+        train_images: data.train_images,
+        val_images: data.val_images,
+        model: tr.model.config.clone(),
+    });
+
+    let t = data.seq_len;
+    let mut acts = TrainActs::new();
+    let mut grads = vec![0f32; tr.model.params.len()];
+    let mut dhead = vec![0f32; tr.head.len()];
+    let mut sum = TrainSummary::empty(run_dir.join("best"));
+    let mut window = (Instant::now(), 0u64);
+    while state.step < total && !cfg.stop_after.is_some_and(|s| state.step >= s) {
+        let step = state.step;
+        let lr = lr_at(step, cfg.lr, cfg.min_lr, cfg.warmup, total);
+        grads.fill(0.0);
+        dhead.fill(0.0);
+        let (mut loss, mut parts) = (0.0, serde_json::Map::new());
+        for micro in 0..cfg.grad_accum {
+            acts.set_dropout(dropout_of(&tr.model.config, cfg.seed, step, micro));
+            let l = task.micro_batch(&tr.model, &tr.head, &mut acts, &mut grads, &mut dhead, &mut state, cfg)?;
+            loss += l.loss / cfg.grad_accum as f64;
+            for (k, v) in l.fields {
+                let acc = parts.get(&k).and_then(Value::as_f64).unwrap_or(0.0);
+                parts.insert(k, json!(acc + v.as_f64().unwrap_or(0.0) / cfg.grad_accum as f64));
+            }
+        }
+        if cfg.grad_accum > 1 {
+            let s = 1.0 / cfg.grad_accum as f32;
+            grads.iter_mut().chain(dhead.iter_mut()).for_each(|g| *g *= s);
+        }
+        if !loss.is_finite() {
+            let last = checkpoint::list(run_dir)
+                .pop()
+                .map_or("none was written yet".to_string(), |(_, p)| p.display().to_string());
+            return Err(Error::Invalid(format!(
+                "the loss is {loss} at step {step}: training stopped (lower --lr or raise --warmup); the last good checkpoint is {last}"
+            )));
+        }
+        let norm = clip_grad_norm_groups(&mut [&mut grads[..], &mut dhead[..]], cfg.clip);
+        tr.opt.update_groups(&mut [&mut tr.model.params[..], &mut tr.head[..]], &[&grads[..], &dhead[..]], lr);
+        state.step += 1;
+        state.adam_step = tr.opt.step;
+        state.tokens_seen += per_step * t as u64;
+        window.1 += per_step * t as u64;
+        sum.final_train_loss = loss;
+        sum.losses.push((state.step, loss));
+        let log = StepLog {
+            step: state.step,
+            loss,
+            lr,
+            grad_norm: norm,
+            tok_s: window.1 as f64 / window.0.elapsed().as_secs_f64().max(1e-9),
+            elapsed_s: t_start.elapsed().as_secs_f64(),
+        };
+        obs.step(&log, total);
+        if state.step % cfg.log_every.max(1) == 0 || state.step == total {
+            let mut line = json!({"kind": "train", "step": log.step, "tokens": state.tokens_seen, "loss": log.loss, "lr": log.lr, "grad_norm": log.grad_norm, "tok_s": log.tok_s, "elapsed_s": log.elapsed_s});
+            line.as_object_mut().expect("an object").extend(parts);
+            append_line(&metrics, &line)?;
+            obs.log(&log);
+            window = (Instant::now(), 0);
+        }
+        if state.step % cfg.eval_every.max(1) == 0 || state.step == total {
+            let stop = evaluate_and_save(cfg, task, &mut tr, &mut state, &mut acts, &mut sum, obs)?;
+            task.plot(run_dir, (per_step as usize * t) as f64)?;
+            if stop {
+                sum.stopped_early = true;
+                break;
+            }
+        }
+    }
+    sum.steps = state.step;
+    sum.best_val_loss = state.best_val_loss;
+    sum.best_step = state.best_step;
+    sum.seconds = t_start.elapsed().as_secs_f64();
+    Ok(sum)
+}
+
+/// The model, head, optimizer and state of a run: from checkpoint `start`, else fresh.
+fn open_trainee(cfg: &TrainConfig, task: &dyn Task, start: Option<&Path>) -> Result<(Trainee, TrainState)> {
+    let mut model = match start {
+        Some(dir) => load_model_as(dir, Some(ModelKind::CausalLm))?,
+        None => task.initial_model(cfg)?,
+    };
+    // the saved model records what it was trained for (BERT: every later pass
+    // bidirectional) and the dropout it was trained with
+    model.config.objective = cfg.objective;
+    apply_dropout(&mut model.config, cfg)?;
+    task.check_model(&model, cfg)?;
+    let mut opt = AdamW::new(cfg.adamw.clone(), &model.layout);
+    let (head_name, head_shape) = task.head(&model).unwrap_or_default();
+    let n: usize = if head_name.is_empty() { 0 } else { head_shape.iter().product() };
+    let head_range = opt.add_group(n, false);
+    let head = match start {
+        Some(dir) if n > 0 => checkpoint::load_head(dir, &head_name, &head_shape)?,
+        _ => vec![0.0; n], // zero-initialised (OpenAI's wclf)
+    };
+    let named = (n > 0).then(|| (head_name.as_str(), head_range.clone()));
+    let state = match start {
+        Some(dir) => checkpoint::load_state(dir, &model, named, &mut opt)?,
+        None => TrainState::fresh(cfg.seed),
+    };
+    Ok((Trainee { model, head_name, head_shape, head, head_range, opt }, state))
+}
+
+/// One evaluation: the metrics line, best/ (first) when better, the step checkpoint,
+/// rotation. Returns whether early stopping ends the run.
+fn evaluate_and_save(
+    cfg: &TrainConfig,
+    task: &dyn Task,
+    tr: &mut Trainee,
+    state: &mut TrainState,
+    acts: &mut TrainActs,
+    sum: &mut TrainSummary,
+    obs: &mut dyn TrainObserver,
+) -> Result<bool> {
+    let ev = task.evaluate(&tr.model, &tr.head, acts, cfg)?;
+    let better = state.best_val_loss.is_none_or(|b| if task.higher_is_better() { ev.value > b } else { ev.value < b });
+    if better {
+        (state.best_val_loss, state.best_step, state.evals_since_best) = (Some(ev.value), Some(state.step), 0);
+    } else {
+        state.evals_since_best += 1;
+    }
+    sum.final_val_loss = Some(ev.value);
+    sum.evals.push((state.step, ev.value));
+    let mut line = json!({"kind": "eval", "step": state.step, "tokens": state.tokens_seen});
+    line.as_object_mut().expect("an object").extend(ev.fields);
+    append_line(&cfg.out.join("metrics.jsonl"), &line)?;
+    obs.eval(&EvalLog { step: state.step, metric: task.metric().into(), value: ev.value, best: better });
+    let palette = task.data().palette;
+    let head = tr.head_ref();
+    let ckpt = |dir: &Path| checkpoint::write_contents(dir, &tr.model, head.as_ref(), &tr.opt, state, &palette);
+    // best/ first: once any step checkpoint exists, a complete best/ exists too
+    if better {
+        crate::formats::atomic::write_dir_atomic(&cfg.out.join("best"), |dir| {
+            task.write_best(dir, &tr.model, &tr.head, state, &ckpt)
+        })?;
+    }
+    let dir = cfg.out.join("checkpoints").join(format!("step-{}", state.step));
+    crate::formats::atomic::write_dir_atomic(&dir, ckpt)?;
+    checkpoint::prune(&cfg.out, cfg.keep)?;
+    Ok(cfg.patience.is_some_and(|p| state.evals_since_best >= p))
+}
+
+impl TrainState {
+    /// The state of a run that starts now.
+    pub fn fresh(seed: u64) -> Self {
+        TrainState {
+            format_version: checkpoint::FORMAT_VERSION,
+            step: 0,
+            rng: Rng::new(seed ^ 0x7a11),
+            cursor: Default::default(),
+            best_val_loss: None,
+            evals_since_best: 0,
+            best_step: None,
+            tokens_seen: 0,
+            adam_step: 0,
+        }
+    }
+}
