@@ -41,7 +41,17 @@ fn main() {
                 kv.write(kview(1), kview(2), 0, past + 1);
             }
             let q = SeqView { data: &kv_src, offset: 0, batch_stride: t * 3 * c, row_stride: 3 * c };
-            let d = AttnDims { b, t: 1, tk: past + 1, nh, hs, mask: Mask::Causal, form: Form::Softmax, scale: 0.17, dropout: None };
+            let d = AttnDims {
+                b,
+                t: 1,
+                tk: past + 1,
+                nh,
+                hs,
+                mask: Mask::Causal,
+                form: Form::Softmax,
+                scale: 0.17,
+                dropout: None,
+            };
             let mut out = vec![0f32; b * c];
             let mut lse = vec![0f32; b * nh];
             for _ in 0..3 {

@@ -386,7 +386,9 @@ impl ImageGptConfig {
         if self.add_cross_attention {
             return bad("add_cross_attention = true is not supported (ImageGPT checkpoints never use it)".into());
         }
-        for (name, p) in [("resid_pdrop", self.resid_pdrop), ("embd_pdrop", self.embd_pdrop), ("attn_pdrop", self.attn_pdrop)] {
+        for (name, p) in
+            [("resid_pdrop", self.resid_pdrop), ("embd_pdrop", self.embd_pdrop), ("attn_pdrop", self.attn_pdrop)]
+        {
             if !(0.0..1.0).contains(&p) {
                 return bad(format!("{name} ({p}) must be a dropout probability in [0, 1)"));
             }

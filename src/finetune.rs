@@ -42,6 +42,8 @@ pub struct FinetuneConfig {
     pub keep: usize,
     /// Stop (as if interrupted) after this step; `--resume` continues.
     pub stop_after: Option<u64>,
+    /// Only the first N images of each split (stratified by label).
+    pub limit: Option<usize>,
 }
 
 impl Default for FinetuneConfig {
@@ -63,6 +65,7 @@ impl Default for FinetuneConfig {
             seed: 0,
             keep: 2,
             stop_after: None,
+            limit: None,
         }
     }
 }
@@ -75,7 +78,15 @@ impl FinetuneConfig {
         check("--min-lr", self.min_lr, self.min_lr >= 0.0 && self.min_lr <= self.lr, "a value from 0 to --lr")?;
         check("--clip", self.clip, self.clip >= 0.0, "a gradient-norm limit >= 0 (0 = off)")?;
         check("--gen-weight", self.gen_weight, self.gen_weight >= 0.0, "a weight >= 0 (paper: 1)")?;
-        for (flag, n) in [("--steps", self.steps as usize), ("--batch", self.batch), ("--eval-every", self.eval_every as usize), ("--patience", self.patience)] {
+        if self.limit == Some(0) {
+            return Err(Error::Invalid("--limit 0: give at least 1 image".into()));
+        }
+        for (flag, n) in [
+            ("--steps", self.steps as usize),
+            ("--batch", self.batch),
+            ("--eval-every", self.eval_every as usize),
+            ("--patience", self.patience),
+        ] {
             if n == 0 {
                 return Err(Error::Invalid(format!("{flag} 0: give at least 1")));
             }
@@ -152,8 +163,9 @@ pub struct Classify {
 
 impl Classify {
     /// Opens a labelled prepared folder for fine-tuning.
-    pub fn open(data: &Path, gen_weight: f64) -> Result<Self> {
-        let open = |f: &str| TokenFile::open(&data.join(f));
+    /// With `limit`, only the first N images of each split (stratified by label).
+    pub fn open(data: &Path, gen_weight: f64, limit: Option<usize>) -> Result<Self> {
+        let open = |f: &str| TokenFile::open(&data.join(f)).map(|t| t.limit(limit.unwrap_or(usize::MAX)));
         let (train, val) = (open("train.tokens")?, open("val.tokens")?);
         let test = data.join("test.tokens").exists().then(|| open("test.tokens")).transpose()?;
         let labels = train.labels().ok_or_else(|| {
@@ -216,8 +228,14 @@ impl Task for Classify {
     ) -> Result<Losses> {
         let t = self.train.seq_len();
         let mut tokens = Vec::new();
-        let picked =
-            batches::next_batch(&self.train, &mut state.cursor, &mut self.order.borrow_mut(), cfg.seed, cfg.batch, &mut tokens);
+        let picked = batches::next_batch(
+            &self.train,
+            &mut state.cursor,
+            &mut self.order.borrow_mut(),
+            cfg.seed,
+            cfg.batch,
+            &mut tokens,
+        );
         let labels: Vec<u16> = picked.iter().map(|&i| self.labels[i]).collect();
         if cfg.hflip {
             batches::hflip(&mut tokens, self.train.width, self.train.height, &mut state.rng);
@@ -244,7 +262,14 @@ impl Task for Classify {
         Ok(Evaluation { value: acc, fields: json!({"val_acc": acc}).as_object().cloned().unwrap_or_default() })
     }
     /// best/ is the classifier (HF `ImageGPTForImageClassification`), its palette and state.json.
-    fn write_best(&self, dir: &Path, m: &ImageGpt, head: &[f32], state: &TrainState, _: &dyn Fn(&Path) -> Result<()>) -> Result<()> {
+    fn write_best(
+        &self,
+        dir: &Path,
+        m: &ImageGpt,
+        head: &[f32],
+        state: &TrainState,
+        _: &dyn Fn(&Path) -> Result<()>,
+    ) -> Result<()> {
         write_classifier(dir, &as_classifier(m, head, &self.classes)?, &self.palette)?;
         let json = serde_json::to_string_pretty(state).map_err(|e| Error::Invalid(e.to_string()))?;
         crate::formats::write_atomic(&dir.join("state.json"), json.as_bytes())
@@ -300,7 +325,7 @@ fn plot_finetune(run: &Path) -> Result<()> {
 /// metrics.jsonl, loss.png, accuracy.png and finetune.json.
 pub fn finetune(cfg: &FinetuneConfig, resume: bool, obs: &mut dyn TrainObserver) -> Result<FinetuneSummary> {
     cfg.validate()?;
-    let task = Classify::open(&cfg.data, cfg.gen_weight)?;
+    let task = Classify::open(&cfg.data, cfg.gen_weight, cfg.limit)?;
     let pretrained = crate::config::ImageGptConfig::from_file(&cfg.model.join("config.json"))?;
     let tcfg = TrainConfig {
         data: cfg.data.clone(),
@@ -327,14 +352,18 @@ pub fn finetune(cfg: &FinetuneConfig, resume: bool, obs: &mut dyn TrainObserver)
         // last/: the classifier of the final checkpoint
         if let Some((_, dir)) = crate::train::checkpoint::list(&cfg.out).pop() {
             let m = load_model_as(&dir, Some(ModelKind::CausalLm))?;
-            let head = crate::train::checkpoint::load_head(&dir, "score.weight", &[task.classes.len(), m.config.n_embd])?;
+            let head =
+                crate::train::checkpoint::load_head(&dir, "score.weight", &[task.classes.len(), m.config.n_embd])?;
             let cls = as_classifier(&m, &head, &task.classes)?;
-            crate::formats::atomic::write_dir_atomic(&cfg.out.join("last"), |d| write_classifier(d, &cls, &task.palette))?;
+            crate::formats::atomic::write_dir_atomic(&cfg.out.join("last"), |d| {
+                write_classifier(d, &cls, &task.palette)
+            })?;
         }
     }
     let best = load_model_as(&cfg.out.join("best"), Some(ModelKind::Classifier))?;
     let test = cfg.data.join("test.tokens");
-    let test_acc = test.exists().then(|| accuracy(&best, &TokenFile::open(&test)?, 32)).transpose()?;
+    let limited = |t: TokenFile| t.limit(cfg.limit.unwrap_or(usize::MAX));
+    let test_acc = test.exists().then(|| accuracy(&best, &limited(TokenFile::open(&test)?), 32)).transpose()?;
     let summary = FinetuneSummary {
         steps: s.steps,
         best_step: s.best_step.unwrap_or(0),

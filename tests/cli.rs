@@ -429,3 +429,106 @@ fn eval_scores_a_prepared_split() {
     let (ok, _, err) = igpt(&["eval", "--model", model.to_str().unwrap(), "--data", d, "--split", "nope"]);
     assert!(!ok && err.contains("nope"), "{err}");
 }
+
+/// The quick-experiment flags: `--limit` on prepare (stratified, train and test), probe and
+/// finetune; `train --minutes` (the schedule's length measured and recorded); `--json` on
+/// sample and complete.
+#[test]
+fn limit_minutes_and_json_flags() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (d, r) = (tmp.path().join("d"), tmp.path().join("r"));
+    let (d, r) = (d.to_str().unwrap(), r.to_str().unwrap());
+    let run = |args: &[&str]| {
+        let (ok, out, err) = igpt(args);
+        assert!(ok, "igpt {args:?}: {err}");
+        out
+    };
+    let prep = json(&run(&[
+        "prepare", "--data", "emoji32", "--out", d, "--size", "8", "--colors", "16", "--limit", "60", "--json",
+    ]));
+    let counts = &prep["counts"];
+    assert_eq!(counts["train"].as_u64().unwrap() + counts["val"].as_u64().unwrap(), 60);
+    assert_eq!(counts["test"], 60);
+    // stratified: every class of the first 60 keeps its share
+    let per_class: Vec<u64> =
+        prep["class_counts_train"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+    assert!(per_class.iter().filter(|&&n| n > 0).count() >= 2, "{per_class:?}");
+
+    let s = json(&run(&[
+        "train",
+        "--data",
+        d,
+        "--out",
+        r,
+        "--minutes",
+        "0.1",
+        "--batch",
+        "4",
+        "--eval-every",
+        "10",
+        "--warmup",
+        "5",
+        "--json",
+    ]));
+    let tj: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(format!("{r}/train.json")).unwrap()).unwrap();
+    let total = tj["total_steps"].as_u64().expect("--minutes records the schedule's length");
+    assert_eq!(s["steps"].as_u64().unwrap(), total);
+    assert!(total > 3, "{total}");
+
+    let best = format!("{r}/best");
+    let v = json(&run(&["sample", "--model", &best, "--num", "3", "--out", &format!("{r}/s.png"), "--json"]));
+    assert_eq!(v["images"], 3);
+    assert_eq!(v["tokens"], 3 * 64);
+    let v = json(&run(&[
+        "complete",
+        "--model",
+        &best,
+        "--data",
+        d,
+        "--count",
+        "2",
+        "--samples",
+        "2",
+        "--out",
+        &format!("{r}/c.png"),
+        "--json",
+    ]));
+    assert_eq!((v["images"].as_u64(), v["completions"].as_u64()), (Some(2), Some(2)));
+    assert_eq!(v["tokens"][1][1].as_array().unwrap().len(), 64);
+    let p = json(&run(&[
+        "probe",
+        "--model",
+        &best,
+        "--data",
+        d,
+        "--out",
+        &format!("{r}/p"),
+        "--limit",
+        "20",
+        "--max-iter",
+        "20",
+        "--json",
+    ]));
+    let c = p["counts"].as_array().unwrap();
+    assert!(c.iter().all(|n| n.as_u64().unwrap() <= 20), "{c:?}");
+    let f = json(&run(&[
+        "finetune",
+        "--model",
+        &best,
+        "--data",
+        d,
+        "--out",
+        &format!("{r}/ft"),
+        "--steps",
+        "4",
+        "--batch",
+        "4",
+        "--eval-every",
+        "2",
+        "--limit",
+        "16",
+        "--json",
+    ]));
+    assert_eq!(f["steps"], 4);
+}

@@ -230,7 +230,8 @@ fn resume_repairs_a_missing_or_stale_best_and_removes_leftovers() {
         std::fs::remove_dir_all(&best).unwrap();
         if broken == "stale" {
             // an older model in best/ (a kill after the step checkpoint, before best/)
-            let (_, oldest) = list(&out).into_iter().find(|(s, _)| *s < best_step).unwrap_or_else(|| list(&out)[0].clone());
+            let (_, oldest) =
+                list(&out).into_iter().find(|(s, _)| *s < best_step).unwrap_or_else(|| list(&out)[0].clone());
             std::fs::create_dir(&best).unwrap();
             for f in std::fs::read_dir(&oldest).unwrap() {
                 let f = f.unwrap().path();

@@ -26,7 +26,11 @@ fn processor_matches_pillow_and_hf_exactly() {
         let (_, pixel_values) = refs.f32("proc_pixel_values"); // (3, C, H, W)
         let (_, ids) = refs.i64("proc_input_ids");
         for (i, img) in imgs.iter().enumerate() {
-            assert_eq!(proc.resize(img).unwrap(), resized[i * h * w * 3..(i + 1) * h * w * 3], "{name}: resized image {i}");
+            assert_eq!(
+                proc.resize(img).unwrap(),
+                resized[i * h * w * 3..(i + 1) * h * w * 3],
+                "{name}: resized image {i}"
+            );
             let pv = proc.pixel_values(img).unwrap(); // (H, W, C)
             for y in 0..h {
                 for x in 0..w {

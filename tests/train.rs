@@ -54,7 +54,9 @@ fn cfg(data: &Path, out: &Path) -> TrainConfig {
 fn interrupted_and_resumed_run_equals_uninterrupted_bit_for_bit() {
     let tmp = tempfile::tempdir().unwrap();
     let data = prepared(tmp.path());
-    for (objective, hflip, drop) in [(Objective::Gpt, true, None), (Objective::Bert, false, None), (Objective::Gpt, false, Some(0.2))] {
+    for (objective, hflip, drop) in
+        [(Objective::Gpt, true, None), (Objective::Bert, false, None), (Objective::Gpt, false, Some(0.2))]
+    {
         let a_dir = tmp.path().join(format!("a-{objective:?}-{drop:?}"));
         let b_dir = tmp.path().join(format!("b-{objective:?}-{drop:?}"));
         let (embd_pdrop, attn_pdrop, resid_pdrop) = (drop, drop, drop);
@@ -172,5 +174,10 @@ fn dropout_gradients_are_the_derivative_of_the_dropped_loss() {
         attn_pdrop: Some(0.1),
         ..cfg(&data, &tmp.path().join("r2"))
     };
-    assert!(run(&lin, false, &mut NoObserver).unwrap_err().to_string().contains("linear attention has no attention probabilities"));
+    assert!(
+        run(&lin, false, &mut NoObserver)
+            .unwrap_err()
+            .to_string()
+            .contains("linear attention has no attention probabilities")
+    );
 }

@@ -39,6 +39,10 @@ pub struct CompleteArgs {
     /// Output PNG grid: per image, the kept part (rest greyed), the completions, the original.
     #[arg(long, default_value = "completions.png")]
     out: PathBuf,
+    /// Print {"images","completions","kept_tokens","out","tokens"} on stdout (tokens: per
+    /// image, its completions' token ids).
+    #[arg(long)]
+    json: bool,
 }
 
 pub fn run(a: CompleteArgs) -> Result<()> {
@@ -101,6 +105,12 @@ pub fn run(a: CompleteArgs) -> Result<()> {
         tiles.push(orig);
     }
     igpt::viz::save_grid(&a.out, &tiles, k + 2, a.s.scale).with_context(|| format!("writing {}", a.out.display()))?;
+    if a.json {
+        let tokens: Vec<&[Vec<u32>]> = completions.chunks(k).collect();
+        let kept = known_mask.iter().filter(|&&x| x).count();
+        let v = serde_json::json!({"images": originals.len(), "completions": k, "kept_tokens": kept, "out": a.out, "tokens": tokens});
+        return super::print_json(&v);
+    }
     println!("{} images x {} completions -> {}", originals.len(), k, a.out.display());
     Ok(())
 }

@@ -26,16 +26,24 @@ pub struct DemoArgs {
     /// Palette size.
     #[arg(long, default_value_t = 512)]
     colors: usize,
+    /// Transformer blocks of the demo model.
     #[arg(long, default_value_t = 4)]
     n_layer: usize,
+    /// Width of the demo model.
     #[arg(long, default_value_t = 128)]
     n_embd: usize,
+    /// Attention heads of the demo model.
     #[arg(long, default_value_t = 4)]
     n_head: usize,
+    /// Seed of the data split, the model and every sample.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Worker threads (0 = all cores).
     #[arg(long, default_value_t = 0)]
     threads: usize,
+    /// Print demo.json's summary on stdout.
+    #[arg(long)]
+    json: bool,
 }
 
 impl DemoObserver for Console {
@@ -60,6 +68,9 @@ pub fn run(a: DemoArgs) -> Result<()> {
     };
     let mut console = Console::new(false);
     let s = run_demo(&cfg, &mut console).with_context(|| format!("running the demo into {}", a.out.display()))?;
+    if a.json {
+        return super::print_json(&serde_json::to_value(&s)?);
+    }
     let b = &s.probe.baseline;
     println!(
         "train: {} steps, best val {:.3} bits/token, test {:.3} bits/token",

@@ -57,6 +57,9 @@ pub struct FinetuneArgs {
     /// Stop (as if interrupted) after this step; --resume continues.
     #[arg(long)]
     stop_after: Option<u64>,
+    /// Only the first N images of each split, stratified by label (a quick experiment).
+    #[arg(long)]
+    limit: Option<usize>,
     /// Continue the run in --out from its latest checkpoint (the same flags).
     #[arg(long)]
     resume: bool,
@@ -87,6 +90,7 @@ pub fn run(a: FinetuneArgs) -> Result<()> {
         seed: a.seed,
         keep: a.keep,
         stop_after: a.stop_after,
+        limit: a.limit,
     };
     let mut console = super::train::Console::new(a.json).labelled("finetune");
     let s = finetune(&cfg, a.resume, &mut console).with_context(|| format!("fine-tuning {}", a.model.display()))?;

@@ -38,8 +38,13 @@ pub struct PrepareArgs {
     /// Fraction of the training split held out for validation (stratified by label).
     #[arg(long, default_value_t = 0.1)]
     val_fraction: f64,
+    /// Seed of the palette sample, the k-means start and the train/val split.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Only the first N training images and N test images, stratified by label (a quick
+    /// experiment).
+    #[arg(long)]
+    limit: Option<usize>,
     /// Worker threads (0 = all cores).
     #[arg(long, default_value_t = 0)]
     threads: usize,
@@ -127,6 +132,7 @@ pub fn run(a: PrepareArgs) -> Result<()> {
         val_fraction: a.val_fraction,
         seed: a.seed,
         palette_sample: a.palette_sample,
+        limit: a.limit,
         ..Default::default()
     };
     cfg.validate()?;

@@ -30,6 +30,10 @@ pub struct ProbeArgs {
     /// best one (the paper's ImageNet result concatenates 5); 0 = off.
     #[arg(long, default_value_t = 0)]
     concat: usize,
+    /// Only the first N images of each split, stratified by label (a quick look).
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Worker threads (0 = all cores).
     #[arg(long, default_value_t = 0)]
     threads: usize,
     /// Print probe.json on stdout.
@@ -83,6 +87,9 @@ pub fn parse_layers(s: &str) -> Result<Option<Vec<usize>>> {
 }
 
 pub fn run(a: ProbeArgs) -> Result<()> {
+    if a.limit == Some(0) {
+        anyhow::bail!("--limit 0: give at least 1 image");
+    }
     if a.max_iter == 0 {
         anyhow::bail!("--max-iter 0: give at least 1 L-BFGS iteration (default 300)");
     }
@@ -93,6 +100,7 @@ pub fn run(a: ProbeArgs) -> Result<()> {
         max_iter: a.max_iter,
         concat: a.concat,
         save_features: a.save_features.clone(),
+        limit: a.limit,
     };
     let mut bar = Bar::new();
     let r = run_probe(&model, &a.data, &opts, &a.out, &mut bar)

@@ -52,7 +52,10 @@ impl SamplingArgs {
     /// Refuses values that cannot work, naming the flag.
     pub fn validate(&self) -> Result<()> {
         if !(self.temperature.is_finite() && self.temperature > 0.0) {
-            bail!("--temperature {}: give a finite value > 0 (1 = the model's distribution; --greedy for the most likely colour)", self.temperature);
+            bail!(
+                "--temperature {}: give a finite value > 0 (1 = the model's distribution; --greedy for the most likely colour)",
+                self.temperature
+            );
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
             bail!("--top-p {}: give a probability in (0, 1]", self.top_p);
@@ -96,6 +99,9 @@ pub struct SampleArgs {
     /// Also write each image as DIR/sample_NNNN.png.
     #[arg(long)]
     save_each: Option<PathBuf>,
+    /// Print {"images","tokens","seconds","tokens_per_s","out"} on stdout.
+    #[arg(long)]
+    json: bool,
 }
 
 /// A pixel-step progress bar with tokens/s.
@@ -175,6 +181,11 @@ pub fn run(a: SampleArgs) -> Result<()> {
             t.save_png(&dir.join(format!("sample_{i:04}.png")))?;
         }
     }
-    println!("{} images in {:.1} s ({:.0} tokens/s) -> {}", a.num, secs, (a.num * n) as f64 / secs, a.out.display());
+    let rate = (a.num * n) as f64 / secs;
+    if a.json {
+        let v = json!({"images": a.num, "tokens": a.num * n, "seconds": secs, "tokens_per_s": rate, "out": a.out, "tokens_out": a.tokens_out, "save_each": a.save_each});
+        return super::print_json(&v);
+    }
+    println!("{} images in {:.1} s ({:.0} tokens/s) -> {}", a.num, secs, rate, a.out.display());
     Ok(())
 }

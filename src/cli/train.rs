@@ -90,6 +90,10 @@ pub struct TrainArgs {
     /// Epochs over the training split (used when --steps is not given).
     #[arg(long)]
     epochs: Option<f64>,
+    /// A time budget instead of --steps / --epochs: the run's length (and its cosine
+    /// schedule) is set from the speed of its first steps, and kept on --resume.
+    #[arg(long)]
+    minutes: Option<f64>,
     /// Peak learning rate [default: 3e-3].
     #[arg(long)]
     lr: Option<f64>,
@@ -202,13 +206,21 @@ fn resolve(a: &TrainArgs) -> Result<TrainConfig> {
             c.steps = None;
         }
     }
+    if a.minutes.is_some() {
+        c.minutes = a.minutes;
+        if a.steps.is_none() && a.epochs.is_none() {
+            (c.steps, c.epochs) = (None, None);
+        }
+    }
     if a.stop_after.is_some() {
         c.stop_after = a.stop_after;
     }
     if let Some(wd) = a.weight_decay {
         c.adamw.weight_decay = wd;
     }
-    for (dst, site) in [(&mut c.embd_pdrop, a.embd_pdrop), (&mut c.attn_pdrop, a.attn_pdrop), (&mut c.resid_pdrop, a.resid_pdrop)] {
+    for (dst, site) in
+        [(&mut c.embd_pdrop, a.embd_pdrop), (&mut c.attn_pdrop, a.attn_pdrop), (&mut c.resid_pdrop, a.resid_pdrop)]
+    {
         if let Some(p) = site.or(a.dropout) {
             *dst = Some(p);
         }
@@ -281,8 +293,9 @@ impl TrainObserver for Console {
         }
         self.bar = Some(bar);
     }
-    fn step(&mut self, l: &StepLog, _total: u64) {
+    fn step(&mut self, l: &StepLog, total: u64) {
         if let Some(b) = &self.bar {
+            b.set_length(total);
             b.set_position(l.step);
             b.set_message(format!("loss {:.4} lr {:.2e} {:.0} tok/s", l.loss, l.lr, l.tok_s));
         }

@@ -34,6 +34,47 @@ pub struct RawSplit {
     pub classes: Vec<String>,
 }
 
+/// The indices of the first `n` items, stratified: each label (None counts as one) gets
+/// its share of `n` (largest remainders first), filled with its earliest items; the indices
+/// come back in their original order.
+pub fn stratified_first(labels: &[Option<u16>], n: usize) -> Vec<usize> {
+    let mut classes: Vec<Option<u16>> = labels.to_vec();
+    classes.sort_unstable();
+    classes.dedup();
+    let count = |c: &Option<u16>| labels.iter().filter(|l| *l == c).count();
+    let total = labels.len().max(1);
+    let mut quota: Vec<(usize, f64, Option<u16>)> = classes
+        .iter()
+        .map(|c| {
+            let share = n as f64 * count(c) as f64 / total as f64;
+            (share.floor() as usize, share - share.floor(), *c)
+        })
+        .collect();
+    let mut left = n.saturating_sub(quota.iter().map(|q| q.0).sum());
+    let mut by_rest: Vec<usize> = (0..quota.len()).collect();
+    by_rest.sort_by(|&a, &b| quota[b].1.total_cmp(&quota[a].1));
+    for &i in by_rest.iter().cycle().take(quota.len() * 2) {
+        if left == 0 {
+            break;
+        }
+        if quota[i].0 < count(&quota[i].2) {
+            quota[i].0 += 1;
+            left -= 1;
+        }
+    }
+    let mut taken = std::collections::HashMap::new();
+    let mut out = Vec::with_capacity(n);
+    for (i, l) in labels.iter().enumerate() {
+        let q = quota.iter().find(|q| q.2 == *l).map_or(0, |q| q.0);
+        let t = taken.entry(*l).or_insert(0);
+        if *t < q {
+            *t += 1;
+            out.push(i);
+        }
+    }
+    out
+}
+
 /// The most bytes a gzip file may inflate to (Fashion-MNIST's largest file inflates to 47 MB).
 pub const MAX_INFLATED: u64 = 1 << 30;
 
@@ -54,7 +95,10 @@ pub fn gunzip(bytes: &[u8], what: &Path) -> Result<Vec<u8>> {
     if out.len() as u64 > MAX_INFLATED {
         return Err(Error::format(
             what,
-            format!("inflates to more than {} MiB (a gzip bomb?); igpt reads at most that from one file", MAX_INFLATED >> 20),
+            format!(
+                "inflates to more than {} MiB (a gzip bomb?); igpt reads at most that from one file",
+                MAX_INFLATED >> 20
+            ),
         ));
     }
     Ok(out)

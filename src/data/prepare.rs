@@ -31,6 +31,8 @@ pub struct PrepareConfig {
     /// Pixels sampled from the training split for the k-means fit.
     pub palette_sample: usize,
     pub kmeans_max_iter: usize,
+    /// Only the first N images of the training set and of the test set (stratified by label).
+    pub limit: Option<usize>,
 }
 
 impl Default for PrepareConfig {
@@ -43,6 +45,7 @@ impl Default for PrepareConfig {
             seed: 0,
             palette_sample: 2_000_000,
             kmeans_max_iter: 100,
+            limit: None,
         }
     }
 }
@@ -60,13 +63,19 @@ impl PrepareConfig {
             return bad(format!("--size {}: give an image side from 1 to {MAX_SIZE}", self.size));
         }
         if !(1..=MAX_COLORS).contains(&self.colors) {
-            return bad(format!("--colors {}: give a palette size from 1 to {MAX_COLORS} (the paper uses 512)", self.colors));
+            return bad(format!(
+                "--colors {}: give a palette size from 1 to {MAX_COLORS} (the paper uses 512)",
+                self.colors
+            ));
         }
         if !(self.val_fraction > 0.0 && self.val_fraction < 1.0) {
             return bad(format!(
                 "--val-fraction {}: give a fraction between 0 and 1 (exclusive), e.g. 0.1",
                 self.val_fraction
             ));
+        }
+        if self.limit == Some(0) {
+            return bad("--limit 0: give at least 1 image".into());
         }
         if self.palette_sample == 0 || self.kmeans_max_iter == 0 {
             return bad("--palette-sample must be at least 1".into());
@@ -188,6 +197,20 @@ pub const OUTPUT_FILES: [&str; 7] = [
     "prepare.json",
 ];
 
+/// Keeps the first `n` items of a split, stratified by label (`--limit`).
+fn limit_split(split: &mut RawSplit, n: usize) {
+    if n >= split.items.len() {
+        return;
+    }
+    let labels: Vec<Option<u16>> = split.items.iter().map(|i| i.label).collect();
+    let keep: std::collections::HashSet<usize> = super::stratified_first(&labels, n).into_iter().collect();
+    let mut i = 0;
+    split.items.retain(|_| {
+        i += 1;
+        keep.contains(&(i - 1))
+    });
+}
+
 /// Refuses an `--out` folder that holds files `prepare` did not write (they would be lost).
 pub fn check_replaceable(out: &Path) -> Result<()> {
     let Ok(rd) = std::fs::read_dir(out) else {
@@ -223,6 +246,13 @@ pub fn prepare(source: Source, out: &Path, cfg: &PrepareConfig, progress: &dyn P
     std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
     crate::formats::atomic::clean_leftovers(parent, Some(&name))?;
     let stage = crate::formats::atomic::staging_dir(out)?;
+    let mut source = source;
+    if let Some(n) = cfg.limit {
+        limit_split(&mut source.train, n);
+        if let Some(t) = source.test.as_mut() {
+            limit_split(t, n);
+        }
+    }
     let report = prepare_into(source, &stage, cfg, progress);
     if report.is_err() {
         let _ = std::fs::remove_dir_all(&stage);

@@ -78,6 +78,10 @@ pub struct TokenFile {
     pub width: usize,
     pub colors: usize,
     pub has_labels: bool,
+    /// The images in the file's numbering that this view shows (None: all, in order).
+    rows: Option<Vec<usize>>,
+    /// Images in the file itself.
+    stored: usize,
 }
 
 impl TokenFile {
@@ -131,10 +135,41 @@ impl TokenFile {
         {
             return Err(Error::format(
                 path,
-                format!("token {i} (image {}) is not below the file's {colors} colours: corrupt; {regen}", i / (height * width)),
+                format!(
+                    "token {i} (image {}) is not below the file's {colors} colours: corrupt; {regen}",
+                    i / (height * width)
+                ),
             ));
         }
-        Ok(TokenFile { path: path.to_path_buf(), map, count, height, width, colors, has_labels })
+        Ok(TokenFile {
+            path: path.to_path_buf(),
+            map,
+            count,
+            height,
+            width,
+            colors,
+            has_labels,
+            rows: None,
+            stored: count,
+        })
+    }
+
+    /// The first `n` images, stratified by label (each class keeps its share of the file, the
+    /// earliest images of each class first; `--limit`); the whole file when n >= count.
+    pub fn limit(mut self, n: usize) -> Self {
+        if n >= self.count {
+            return self;
+        }
+        let labels: Vec<Option<u16>> = (0..self.count).map(|i| self.label(i)).collect();
+        let rows = super::stratified_first(&labels, n);
+        self.count = rows.len();
+        self.rows = Some(rows);
+        self
+    }
+
+    /// The image of the file that view image `i` is.
+    fn row(&self, i: usize) -> usize {
+        self.rows.as_ref().map_or(i, |r| r[i])
     }
 
     pub fn seq_len(&self) -> usize {
@@ -148,13 +183,13 @@ impl TokenFile {
     /// Tokens of image `i` (H*W ids).
     pub fn image(&self, i: usize) -> Vec<u16> {
         let t = self.seq_len();
-        let base = HEADER + 2 * i * t;
+        let base = HEADER + 2 * self.row(i) * t;
         (0..t).map(|j| self.u16_at(base + 2 * j)).collect()
     }
 
     /// Tokens of image `i` written into `out` as u32.
     pub fn image_into(&self, i: usize, out: &mut [u32]) {
-        let t = self.seq_len();
+        let (t, i) = (self.seq_len(), self.row(i));
         let bytes = &self.map[HEADER + 2 * i * t..HEADER + 2 * (i + 1) * t];
         for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
             *o = u16::from_le_bytes([b[0], b[1]]) as u32;
@@ -162,7 +197,7 @@ impl TokenFile {
     }
 
     pub fn label(&self, i: usize) -> Option<u16> {
-        self.has_labels.then(|| self.u16_at(HEADER + 2 * self.count * self.seq_len() + 2 * i))
+        self.has_labels.then(|| self.u16_at(HEADER + 2 * self.stored * self.seq_len() + 2 * self.row(i)))
     }
 
     pub fn labels(&self) -> Option<Vec<u16>> {

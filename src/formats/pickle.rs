@@ -343,7 +343,9 @@ fn read_entry<R: Read>(entry: R, limit: u64, path: &Path, what: &str) -> Result<
     if buf.len() as u64 > limit {
         return Err(Error::format(
             path,
-            format!("{what} inflates to more than {limit} bytes (a zip bomb?); re-save the model with torch.save or as safetensors"),
+            format!(
+                "{what} inflates to more than {limit} bytes (a zip bomb?); re-save the model with torch.save or as safetensors"
+            ),
         ));
     }
     Ok(buf)
@@ -381,8 +383,7 @@ pub fn read_torch_file(path: &Path) -> Result<Vec<(String, Tensor)>> {
     let entry = zip.by_name(&pkl_name).map_err(|e| Error::format(path, e.to_string()))?;
     let pkl = read_entry(entry, MAX_PICKLE_BYTES, path, "data.pkl")?;
 
-    let mut m =
-        Machine { data: &pkl, pos: 0, stack: Vec::new(), memo: HashMap::new(), path, copy_budget: MAX_COPIED };
+    let mut m = Machine { data: &pkl, pos: 0, stack: Vec::new(), memo: HashMap::new(), path, copy_budget: MAX_COPIED };
     let root = m.run()?;
     drop(m);
     let Value::Dict(items) = root else {
@@ -404,19 +405,23 @@ pub fn read_torch_file(path: &Path) -> Result<Vec<(String, Tensor)>> {
             return Err(corrupt("has a stride of another rank than its shape"));
         }
         let need = reach(offset, &shape, &stride, es).ok_or_else(|| corrupt("has sizes that overflow"))?;
-        let n = shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d as u64)).ok_or_else(|| corrupt("has sizes that overflow"))?;
+        let n = shape
+            .iter()
+            .try_fold(1u64, |a, &d| a.checked_mul(d as u64))
+            .ok_or_else(|| corrupt("has sizes that overflow"))?;
         if n.saturating_mul(es as u64) > need {
             return Err(corrupt("has overlapping strides (more elements than the storage it reads)"));
         }
         if storages.get(&key).is_none_or(|b| (b.len() as u64) < need) {
             let what = format!("storage {key} of `{name}`");
-            let entry = zip
-                .by_name(&format!("{stem}data/{key}"))
-                .map_err(|e| Error::format(path, format!("{what}: {e}")))?;
+            let entry =
+                zip.by_name(&format!("{stem}data/{key}")).map_err(|e| Error::format(path, format!("{what}: {e}")))?;
             if need > budget {
                 return Err(Error::format(
                     path,
-                    format!("{what} needs {need} bytes, more than 16 times the file's size allows (a zip bomb?); re-save with torch.save or as safetensors"),
+                    format!(
+                        "{what} needs {need} bytes, more than 16 times the file's size allows (a zip bomb?); re-save with torch.save or as safetensors"
+                    ),
                 ));
             }
             let buf = read_entry(entry.take(need), need, path, &what)?;

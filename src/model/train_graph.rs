@@ -15,8 +15,8 @@ use crate::backend::{WeightLayout, act, loss, norm};
 use crate::error::{Error, Result};
 
 use super::gpt::{BlockBufs, BlockDropout, ImageGpt};
-use crate::backend::dropout::{Dropout, DropoutSites};
 use super::params::ModelKind;
+use crate::backend::dropout::{Dropout, DropoutSites};
 
 pub use crate::config::Objective;
 
@@ -348,7 +348,15 @@ impl ImageGpt {
             let dy = branch_grad(&mut a.branch, &a.dx[..n * c], a.active.resid_of(l, true));
             let dfc_act = sized(&mut a.dfc_act, n * inner);
             timed(Kernel::Matmul, || {
-                matmul_forward(dfc_act, dy, self.param(&lo.mlp_proj_w), None, (n, c, inner), WeightLayout::OutIn, false);
+                matmul_forward(
+                    dfc_act,
+                    dy,
+                    self.param(&lo.mlp_proj_w),
+                    None,
+                    (n, c, inner),
+                    WeightLayout::OutIn,
+                    false,
+                );
                 matmul_backward_weight(&mut grads[lo.mlp_proj_w.clone()], &la.fc_act, dy, (n, inner, c));
                 bias_backward(&mut grads[lo.mlp_proj_b.clone()], dy, c);
             });

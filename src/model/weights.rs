@@ -84,7 +84,10 @@ fn match_tensors(layout: &ParamLayout, tensors: &TensorMap, dir: &Path, kind: Mo
         if let Some(i) = t.data.iter().position(|x| !x.is_finite()) {
             return Err(Error::format(
                 path,
-                format!("tensor `{key}` holds {} at element {i}: the weights are broken (a diverged run?); use an earlier checkpoint", t.data[i]),
+                format!(
+                    "tensor `{key}` holds {} at element {i}: the weights are broken (a diverged run?); use an earlier checkpoint",
+                    t.data[i]
+                ),
             ));
         }
         used.insert(key.clone());

@@ -36,11 +36,13 @@ pub struct ProbeOptions {
     pub concat: usize,
     /// Writes each probed feature set there (`layer_N.safetensors`, `pixels.safetensors`).
     pub save_features: Option<PathBuf>,
+    /// Only the first N images of each split (stratified by label).
+    pub limit: Option<usize>,
 }
 
 impl Default for ProbeOptions {
     fn default() -> Self {
-        ProbeOptions { layers: None, max_iter: 300, concat: 0, save_features: None }
+        ProbeOptions { layers: None, max_iter: 300, concat: 0, save_features: None, limit: None }
     }
 }
 
@@ -136,7 +138,7 @@ pub fn run_probe(
     out: &Path,
     progress: &mut dyn ProbeProgress,
 ) -> Result<ProbeReport> {
-    let open = |f: &str| TokenFile::open(&data_dir.join(f));
+    let open = |f: &str| TokenFile::open(&data_dir.join(f)).map(|t| t.limit(o.limit.unwrap_or(usize::MAX)));
     let (train, val) = (open("train.tokens")?, open("val.tokens")?);
     let test = data_dir.join("test.tokens").exists().then(|| open("test.tokens")).transpose()?;
     let proc = ImageProcessorConfig::from_file(&data_dir.join("preprocessor_config.json"))?;

@@ -29,8 +29,9 @@ impl RgbImage {
     /// inflated (a 10000x10000 PNG of a few kilobytes is refused, not decoded).
     pub fn decode(bytes: &[u8], path: &Path) -> Result<Self> {
         let bad = |msg: String| Error::Image { path: path.to_path_buf(), msg };
-        let mut reader =
-            image::ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format().map_err(|e| bad(e.to_string()))?;
+        let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
+            .with_guessed_format()
+            .map_err(|e| bad(e.to_string()))?;
         let mut limits = image::Limits::default();
         limits.max_alloc = Some(MAX_DECODE_BYTES);
         (limits.max_image_width, limits.max_image_height) = (Some(MAX_SIDE), Some(MAX_SIDE));

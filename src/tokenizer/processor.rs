@@ -80,11 +80,17 @@ pub fn check_palette(path: &Path, clusters: &[[f64; 3]]) -> Result<()> {
     if clusters.len() > u16::MAX as usize {
         return Err(Error::format(
             path,
-            format!("the palette has {} colours; igpt's token ids take at most 65535 (the paper uses 512)", clusters.len()),
+            format!(
+                "the palette has {} colours; igpt's token ids take at most 65535 (the paper uses 512)",
+                clusters.len()
+            ),
         ));
     }
     if let Some(i) = clusters.iter().position(|c| c.iter().any(|v| !v.is_finite())) {
-        return Err(Error::format(path, format!("palette colour {i} is {:?}: every coordinate must be a finite number", clusters[i])));
+        return Err(Error::format(
+            path,
+            format!("palette colour {i} is {:?}: every coordinate must be a finite number", clusters[i]),
+        ));
     }
     Ok(())
 }

@@ -34,6 +34,9 @@ pub struct TrainState {
     pub best_step: Option<u64>,
     pub tokens_seen: u64,
     pub adam_step: u64,
+    /// The schedule's length when --minutes fixed it.
+    #[serde(default)]
+    pub total_steps: Option<u64>,
 }
 
 /// A parameter group trained beside the model (a classification head): its tensor name,
@@ -47,7 +50,14 @@ pub struct Head<'a> {
 
 /// Writes a checkpoint folder as a whole ([`write_dir_atomic`]): a complete `dir` exists at
 /// every instant, and a failed write (a full disk) leaves the previous one as it was.
-pub fn save(dir: &Path, model: &ImageGpt, head: Option<&Head>, opt: &AdamW, state: &TrainState, palette: &Path) -> Result<()> {
+pub fn save(
+    dir: &Path,
+    model: &ImageGpt,
+    head: Option<&Head>,
+    opt: &AdamW,
+    state: &TrainState,
+    palette: &Path,
+) -> Result<()> {
     write_dir_atomic(dir, |tmp| write_contents(tmp, model, head, opt, state, palette))
 }
 
@@ -153,7 +163,12 @@ pub fn prune(run: &Path, keep: usize) -> Result<()> {
 
 /// Loads optimizer moments (the model's and the head's, if any) and state from a checkpoint
 /// folder into `opt`.
-pub fn load_state(dir: &Path, model: &ImageGpt, head: Option<(&str, std::ops::Range<usize>)>, opt: &mut AdamW) -> Result<TrainState> {
+pub fn load_state(
+    dir: &Path,
+    model: &ImageGpt,
+    head: Option<(&str, std::ops::Range<usize>)>,
+    opt: &mut AdamW,
+) -> Result<TrainState> {
     let sp = dir.join("state.json");
     let text = std::fs::read_to_string(&sp).map_err(|e| Error::io(&sp, e))?;
     let state: TrainState =
@@ -171,9 +186,13 @@ pub fn load_state(dir: &Path, model: &ImageGpt, head: Option<(&str, std::ops::Ra
     for (name, range) in groups.chain(head) {
         for (suffix, buf) in [(".m", &mut opt.m), (".v", &mut opt.v)] {
             let key = format!("{name}{suffix}");
-            let (t, _) = moments.get(&key).ok_or_else(|| Error::MissingTensor { path: path.clone(), name: key.clone() })?;
+            let (t, _) =
+                moments.get(&key).ok_or_else(|| Error::MissingTensor { path: path.clone(), name: key.clone() })?;
             if t.data.len() != range.len() {
-                return Err(Error::format(&path, format!("`{key}` has {} values, expected {}", t.data.len(), range.len())));
+                return Err(Error::format(
+                    &path,
+                    format!("`{key}` has {} values, expected {}", t.data.len(), range.len()),
+                ));
             }
             buf[range.clone()].copy_from_slice(&t.data);
         }

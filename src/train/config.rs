@@ -42,6 +42,8 @@ pub struct TrainConfig {
     /// Optimizer steps (overrides `epochs`).
     pub steps: Option<u64>,
     pub epochs: Option<f64>,
+    /// A time budget instead of steps: the schedule's length comes from the first steps' speed.
+    pub minutes: Option<f64>,
     pub lr: f64,
     pub warmup: u64,
     pub min_lr: f64,
@@ -64,11 +66,7 @@ pub struct TrainConfig {
 
 /// Checks for the numeric values of a run and a fine-tuning, naming the flag.
 pub(crate) fn check(flag: &str, v: f64, ok: bool, want: &str) -> crate::error::Result<()> {
-    if v.is_finite() && ok {
-        Ok(())
-    } else {
-        Err(crate::error::Error::Invalid(format!("{flag} {v}: give {want}")))
-    }
+    if v.is_finite() && ok { Ok(()) } else { Err(crate::error::Error::Invalid(format!("{flag} {v}: give {want}"))) }
 }
 
 impl TrainConfig {
@@ -84,10 +82,15 @@ impl TrainConfig {
             check(name, b, (0.0..1.0).contains(&b), "a value in [0, 1)")?;
         }
         check("adamw.eps", a.eps, a.eps > 0.0, "a value > 0")?;
-        for (flag, p) in [("--embd-pdrop", self.embd_pdrop), ("--attn-pdrop", self.attn_pdrop), ("--resid-pdrop", self.resid_pdrop)] {
+        for (flag, p) in
+            [("--embd-pdrop", self.embd_pdrop), ("--attn-pdrop", self.attn_pdrop), ("--resid-pdrop", self.resid_pdrop)]
+        {
             if let Some(p) = p {
                 check(flag, p as f64, (0.0..1.0).contains(&p), "a dropout probability in [0, 1)")?;
             }
+        }
+        if let Some(m) = self.minutes {
+            check("--minutes", m, m > 0.0 && m <= 1e6, "a time budget in minutes > 0")?;
         }
         if let Some(e) = self.epochs {
             check("--epochs", e, e > 0.0 && e <= 1e6, "a number of epochs > 0")?;
@@ -137,6 +140,7 @@ impl Default for TrainConfig {
             grad_accum: 1,
             steps: None,
             epochs: None,
+            minutes: None,
             lr: 3e-3,
             warmup: 100,
             min_lr: 3e-4,

@@ -151,7 +151,9 @@ pub(crate) fn apply_dropout(m: &mut ImageGptConfig, cfg: &TrainConfig) -> Result
 /// The dropout masks of micro-batch `micro` of optimizer step `step`: a function of the seed
 /// and the position in the run only, so a resumed run draws the same ones.
 pub(crate) fn dropout_of(m: &ImageGptConfig, seed: u64, step: u64, micro: usize) -> DropoutSites {
-    let key = seed.rotate_left(29) ^ step.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (micro as u64).wrapping_mul(0xd1b5_4a32_d192_ed03);
+    let key = seed.rotate_left(29)
+        ^ step.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        ^ (micro as u64).wrapping_mul(0xd1b5_4a32_d192_ed03);
     DropoutSites::new(key, m.embd_pdrop, m.attn_pdrop, m.resid_pdrop)
 }
 
@@ -219,4 +221,3 @@ pub fn run(cfg: &TrainConfig, resume: bool, obs: &mut dyn TrainObserver) -> Resu
     let task = pretrain::Pretrain::open(cfg)?;
     run_task(cfg, resume, &task, obs)
 }
-

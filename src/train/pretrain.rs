@@ -160,7 +160,14 @@ impl Task for Pretrain {
     ) -> Result<Losses> {
         let t = self.train.seq_len();
         let mut tokens = Vec::new();
-        batches::next_batch(&self.train, &mut state.cursor, &mut self.order.borrow_mut(), cfg.seed, cfg.batch, &mut tokens);
+        batches::next_batch(
+            &self.train,
+            &mut state.cursor,
+            &mut self.order.borrow_mut(),
+            cfg.seed,
+            cfg.batch,
+            &mut tokens,
+        );
         if cfg.hflip {
             batches::hflip(&mut tokens, self.train.width, self.train.height, &mut state.rng);
         }
@@ -192,7 +199,14 @@ impl Task for Pretrain {
         Ok(Evaluation { value: vl, fields: fields.as_object().cloned().unwrap_or_default() })
     }
 
-    fn write_best(&self, dir: &Path, _: &ImageGpt, _: &[f32], _: &TrainState, ckpt: &dyn Fn(&Path) -> Result<()>) -> Result<()> {
+    fn write_best(
+        &self,
+        dir: &Path,
+        _: &ImageGpt,
+        _: &[f32],
+        _: &TrainState,
+        ckpt: &dyn Fn(&Path) -> Result<()>,
+    ) -> Result<()> {
         ckpt(dir)
     }
 

@@ -77,15 +77,17 @@ pub fn run_task(cfg: &TrainConfig, resume: bool, task: &dyn Task, obs: &mut dyn 
     let start = latest.map(|(_, d)| d);
     let (mut tr, mut state) = open_trainee(cfg, task, start.as_deref())?;
     let per_step = (cfg.batch * cfg.grad_accum) as u64;
-    let total = match (cfg.steps, cfg.epochs) {
-        (Some(s), _) => s,
-        (None, Some(e)) => ((e * data.train_images as f64) / per_step as f64).ceil() as u64,
-        (None, None) => return Err(Error::Invalid("give --steps or --epochs".into())),
+    // --minutes: the schedule's length is fixed after the first steps are timed (below) and
+    // kept in the state, so a resumed run keeps it
+    let mut total = match (cfg.steps, cfg.epochs, cfg.minutes, state.total_steps) {
+        (Some(s), ..) => s,
+        (None, Some(e), ..) => ((e * data.train_images as f64) / per_step as f64).ceil() as u64,
+        (None, None, Some(_), Some(t)) => t,
+        (None, None, Some(_), None) => u64::MAX,
+        (None, None, None, _) => return Err(Error::Invalid("give --steps, --epochs or --minutes".into())),
     }
     .max(1); // --epochs so small it rounds to no step still takes one
-    let json = serde_json::to_string_pretty(&json!({"train": cfg, "model": tr.model.config, "total_steps": total}))
-        .map_err(|e| Error::Invalid(e.to_string()))?;
-    crate::formats::write_atomic(&run_dir.join("train.json"), json.as_bytes())?;
+    write_train_json(cfg, &tr.model, total)?;
     let metrics = run_dir.join("metrics.jsonl");
     if start.is_some() {
         super::truncate_metrics(&metrics, state.step)?;
@@ -141,6 +143,12 @@ pub fn run_task(cfg: &TrainConfig, resume: bool, task: &dyn Task, obs: &mut dyn 
         tr.opt.update_groups(&mut [&mut tr.model.params[..], &mut tr.head[..]], &[&grads[..], &dhead[..]], lr);
         state.step += 1;
         state.adam_step = tr.opt.step;
+        if total == u64::MAX && state.step >= CALIBRATION.min(cfg.warmup.max(1)) {
+            total = steps_for_budget(cfg, &state, t_start.elapsed().as_secs_f64());
+            state.total_steps = Some(total);
+            write_train_json(cfg, &tr.model, total)?;
+            obs.note(&format!("--minutes {}: {total} steps at the measured speed", cfg.minutes.unwrap_or(0.0)));
+        }
         state.tokens_seen += per_step * t as u64;
         window.1 += per_step * t as u64;
         sum.final_train_loss = loss;
@@ -175,6 +183,27 @@ pub fn run_task(cfg: &TrainConfig, resume: bool, task: &dyn Task, obs: &mut dyn 
     sum.best_step = state.best_step;
     sum.seconds = t_start.elapsed().as_secs_f64();
     Ok(sum)
+}
+
+/// RUN/train.json: what runs (the configuration, the model, the schedule's length).
+fn write_train_json(cfg: &TrainConfig, model: &ImageGpt, total: u64) -> Result<()> {
+    let total = (total != u64::MAX).then_some(total);
+    let json = serde_json::to_string_pretty(&json!({"train": cfg, "model": model.config, "total_steps": total}))
+        .map_err(|e| Error::Invalid(e.to_string()))?;
+    crate::formats::write_atomic(&cfg.out.join("train.json"), json.as_bytes())
+}
+
+/// Steps timed before a --minutes run fixes its length (all within the warm-up, where the
+/// learning rate does not depend on the length).
+const CALIBRATION: u64 = 3;
+
+/// The length of a --minutes run, from the time its first steps took (evaluations, about
+/// a tenth of a run at the default cadence, included by a 10% margin).
+fn steps_for_budget(cfg: &TrainConfig, state: &TrainState, elapsed: f64) -> u64 {
+    let budget = cfg.minutes.unwrap_or(0.0) * 60.0;
+    let per_step = elapsed / state.step.max(1) as f64;
+    let more = ((budget - elapsed).max(0.0) / (per_step * 1.1)).floor() as u64;
+    state.step + more.max(1)
 }
 
 /// The model, head, optimizer and state of a run: from checkpoint `start`, else fresh.
@@ -256,6 +285,7 @@ impl TrainState {
             best_step: None,
             tokens_seen: 0,
             adam_step: 0,
+            total_steps: None,
         }
     }
 }

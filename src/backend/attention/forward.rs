@@ -289,7 +289,17 @@ mod tests {
             Mask::Local2d { rows: 0, cols: 0, width: 20, causal: true },
         ];
         for mask in masks {
-            let d = AttnDims { b, t, tk: t, nh, hs, mask, form: Form::Softmax, scale: 1.0 / (hs as f32).sqrt(), dropout: None };
+            let d = AttnDims {
+                b,
+                t,
+                tk: t,
+                nh,
+                hs,
+                mask,
+                form: Form::Softmax,
+                scale: 1.0 / (hs as f32).sqrt(),
+                dropout: None,
+            };
             let view =
                 |part: usize| SeqView { data: &qkv, offset: part * c, batch_stride: t * 3 * c, row_stride: 3 * c };
             let mut out = vec![0f32; b * t * c];
@@ -318,7 +328,8 @@ mod tests {
             let mut rng = crate::rng::Rng::new(hs as u64);
             let qkv: Vec<f32> = (0..b * t * 3 * c).map(|_| rng.normal() as f32).collect();
             let view = |p: usize| SeqView { data: &qkv, offset: p * c, batch_stride: t * 3 * c, row_stride: 3 * c };
-            let d = AttnDims { b, t, tk: t, nh, hs, mask: Mask::Causal, form: Form::Softmax, scale: 0.3, dropout: None };
+            let d =
+                AttnDims { b, t, tk: t, nh, hs, mask: Mask::Causal, form: Form::Softmax, scale: 0.3, dropout: None };
             let (mut full, mut lse_full) = (vec![0f32; b * t * c], vec![0f32; b * nh * t]);
             attention_forward(&mut full, &mut lse_full, view(0), view(1), view(2), d);
             let last = |p: usize| SeqView { offset: p * c + (t - 1) * 3 * c, ..view(p) };
