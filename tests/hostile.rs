@@ -19,6 +19,7 @@ type Make = fn(&Path);
 
 /// (name, make, command line with `{d}` = the case's folder and `{data}` = a valid prepared
 /// folder, strings the error must contain)
+#[rustfmt::skip]
 const CASES: &[(&str, Make, &str, &[&str])] = &[
     // safetensors
     ("st-header-length-huge", st_header_huge, "info --model {d}/m", &["model.safetensors"]),
@@ -30,235 +31,50 @@ const CASES: &[(&str, Make, &str, &[&str])] = &[
     ("cfg-huge-n_embd", |d| cfg_set(d, "n_embd", 4_000_000_000u64.into()), "info --model {d}/m", &["n_embd"]),
     ("cfg-huge-n_layer", |d| cfg_set(d, "n_layer", 1_000_000_000u64.into()), "info --model {d}/m", &["n_layer"]),
     ("cfg-huge-n_inner", |d| cfg_set(d, "n_inner", 1_000_000_000u64.into()), "info --model {d}/m", &["n_inner"]),
-    (
-        "cfg-larger-than-weights",
-        |d| cfg_set(d, "n_layer", 900u64.into()),
-        "info --model {d}/m",
-        &["transformer.h.3", "does not match config.json"],
-    ),
+    ("cfg-larger-than-weights", |d| cfg_set(d, "n_layer", 900u64.into()), "info --model {d}/m", &["transformer.h.3", "does not match config.json"]),
     ("cfg-n_head-0", |d| cfg_set(d, "n_head", 0u64.into()), "info --model {d}/m", &["n_head"]),
     ("cfg-negative-size", |d| cfg_set(d, "n_embd", (-64i64).into()), "info --model {d}/m", &["config.json"]),
-    (
-        "cfg-not-json",
-        |d| {
-            model(d);
-            std::fs::write(d.join("m/config.json"), "{\"n_embd\": 64,").unwrap()
-        },
-        "info --model {d}/m",
-        &["config.json"],
-    ),
-    (
-        "cfg-nan-epsilon",
-        |d| cfg_set(d, "layer_norm_epsilon", (-1.0).into()),
-        "info --model {d}/m",
-        &["layer_norm_epsilon"],
-    ),
+    ("cfg-not-json", |d| { model(d); std::fs::write(d.join("m/config.json"), "{\"n_embd\": 64,").unwrap() }, "info --model {d}/m", &["config.json"]),
+    ("cfg-nan-epsilon", |d| cfg_set(d, "layer_norm_epsilon", (-1.0).into()), "info --model {d}/m", &["layer_norm_epsilon"]),
     ("cfg-dropout-1.5", |d| cfg_set(d, "attn_pdrop", 1.5.into()), "info --model {d}/m", &["attn_pdrop"]),
     // preprocessor_config.json
     ("proc-70000-colours", proc_70000, "encode --model {d}/m {d}/m/../img.png", &["preprocessor_config.json", "65535"]),
-    (
-        "proc-nan-colour",
-        |d| {
-            model(d);
-            patch(d, "m/preprocessor_config.json", "[", "[[NaN, 0, 0], ")
-        },
-        "encode --model {d}/m {d}/img.png",
-        &["preprocessor_config.json"],
-    ),
-    (
-        "proc-size-0",
-        |d| proc_set(d, "size", serde_json::json!({"height": 0, "width": 0})),
-        "encode --model {d}/m {d}/img.png",
-        &["preprocessor_config.json", "size"],
-    ),
-    (
-        "proc-no-resize-small-image",
-        |d| proc_set(d, "do_resize", false.into()),
-        "encode --model {d}/m {d}/img.png",
-        &["img.png", "do_resize"],
-    ),
+    ("proc-nan-colour", |d| { model(d); patch(d, "m/preprocessor_config.json", "[", "[[NaN, 0, 0], ") }, "encode --model {d}/m {d}/img.png", &["preprocessor_config.json"]),
+    ("proc-size-0", |d| proc_set(d, "size", serde_json::json!({"height": 0, "width": 0})), "encode --model {d}/m {d}/img.png", &["preprocessor_config.json", "size"]),
+    ("proc-no-resize-small-image", |d| proc_set(d, "do_resize", false.into()), "encode --model {d}/m {d}/img.png", &["img.png", "do_resize"]),
     // pytorch_model.bin pickles
     ("pickle-memo-doubling", |d| torch_bin(d, &memo_bomb(), &[]), "info --model {d}/m", &["pytorch_model.bin", "bomb"]),
-    (
-        "pickle-deep-nesting",
-        |d| torch_bin(d, &deep_nesting(), &[]),
-        "info --model {d}/m",
-        &["pytorch_model.bin", "nested"],
-    ),
-    (
-        "pickle-stride-0",
-        |d| torch_bin(d, &one_tensor(1 << 40, 0), &[("0", vec![0; 4], false)]),
-        "info --model {d}/m",
-        &["pytorch_model.bin", "overlapping strides"],
-    ),
-    (
-        "pickle-deflate-bomb",
-        |d| torch_bin(d, &one_tensor(16 << 20, 1), &[("0", vec![0; 64 << 20], true)]),
-        "info --model {d}/m",
-        &["pytorch_model.bin", "zip bomb"],
-    ),
-    (
-        "pickle-os-system",
-        |d| torch_bin(d, b"\x80\x02cos\nsystem\n.", &[]),
-        "info --model {d}/m",
-        &["pytorch_model.bin", "os.system"],
-    ),
-    (
-        "pickle-not-zip",
-        |d| {
-            model(d);
-            std::fs::remove_file(d.join("m/model.safetensors")).unwrap();
-            std::fs::write(d.join("m/pytorch_model.bin"), b"PK\x03\x04garbage").unwrap()
-        },
-        "info --model {d}/m",
-        &["pytorch_model.bin"],
-    ),
+    ("pickle-deep-nesting", |d| torch_bin(d, &deep_nesting(), &[]), "info --model {d}/m", &["pytorch_model.bin", "nested"]),
+    ("pickle-stride-0", |d| torch_bin(d, &one_tensor(1 << 40, 0), &[("0", vec![0; 4], false)]), "info --model {d}/m", &["pytorch_model.bin", "overlapping strides"]),
+    ("pickle-deflate-bomb", |d| torch_bin(d, &one_tensor(16 << 20, 1), &[("0", vec![0; 64 << 20], true)]), "info --model {d}/m", &["pytorch_model.bin", "zip bomb"]),
+    ("pickle-os-system", |d| torch_bin(d, b"\x80\x02cos\nsystem\n.", &[]), "info --model {d}/m", &["pytorch_model.bin", "os.system"]),
+    ("pickle-not-zip", |d| { model(d); std::fs::remove_file(d.join("m/model.safetensors")).unwrap(); std::fs::write(d.join("m/pytorch_model.bin"), b"PK\x03\x04garbage").unwrap() }, "info --model {d}/m", &["pytorch_model.bin"]),
     // token files
-    (
-        "tok-count-wraps",
-        |d| tok_patch(d, 12, &(u64::MAX / 2 + 1).to_le_bytes()),
-        "train --data {d}/data --out {d}/run --steps 1",
-        &["train.tokens"],
-    ),
-    (
-        "tok-zero-images",
-        |d| tok_patch(d, 12, &0u64.to_le_bytes()),
-        "train --data {d}/data --out {d}/run --steps 1",
-        &["train.tokens"],
-    ),
-    (
-        "tok-truncated",
-        |d| {
-            data(d);
-            let p = d.join("data/train.tokens");
-            let b = std::fs::read(&p).unwrap();
-            std::fs::write(&p, &b[..b.len() - 3]).unwrap()
-        },
-        "train --data {d}/data --out {d}/run --steps 1",
-        &["train.tokens", "truncated"],
-    ),
-    (
-        "tok-id-past-palette",
-        |d| tok_patch(d, 64, &[0xff, 0xff]),
-        "train --data {d}/data --out {d}/run --steps 1",
-        &["train.tokens", "not below"],
-    ),
-    (
-        "tok-colours-0",
-        |d| tok_patch(d, 28, &0u32.to_le_bytes()),
-        "train --data {d}/data --out {d}/run --steps 1",
-        &["train.tokens"],
-    ),
-    (
-        "tok-bad-magic",
-        |d| tok_patch(d, 0, b"NOTTOKEN"),
-        "train --data {d}/data --out {d}/run --steps 1",
-        &["train.tokens", "magic"],
-    ),
+    ("tok-count-wraps", |d| tok_patch(d, 12, &(u64::MAX / 2 + 1).to_le_bytes()), "train --data {d}/data --out {d}/run --steps 1", &["train.tokens"]),
+    ("tok-zero-images", |d| tok_patch(d, 12, &0u64.to_le_bytes()), "train --data {d}/data --out {d}/run --steps 1", &["train.tokens"]),
+    ("tok-truncated", |d| { data(d); let p = d.join("data/train.tokens"); let b = std::fs::read(&p).unwrap(); std::fs::write(&p, &b[..b.len() - 3]).unwrap() }, "train --data {d}/data --out {d}/run --steps 1", &["train.tokens", "truncated"]),
+    ("tok-id-past-palette", |d| tok_patch(d, 64, &[0xff, 0xff]), "train --data {d}/data --out {d}/run --steps 1", &["train.tokens", "not below"]),
+    ("tok-colours-0", |d| tok_patch(d, 28, &0u32.to_le_bytes()), "train --data {d}/data --out {d}/run --steps 1", &["train.tokens"]),
+    ("tok-bad-magic", |d| tok_patch(d, 0, b"NOTTOKEN"), "train --data {d}/data --out {d}/run --steps 1", &["train.tokens", "magic"]),
     // IDX
-    (
-        "idx-size-wraps",
-        |d| idx_pair(d, idx_images(0x1000_0000, 0x1000_0000, 0x10, 16)),
-        "prepare --data idx:{d}/i,{d}/l --out {d}/o",
-        &["IDX"],
-    ),
+    ("idx-size-wraps", |d| idx_pair(d, idx_images(0x1000_0000, 0x1000_0000, 0x10, 16)), "prepare --data idx:{d}/i,{d}/l --out {d}/o", &["IDX"]),
     ("idx-gzip-bomb", idx_gzip_bomb, "prepare --data idx:{d}/i,{d}/l --out {d}/o", &["gzip bomb"]),
     ("idx-bad-magic", |d| idx_pair(d, vec![0u8; 64]), "prepare --data idx:{d}/i,{d}/l --out {d}/o", &["IDX magic"]),
-    (
-        "idx-label-count",
-        |d| {
-            idx_pair(d, idx_images(4, 2, 2, 16));
-            std::fs::write(d.join("l"), [0, 0, 8, 1, 0, 0, 0, 9]).unwrap()
-        },
-        "prepare --data idx:{d}/i,{d}/l --out {d}/o",
-        &["labels for 4 images"],
-    ),
+    ("idx-label-count", |d| { idx_pair(d, idx_images(4, 2, 2, 16)); std::fs::write(d.join("l"), [0, 0, 8, 1, 0, 0, 0, 9]).unwrap() }, "prepare --data idx:{d}/i,{d}/l --out {d}/o", &["labels for 4 images"]),
     // CIFAR
-    (
-        "cifar-partial-record",
-        |d| std::fs::write(d.join("c.bin"), vec![7u8; 3073 * 2 + 5]).unwrap(),
-        "prepare --data cifar:{d}/c.bin --out {d}/o",
-        &["c.bin", "CIFAR records"],
-    ),
-    (
-        "cifar-empty",
-        |d| std::fs::write(d.join("c.bin"), b"").unwrap(),
-        "prepare --data cifar:{d}/c.bin --out {d}/o",
-        &["c.bin"],
-    ),
+    ("cifar-partial-record", |d| std::fs::write(d.join("c.bin"), vec![7u8; 3073 * 2 + 5]).unwrap(), "prepare --data cifar:{d}/c.bin --out {d}/o", &["c.bin", "CIFAR records"]),
+    ("cifar-empty", |d| std::fs::write(d.join("c.bin"), b"").unwrap(), "prepare --data cifar:{d}/c.bin --out {d}/o", &["c.bin"]),
     // PNG and folders
-    (
-        "png-10000-square",
-        |d| {
-            std::fs::create_dir_all(d.join("f")).unwrap();
-            std::fs::write(d.join("f/big.png"), png_header_only(10_000, 10_000)).unwrap()
-        },
-        "prepare --data folder:{d}/f --out {d}/o --size 8",
-        &["big.png", "shrink it first"],
-    ),
-    (
-        "png-100000-wide",
-        |d| {
-            std::fs::create_dir_all(d.join("f")).unwrap();
-            std::fs::write(d.join("f/wide.png"), png_header_only(100_000, 1)).unwrap()
-        },
-        "prepare --data folder:{d}/f --out {d}/o --size 8",
-        &["wide.png"],
-    ),
-    (
-        "png-truncated",
-        |d| {
-            std::fs::create_dir_all(d.join("f")).unwrap();
-            let b = png(8);
-            std::fs::write(d.join("f/t.png"), &b[..b.len() / 2]).unwrap()
-        },
-        "prepare --data folder:{d}/f --out {d}/o --size 8",
-        &["t.png"],
-    ),
-    (
-        "png-not-an-image",
-        |d| {
-            std::fs::create_dir_all(d.join("f")).unwrap();
-            std::fs::write(d.join("f/x.png"), "hello").unwrap()
-        },
-        "prepare --data folder:{d}/f --out {d}/o --size 8",
-        &["x.png"],
-    ),
-    (
-        "folder-empty",
-        |d| std::fs::create_dir_all(d.join("f")).unwrap(),
-        "prepare --data folder:{d}/f --out {d}/o --size 8",
-        &["no PNG or JPEG"],
-    ),
-    (
-        "folder-out-has-user-files",
-        |d| {
-            images(d);
-            std::fs::create_dir_all(d.join("o")).unwrap();
-            std::fs::write(d.join("o/thesis.tex"), "x").unwrap()
-        },
-        "prepare --data folder:{d}/f --out {d}/o --size 8",
-        &["thesis.tex", "--out"],
-    ),
+    ("png-10000-square", |d| { std::fs::create_dir_all(d.join("f")).unwrap(); std::fs::write(d.join("f/big.png"), png_header_only(10_000, 10_000)).unwrap() }, "prepare --data folder:{d}/f --out {d}/o --size 8", &["big.png", "shrink it first"]),
+    ("png-100000-wide", |d| { std::fs::create_dir_all(d.join("f")).unwrap(); std::fs::write(d.join("f/wide.png"), png_header_only(100_000, 1)).unwrap() }, "prepare --data folder:{d}/f --out {d}/o --size 8", &["wide.png"]),
+    ("png-truncated", |d| { std::fs::create_dir_all(d.join("f")).unwrap(); let b = png(8); std::fs::write(d.join("f/t.png"), &b[..b.len() / 2]).unwrap() }, "prepare --data folder:{d}/f --out {d}/o --size 8", &["t.png"]),
+    ("png-not-an-image", |d| { std::fs::create_dir_all(d.join("f")).unwrap(); std::fs::write(d.join("f/x.png"), "hello").unwrap() }, "prepare --data folder:{d}/f --out {d}/o --size 8", &["x.png"]),
+    ("folder-empty", |d| std::fs::create_dir_all(d.join("f")).unwrap(), "prepare --data folder:{d}/f --out {d}/o --size 8", &["no PNG or JPEG"]),
+    ("folder-out-has-user-files", |d| { images(d); std::fs::create_dir_all(d.join("o")).unwrap(); std::fs::write(d.join("o/thesis.tex"), "x").unwrap() }, "prepare --data folder:{d}/f --out {d}/o --size 8", &["thesis.tex", "--out"]),
     // parquet
-    (
-        "parquet-not-parquet",
-        |d| std::fs::write(d.join("p.parquet"), b"PAR1 not really PAR1").unwrap(),
-        "prepare --data parquet:{d}/p.parquet --out {d}/o --size 8",
-        &["p.parquet"],
-    ),
-    (
-        "parquet-garbage-image",
-        |d| igpt::data::parquet::write(&d.join("p.parquet"), &[b"not a png".to_vec()], &[0], &["a"], 1).unwrap(),
-        "prepare --data parquet:{d}/p.parquet --out {d}/o --size 8",
-        &["p.parquet", "row 0"],
-    ),
-    (
-        "parquet-label-huge",
-        |d| igpt::data::parquet::write(&d.join("p.parquet"), &[png(4)], &[1 << 40], &["a"], 1).unwrap(),
-        "prepare --data parquet:{d}/p.parquet --out {d}/o --size 8",
-        &["p.parquet", "label"],
-    ),
+    ("parquet-not-parquet", |d| std::fs::write(d.join("p.parquet"), b"PAR1 not really PAR1").unwrap(), "prepare --data parquet:{d}/p.parquet --out {d}/o --size 8", &["p.parquet"]),
+    ("parquet-garbage-image", |d| igpt::data::parquet::write(&d.join("p.parquet"), &[b"not a png".to_vec()], &[0], &["a"], 1).unwrap(), "prepare --data parquet:{d}/p.parquet --out {d}/o --size 8", &["p.parquet", "row 0"]),
+    ("parquet-label-huge", |d| igpt::data::parquet::write(&d.join("p.parquet"), &[png(4)], &[1 << 40], &["a"], 1).unwrap(), "prepare --data parquet:{d}/p.parquet --out {d}/o --size 8", &["p.parquet", "label"]),
     // flags: training
     ("train-steps-0", data, "train --data {d}/data --out {d}/run --steps 0", &["--steps"]),
     ("train-epochs-nan", data, "train --data {d}/data --out {d}/run --epochs nan", &["--epochs"]),
@@ -267,31 +83,11 @@ const CASES: &[(&str, Make, &str, &[&str])] = &[
     ("train-lr-negative", data, "train --data {d}/data --out {d}/run --steps 1 --lr=-1", &["--lr"]),
     ("train-clip-nan", data, "train --data {d}/data --out {d}/run --steps 1 --clip nan", &["--clip"]),
     ("train-batch-0", data, "train --data {d}/data --out {d}/run --steps 1 --batch 0", &["--batch"]),
-    (
-        "train-mask-prob-2",
-        data,
-        "train --data {d}/data --out {d}/run --steps 1 --objective bert --mask-prob 2",
-        &["--mask-prob"],
-    ),
-    (
-        "train-model-too-big",
-        data,
-        "train --data {d}/data --out {d}/run --steps 1 --n-layer 1024 --n-embd 65536 --n-head 64",
-        &["GiB", "--n-layer"],
-    ),
+    ("train-mask-prob-2", data, "train --data {d}/data --out {d}/run --steps 1 --objective bert --mask-prob 2", &["--mask-prob"]),
+    ("train-model-too-big", data, "train --data {d}/data --out {d}/run --steps 1 --n-layer 1024 --n-embd 65536 --n-head 64", &["GiB", "--n-layer"]),
     ("train-dropout-nan", data, "train --data {d}/data --out {d}/run --steps 1 --dropout nan", &["--embd-pdrop"]),
-    (
-        "train-linear-attention-dropout",
-        data,
-        "train --data {d}/data --out {d}/run --steps 1 --attention linear --dropout 0.1",
-        &["--attn-pdrop"],
-    ),
-    (
-        "train-resume-empty",
-        data,
-        "train --data {d}/data --out {d}/run --steps 1 --resume",
-        &["--resume", "no checkpoint"],
-    ),
+    ("train-linear-attention-dropout", data, "train --data {d}/data --out {d}/run --steps 1 --attention linear --dropout 0.1", &["--attn-pdrop"]),
+    ("train-resume-empty", data, "train --data {d}/data --out {d}/run --steps 1 --resume", &["--resume", "no checkpoint"]),
     // flags: data
     ("prepare-colors-0", images, "prepare --data folder:{d}/f --out {d}/o --colors 0", &["--colors"]),
     ("prepare-colors-70000", images, "prepare --data folder:{d}/f --out {d}/o --colors 70000", &["--colors"]),
@@ -303,37 +99,14 @@ const CASES: &[(&str, Make, &str, &[&str])] = &[
     ("sample-num-huge", model, "sample --model {d}/m --num 100000000000", &["--num"]),
     ("sample-temperature-0", model, "sample --model {d}/m --num 1 --temperature 0", &["--temperature"]),
     ("sample-top-p-2", model, "sample --model {d}/m --num 1 --top-p 2", &["--top-p"]),
-    (
-        "complete-keep-rows-past-image",
-        model,
-        "complete --model {d}/m --images {d}/img.png --keep-rows 99",
-        &["--keep-rows"],
-    ),
+    ("complete-keep-rows-past-image", model, "complete --model {d}/m --images {d}/img.png --keep-rows 99", &["--keep-rows"]),
     ("eval-mask-prob-0", model, "eval --model {d}/m {d}/img.png --mask-prob 0", &["--mask-prob"]),
     ("eval-batch-0", model, "eval --model {d}/m {d}/img.png --batch 0", &["--batch"]),
     // labels
-    (
-        "finetune-label-past-labels-txt",
-        |d| {
-            data(d);
-            std::fs::write(d.join("data/labels.txt"), "a\n").unwrap()
-        },
-        "finetune --model {data}/../model --data {d}/data --out {d}/ft --steps 1",
-        &["labels.txt", "label 1"],
-    ),
-    (
-        "probe-label-65535",
-        probe_label_65535,
-        "probe --model {data}/../model --data {d}/data --out {d}/pr",
-        &["65535", "classes"],
-    ),
+    ("finetune-label-past-labels-txt", |d| { data(d); std::fs::write(d.join("data/labels.txt"), "a\n").unwrap() }, "finetune --model {data}/../model --data {d}/data --out {d}/ft --steps 1", &["labels.txt", "label 1"]),
+    ("probe-label-65535", probe_label_65535, "probe --model {data}/../model --data {d}/data --out {d}/pr", &["65535", "classes"]),
     ("finetune-lr-nan", data, "finetune --model {data}/../model --data {d}/data --out {d}/ft --lr nan", &["--lr"]),
-    (
-        "probe-max-iter-0",
-        data,
-        "probe --model {data}/../model --data {d}/data --out {d}/pr --max-iter 0",
-        &["--max-iter"],
-    ),
+    ("probe-max-iter-0", data, "probe --model {data}/../model --data {d}/data --out {d}/pr --max-iter 0", &["--max-iter"]),
 ];
 
 // ---------------------------------------------------------------- shared inputs
