@@ -65,4 +65,57 @@ fn demo_writes_every_artefact_of_the_report() {
         serde_json::from_str(&std::fs::read_to_string(out.join("demo.json")).unwrap()).unwrap();
     assert!(demo["test_nll_bits"].as_f64().unwrap().is_finite());
     assert_eq!(demo["probe"]["layers"].as_array().unwrap().len(), 3);
+    check_in_a_browser(&out.join("report.html"));
+}
+
+/// Renders the report in headless Chromium (Debian's `chromium`, which `.ci/run` installs):
+/// every image has loaded (natural width > 0) and nothing was reported as an error.
+fn check_in_a_browser(report: &std::path::Path) {
+    let browser = ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|b| std::process::Command::new(b).arg("--version").output().is_ok_and(|o| o.status.success()));
+    let Some(browser) = browser else {
+        assert!(
+            std::env::var_os("IGPT_SKIP_BROWSER").is_some(),
+            "headless Chromium checks the report: install it (`apt-get install chromium`) or set IGPT_SKIP_BROWSER=1"
+        );
+        return;
+    };
+    // a copy of the report that records, once loaded, its images and every error event
+    let probe = r#"<script>
+window.__errors = [];
+window.addEventListener('error', e => window.__errors.push(e.message || ('failed to load ' + (e.target.src || e.target.href))), true);
+window.addEventListener('load', () => {
+  const imgs = [...document.images];
+  const bad = imgs.filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.getAttribute('src'));
+  document.body.setAttribute('data-check', JSON.stringify({images: imgs.length, bad: bad, errors: window.__errors}));
+});
+</script>"#;
+    let html = std::fs::read_to_string(report).unwrap();
+    let at = html.find("<head>").map_or(0, |i| i + "<head>".len());
+    let checked = report.with_file_name("report-check.html");
+    std::fs::write(&checked, format!("{}{probe}{}", &html[..at], &html[at..])).unwrap();
+    let out = std::process::Command::new(browser)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--allow-file-access-from-files",
+            "--virtual-time-budget=10000",
+            "--dump-dom",
+        ])
+        .arg(format!("file://{}", checked.display()))
+        .output()
+        .unwrap();
+    let dom = String::from_utf8_lossy(&out.stdout);
+    let start = dom.find("data-check=\"").unwrap_or_else(|| panic!("the report did not finish loading: {dom:.500}"));
+    let raw = &dom[start + "data-check=\"".len()..];
+    let raw = raw[..raw.find('"').unwrap()].replace("&quot;", "\"").replace("&amp;", "&");
+    let check: serde_json::Value = serde_json::from_str(&raw).unwrap();
+    assert!(check["images"].as_u64().unwrap() >= 6, "{check}");
+    assert_eq!(check["bad"].as_array().unwrap().len(), 0, "images that did not load: {check}");
+    assert_eq!(check["errors"].as_array().unwrap().len(), 0, "errors: {check}");
+    let console_errors: Vec<&str> =
+        std::str::from_utf8(&out.stderr).unwrap_or("").lines().filter(|l| l.contains("CONSOLE") && l.contains("ERROR")).collect();
+    assert!(console_errors.is_empty(), "{console_errors:?}");
 }
