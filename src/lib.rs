@@ -31,6 +31,7 @@ pub mod plot;
 pub mod probe;
 pub mod rng;
 pub mod sample;
+pub mod study;
 pub mod tokenizer;
 pub mod train;
 pub mod viz;

@@ -41,6 +41,9 @@ enum Command {
     Complete(cli::complete::CompleteArgs),
     /// Re-save a model directory as config.json + model.safetensors (HF layout).
     Convert(cli::convert::ConvertArgs),
+    /// The architecture study's report from its runs (tools/architecture_study.sh): tables,
+    /// architectures.json and charts.
+    Study(cli::study::StudyArgs),
     /// Benchmarks of the engine (random weights).
     #[command(subcommand)]
     Bench(cli::bench::BenchCommand),
@@ -74,6 +77,7 @@ fn main() {
         Command::Sample(a) => cli::sample::run(a),
         Command::Complete(a) => cli::complete::run(a),
         Command::Convert(a) => cli::convert::run(a),
+        Command::Study(a) => cli::study::run(a),
         Command::Bench(b) => cli::bench::run(b),
     };
     if let Err(e) = result {

@@ -115,7 +115,10 @@ window.addEventListener('load', () => {
     assert!(check["images"].as_u64().unwrap() >= 6, "{check}");
     assert_eq!(check["bad"].as_array().unwrap().len(), 0, "images that did not load: {check}");
     assert_eq!(check["errors"].as_array().unwrap().len(), 0, "errors: {check}");
-    let console_errors: Vec<&str> =
-        std::str::from_utf8(&out.stderr).unwrap_or("").lines().filter(|l| l.contains("CONSOLE") && l.contains("ERROR")).collect();
+    let console_errors: Vec<&str> = std::str::from_utf8(&out.stderr)
+        .unwrap_or("")
+        .lines()
+        .filter(|l| l.contains("CONSOLE") && l.contains("ERROR"))
+        .collect();
     assert!(console_errors.is_empty(), "{console_errors:?}");
 }

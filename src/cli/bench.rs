@@ -25,32 +25,41 @@ pub enum BenchCommand {
 
 #[derive(Args, Clone)]
 pub struct PaletteArgs {
+    /// Palette size (clusters).
     #[arg(long, default_value_t = 512)]
     k: usize,
+    /// k-means iterations at most.
     #[arg(long, default_value_t = 50)]
     max_iter: usize,
     /// Fit on this many pixels drawn with the seed (0 = all 2,818,048).
     #[arg(long, default_value_t = 0)]
     sample: usize,
+    /// Seed of the pixel sample and the k-means start.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Worker threads (0 = all cores).
     #[arg(long, default_value_t = 2)]
     threads: usize,
+    /// Print JSON on stdout: {"mode","k","pixels","fit_s","inertia_per_pixel","peak_rss_mb",...}.
     #[arg(long)]
     json: bool,
 }
 
 #[derive(Args, Clone)]
 pub struct BenchArgs {
+    /// Width of the random model.
     #[arg(long, default_value_t = 256)]
     n_embd: usize,
+    /// Transformer blocks.
     #[arg(long, default_value_t = 8)]
     n_layer: usize,
+    /// Attention heads.
     #[arg(long, default_value_t = 8)]
     n_head: usize,
     /// Image side: sequences of side^2 tokens.
     #[arg(long, default_value_t = 32)]
     side: usize,
+    /// Palette size (the vocabulary is colours + 1).
     #[arg(long, default_value_t = 512)]
     colors: usize,
     /// Batch size (default 4 for forward/train, 8 for sample, as torch_ref.py).
@@ -62,6 +71,7 @@ pub struct BenchArgs {
     /// Untimed steps first.
     #[arg(long, default_value_t = 2)]
     warmup: usize,
+    /// Worker threads (0 = all cores).
     #[arg(long, default_value_t = 2)]
     threads: usize,
     /// Time every kernel and print where the time goes.

@@ -12,6 +12,7 @@ pub mod info;
 pub mod prepare;
 pub mod probe;
 pub mod sample;
+pub mod study;
 pub mod train;
 
 use std::path::{Path, PathBuf};

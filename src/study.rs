@@ -1,0 +1,235 @@
+//! The architecture study's report (`igpt study`, issue #15): reads the runs that
+//! `tools/architecture_study.sh` made under RUNS/<dataset>/<variant>/ and writes
+//! architectures.json (`{"runs": [...]}`), architectures.md (one table per data set) and the
+//! charts: validation bits/token against training tokens for every variant of a data set, and
+//! probe accuracy per layer per variant. A run still missing a stage has those cells empty.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::config::ImageGptConfig;
+use crate::error::{Error, Result};
+use crate::model::{ModelKind, ParamLayout};
+use crate::plot::{Chart, Series, Style};
+
+/// One variant on one data set, as far as it has run.
+#[derive(Clone, Debug, Serialize)]
+pub struct StudyRun {
+    pub dataset: String,
+    pub variant: String,
+    pub side: Option<usize>,
+    pub attention: Option<String>,
+    pub position_embedding: Option<String>,
+    pub parameters: Option<usize>,
+    pub train_steps: Option<u64>,
+    pub train_tokens: Option<u64>,
+    pub train_wall_clock_s: Option<f64>,
+    pub best_val_bits_per_token: Option<f64>,
+    pub test_bits_per_token: Option<f64>,
+    pub bench_train_tokens_per_s: Option<f64>,
+    pub bench_sample_tokens_per_s: Option<f64>,
+    pub bench_sample_peak_rss_mb: Option<f64>,
+    pub probe_best_layer: Option<u64>,
+    pub probe_best_val_acc: Option<f64>,
+    pub probe_best_test_acc: Option<f64>,
+    pub probe_concat_val_acc: Option<f64>,
+    pub probe_concat_test_acc: Option<f64>,
+    pub pixels_val_acc: Option<f64>,
+    pub pixels_test_acc: Option<f64>,
+    /// (training tokens, validation bits/token) at every evaluation.
+    pub val_curve: Vec<(f64, f64)>,
+    /// (layer, validation accuracy) of every probed layer.
+    pub probe_layers: Vec<(f64, f64)>,
+    pub samples_png: Option<PathBuf>,
+}
+
+fn read_json(p: &Path) -> Option<Value> {
+    serde_json::from_str(&std::fs::read_to_string(p).ok()?).ok()
+}
+
+/// What exists of one run folder.
+pub fn read_run(dir: &Path, dataset: &str, variant: &str) -> StudyRun {
+    let train = read_json(&dir.join("train.json"));
+    let cfg = read_json(&dir.join("train/train.json"))
+        .and_then(|v| serde_json::from_value::<ImageGptConfig>(v["model"].clone()).ok());
+    let (test, probe) = (read_json(&dir.join("test.json")), read_json(&dir.join("probe/probe.json")));
+    let (bt, bs) = (read_json(&dir.join("bench_train.json")), read_json(&dir.join("bench_sample.json")));
+    let f = |v: &Option<Value>, path: &[&str]| {
+        let mut x = v.as_ref()?;
+        for k in path {
+            x = x.get(*k)?;
+        }
+        x.as_f64()
+    };
+    let bits = |nats: Option<f64>| nats.map(|n| n / std::f64::consts::LN_2);
+    let (mut curve, mut last_tokens) = (Vec::new(), None);
+    for l in std::fs::read_to_string(dir.join("train/metrics.jsonl")).unwrap_or_default().lines() {
+        let Ok(v) = serde_json::from_str::<Value>(l) else { continue };
+        last_tokens = v["tokens"].as_u64().or(last_tokens);
+        if v["kind"] == "eval" {
+            curve.push((v["tokens"].as_f64().unwrap_or(0.0), v["val_bits"].as_f64().unwrap_or(f64::NAN)));
+        }
+    }
+    let probe_layers = probe
+        .as_ref()
+        .and_then(|p| p["layers"].as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|l| Some((l["layer"].as_f64()?, l["val_acc"].as_f64()?)))
+        .collect();
+    StudyRun {
+        dataset: dataset.into(),
+        variant: variant.into(),
+        side: cfg.as_ref().map(|c| c.width()),
+        attention: cfg.as_ref().map(|c| c.attention.name().to_string()),
+        position_embedding: cfg.as_ref().map(|c| c.position_embedding.name().to_string()),
+        parameters: cfg.as_ref().map(|c| ParamLayout::new(c, ModelKind::CausalLm).total),
+        train_steps: train.as_ref().and_then(|t| t["steps"].as_u64()),
+        train_tokens: train.as_ref().and(last_tokens),
+        train_wall_clock_s: f(&train, &["seconds"]),
+        best_val_bits_per_token: bits(f(&train, &["best_val_loss"])),
+        test_bits_per_token: f(&test, &["bits_per_token"]),
+        bench_train_tokens_per_s: f(&bt, &["tok_s"]),
+        bench_sample_tokens_per_s: f(&bs, &["tok_s"]),
+        bench_sample_peak_rss_mb: f(&bs, &["peak_rss_mb"]),
+        probe_best_layer: probe.as_ref().and_then(|p| p["best_layer"].as_u64()),
+        probe_best_val_acc: f(&probe, &["best_val_acc"]),
+        probe_best_test_acc: f(&probe, &["best_test_acc"]),
+        probe_concat_val_acc: f(&probe, &["concat", "result", "val_acc"]),
+        probe_concat_test_acc: f(&probe, &["concat", "result", "test_acc"]),
+        pixels_val_acc: f(&probe, &["baseline", "val_acc"]),
+        pixels_test_acc: f(&probe, &["baseline", "test_acc"]),
+        val_curve: curve,
+        probe_layers,
+        samples_png: Some(dir.join("samples.png")).filter(|p| p.exists()),
+    }
+}
+
+/// Every run under `runs` (RUNS/<dataset>/<variant>/, `data/` excluded), sorted.
+pub fn collect(runs: &Path) -> Result<Vec<StudyRun>> {
+    let dirs = |p: &Path| -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(p)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| p.is_dir())
+            .collect();
+        v.sort();
+        v
+    };
+    if !runs.is_dir() {
+        return Err(Error::Invalid(format!(
+            "--runs {}: no such folder; run tools/architecture_study.sh first",
+            runs.display()
+        )));
+    }
+    let mut out = Vec::new();
+    for ds in dirs(runs).into_iter().filter(|d| d.file_name().is_some_and(|n| n != "data")) {
+        let name = ds.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        for v in dirs(&ds) {
+            let variant = v.file_name().unwrap_or_default().to_string_lossy().into_owned();
+            out.push(read_run(&v, &name, &variant));
+        }
+    }
+    Ok(out)
+}
+
+const COLORS: [[u8; 3]; 8] = [
+    [31, 119, 180],
+    [255, 127, 14],
+    [44, 160, 44],
+    [214, 39, 40],
+    [148, 103, 189],
+    [140, 86, 75],
+    [227, 119, 194],
+    [127, 127, 127],
+];
+
+/// Writes architectures.json, architectures.md and the charts into `out`.
+pub fn write_report(runs: &[StudyRun], out: &Path, budget: &str) -> Result<()> {
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let json = serde_json::to_string_pretty(&serde_json::json!({"budget": budget, "runs": runs}))
+        .map_err(|e| Error::Invalid(e.to_string()))?;
+    crate::formats::write_atomic(&out.join("architectures.json"), json.as_bytes())?;
+    let mut md = format!("# Architecture study\n\n{budget}\n\nMissing cells (-) are stages not run yet.\n");
+    let mut datasets: Vec<&str> = runs.iter().map(|r| r.dataset.as_str()).collect();
+    datasets.dedup();
+    for ds in datasets {
+        let rs: Vec<&StudyRun> = runs.iter().filter(|r| r.dataset == ds).collect();
+        md += &table(ds, &rs);
+        let series = |pts: fn(&StudyRun) -> Vec<(f64, f64)>| -> Vec<Series> {
+            rs.iter()
+                .enumerate()
+                .filter(|(_, r)| !pts(r).is_empty())
+                .map(|(i, r)| Series::new(r.variant.clone(), pts(r), COLORS[i % COLORS.len()], Style::Markers))
+                .collect()
+        };
+        let curves = series(|r| r.val_curve.iter().map(|&(t, b)| (t / 1e6, b)).collect());
+        if !curves.is_empty() {
+            let c = Chart {
+                title: format!("{ds}: validation loss against training tokens"),
+                x_label: "training tokens (millions)".into(),
+                y_label: "validation loss (bits/token)".into(),
+                series: curves,
+                ..Default::default()
+            };
+            c.save(&out.join(format!("val_bits_{ds}")), 820, 480)?;
+            md += &format!("\n![validation bits/token, {ds}](val_bits_{ds}.png)\n");
+        }
+        let probes = series(|r| r.probe_layers.iter().map(|&(l, a)| (l, 100.0 * a)).collect());
+        if !probes.is_empty() {
+            let c = Chart {
+                title: format!("{ds}: linear probe accuracy per layer"),
+                x_label: "layer (0 = embeddings)".into(),
+                y_label: "validation accuracy (%)".into(),
+                series: probes,
+                integer_x: true,
+                ..Default::default()
+            };
+            c.save(&out.join(format!("probe_{ds}")), 820, 480)?;
+            md += &format!("\n![probe accuracy per layer, {ds}](probe_{ds}.png)\n");
+        }
+        for r in rs.iter().filter(|r| r.samples_png.is_some()) {
+            let name = format!("samples_{ds}_{}.png", r.variant.replace('+', "_"));
+            let src = r.samples_png.as_ref().expect("filtered");
+            std::fs::copy(src, out.join(&name)).map_err(|e| Error::io(src, e))?;
+            md += &format!("\n{} samples: ![{}]({name})\n", r.variant, r.variant);
+        }
+    }
+    crate::formats::write_atomic(&out.join("architectures.md"), md.as_bytes())
+}
+
+/// One data set's table (markdown).
+fn table(ds: &str, rs: &[&StudyRun]) -> String {
+    let n = |v: Option<f64>, d: usize| v.map_or("-".to_string(), |x| format!("{x:.d$}"));
+    let pct = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{:.1}", 100.0 * x));
+    let mut s = format!(
+        "\n## {ds}\n\n| variant | params | steps | tokens | wall-clock (s) | train tok/s | val bits | test bits | sample tok/s | sample peak MB | best layer | probe val / test % | concat val / test % | pixels val / test % |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+    );
+    for r in rs {
+        s += &format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} / {} | {} / {} | {} / {} |\n",
+            r.variant,
+            r.parameters.map_or("-".into(), |p| p.to_string()),
+            r.train_steps.map_or("-".into(), |p| p.to_string()),
+            r.train_tokens.map_or("-".into(), |p| p.to_string()),
+            n(r.train_wall_clock_s, 0),
+            n(r.bench_train_tokens_per_s, 0),
+            n(r.best_val_bits_per_token, 3),
+            n(r.test_bits_per_token, 3),
+            n(r.bench_sample_tokens_per_s, 0),
+            n(r.bench_sample_peak_rss_mb, 0),
+            r.probe_best_layer.map_or("-".into(), |p| p.to_string()),
+            pct(r.probe_best_val_acc),
+            pct(r.probe_best_test_acc),
+            pct(r.probe_concat_val_acc),
+            pct(r.probe_concat_test_acc),
+            pct(r.pixels_val_acc),
+            pct(r.pixels_test_acc),
+        );
+    }
+    s
+}
