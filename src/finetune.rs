@@ -44,6 +44,10 @@ pub struct FinetuneConfig {
     pub stop_after: Option<u64>,
     /// Only the first N images of each split (stratified by label).
     pub limit: Option<usize>,
+    /// Dropout (transformers' sites); None keeps the pretrained config's.
+    pub embd_pdrop: Option<f32>,
+    pub attn_pdrop: Option<f32>,
+    pub resid_pdrop: Option<f32>,
 }
 
 impl Default for FinetuneConfig {
@@ -66,6 +70,9 @@ impl Default for FinetuneConfig {
             keep: 2,
             stop_after: None,
             limit: None,
+            embd_pdrop: None,
+            attn_pdrop: None,
+            resid_pdrop: None,
         }
     }
 }
@@ -345,6 +352,9 @@ pub fn finetune(cfg: &FinetuneConfig, resume: bool, obs: &mut dyn TrainObserver)
         keep: cfg.keep,
         stop_after: cfg.stop_after,
         patience: Some(cfg.patience),
+        embd_pdrop: cfg.embd_pdrop,
+        attn_pdrop: cfg.attn_pdrop,
+        resid_pdrop: cfg.resid_pdrop,
         ..Default::default()
     };
     let s = crate::train::run_task(&tcfg, resume, &task, obs)?;

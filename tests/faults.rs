@@ -136,7 +136,12 @@ fn sigkill_at_20_moments_loses_nothing_and_resume_reproduces_the_run() {
         }
         // what earlier kills left (the new process cleans it up at its start)
         let before: std::collections::HashSet<String> = leftovers(&killed).into_iter().collect();
-        let fresh = || leftovers(&killed).into_iter().any(|n| !before.contains(&n));
+        // a checkpoint write of this start in progress (not the small files' atomic writes)
+        let fresh = || {
+            leftovers(&killed)
+                .into_iter()
+                .any(|n| !before.contains(&n) && (n.starts_with(".step-") || n.starts_with(".best.")))
+        };
         let mut child = igpt().args(&args).spawn().unwrap();
         if moment % 3 == 0 {
             // every third kill: the moment a checkpoint write is seen in progress
@@ -145,9 +150,9 @@ fn sigkill_at_20_moments_loses_nothing_and_resume_reproduces_the_run() {
                 std::thread::sleep(Duration::from_micros(50));
             }
         } else {
-            // up to a twelfth of a whole run after this start: over the starts the kills land
+            // up to a 24th of a whole run after this start: over the starts the kills land
             // at moments spread over the run (start-up, steps, evaluations, checkpoint writes)
-            std::thread::sleep(Duration::from_secs_f64(rng.next() * full / 12.0));
+            std::thread::sleep(Duration::from_secs_f64(rng.next() * full / 24.0));
         }
         if child.try_wait().unwrap().is_none() {
             child.kill().unwrap(); // SIGKILL
@@ -238,16 +243,16 @@ fn resume_repairs_a_missing_or_stale_best_and_removes_leftovers() {
                 std::fs::copy(&f, best.join(f.file_name().unwrap())).unwrap();
             }
         }
-        std::fs::create_dir_all(out.join(".best.tmp-999999")).unwrap();
-        std::fs::create_dir_all(out.join("checkpoints/.step-2.del-999999")).unwrap();
-        std::fs::write(out.join("metrics.jsonl.tmp-999999"), "half a li").unwrap();
+        std::fs::create_dir_all(out.join(".best.tmp-4194399")).unwrap();
+        std::fs::create_dir_all(out.join("checkpoints/.step-2.del-4194399")).unwrap();
+        std::fs::write(out.join("metrics.jsonl.tmp-4194399"), "half a li").unwrap();
         let mut notes = Notes::default();
         run(&cfg, true, &mut notes).unwrap();
         assert_eq!(step_of(&best), Some(best_step), "{broken}: best/ was not repaired");
         load_model(&best).unwrap();
         assert!(notes.0.iter().any(|n| n.contains("restored") && n.contains("best")), "{broken}: {:?}", notes.0);
         assert_eq!(notes.0.iter().filter(|n| n.contains("removed")).count(), 3, "{:?}", notes.0);
-        assert!(!out.join(".best.tmp-999999").exists() && !out.join("metrics.jsonl.tmp-999999").exists());
+        assert!(!out.join(".best.tmp-4194399").exists() && !out.join("metrics.jsonl.tmp-4194399").exists());
     }
 }
 
@@ -290,7 +295,7 @@ fn prepare_into_an_existing_folder_is_all_or_nothing() {
         std::fs::remove_dir_all(&target).ok();
         assert!(prep(&target, "16").status().unwrap().success());
         let mut child = prep(&target, "8").spawn().unwrap();
-        std::thread::sleep(Duration::from_secs_f64(rng.next() * full * 1.2));
+        std::thread::sleep(Duration::from_secs_f64(rng.next() * full * 0.9));
         let _ = child.kill();
         child.wait().unwrap();
         let now = contents(&target);

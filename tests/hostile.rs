@@ -92,6 +92,7 @@ const CASES: &[(&str, Make, &str, &[&str])] = &[
     ("prepare-colors-0", images, "prepare --data folder:{d}/f --out {d}/o --colors 0", &["--colors"]),
     ("prepare-colors-70000", images, "prepare --data folder:{d}/f --out {d}/o --colors 70000", &["--colors"]),
     ("prepare-val-fraction-2", images, "prepare --data folder:{d}/f --out {d}/o --val-fraction 2", &["--val-fraction"]),
+    ("prepare-val-split-empty", images, "prepare --data folder:{d}/f --out {d}/o --size 8 --val-fraction 0.1", &["--val-fraction", "validation split empty"]),
     ("prepare-size-0", images, "prepare --data folder:{d}/f --out {d}/o --size 0", &["--size"]),
     ("prepare-size-huge", images, "prepare --data folder:{d}/f --out {d}/o --size 1000000", &["--size"]),
     // flags: sampling and evaluation
@@ -402,7 +403,8 @@ fn run_case(name: &str, make: Make, cmd: &str, expect: &[&str]) -> Result<(), St
     make(&d);
     let line = cmd.replace("{d}", d.to_str().unwrap()).replace("{data}", shared().to_str().unwrap());
     let mut c = Command::new(env!("CARGO_BIN_EXE_igpt"));
-    c.args(line.split(' ')).stdout(Stdio::null()).stderr(Stdio::piped());
+    // few malloc arenas: each reserves 64 MiB of address space, which the limit counts
+    c.args(line.split(' ')).env("MALLOC_ARENA_MAX", "2").stdout(Stdio::null()).stderr(Stdio::piped());
     // SAFETY: setrlimit is async-signal-safe; the closure touches nothing else.
     unsafe {
         use std::os::unix::process::CommandExt;

@@ -61,8 +61,8 @@ run() {
     --eval-every $((steps / 10)) --eval-batches 16 --log-every 25 --seed 0 $(flags "$variant"))
   while [ ! -f "$dir/train.json" ]; do
     local done_steps=0 resume=()
-    if [ -d "$dir/train/checkpoints" ]; then
-      done_steps=$(ls "$dir/train/checkpoints" | sed -n 's/^step-//p' | sort -n | tail -1)
+    if [ -d "$dir/train/checkpoints" ] && ls "$dir/train/checkpoints" | grep -q '^step-'; then
+      done_steps=$(ls "$dir/train/checkpoints" | sed -n 's/^step-\([0-9]*\)$/\1/p' | sort -n | tail -1)
       resume=(--resume)
     fi
     # chunks end on an evaluation (where a checkpoint is written)

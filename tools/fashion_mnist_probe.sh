@@ -15,14 +15,30 @@
 # About 77 minutes of training (1.9 s/step) on 2 CPU cores; the probe then takes about 35 min
 # for the features and up to 85 for the fits (6 lambdas per probe; the 1,280-wide
 # concatenation takes most of it), measured while sharing the cores. Needs the
-# Debian package dataset-fashion-mnist, or add --download to the prepare line. The run
-# reported in the README was made in two parts (--stop-after 1800, then --resume), which
-# gives the same batches and the same model as one run.
+# Debian package dataset-fashion-mnist, or add --download to the prepare line.
+#
+# Resumable: the data is prepared once, training runs in chunks of 600 steps (--stop-after,
+# then --resume: the same batches and model as one run), and the probe runs when training is
+# done; run the script again after an interruption.
 set -euo pipefail
 OUT=${1:-runs/fashion-mnist}
 IGPT=${IGPT:-cargo run --release --quiet --}
-$IGPT prepare --data fashion-mnist --out "$OUT/data" --size 14 --colors 16
-$IGPT train --data "$OUT/data" --out "$OUT/train" --n-layer 6 --n-embd 256 --n-head 8 \
-  --batch 32 --steps 2400 --lr 1.5e-3 --warmup 100 --min-lr 1.5e-4 \
-  --eval-every 300 --eval-batches 8 --log-every 50 --seed 0
-$IGPT probe --model "$OUT/train/best" --data "$OUT/data" --out "$OUT/probe" --concat 5
+STEPS=2400 CHUNK=600
+[ -f "$OUT/data/prepare.json" ] || $IGPT prepare --data fashion-mnist --out "$OUT/data" --size 14 --colors 16
+TRAIN=(train --data "$OUT/data" --out "$OUT/train" --n-layer 6 --n-embd 256 --n-head 8
+  --batch 32 --steps $STEPS --lr 1.5e-3 --warmup 100 --min-lr 1.5e-4
+  --eval-every 300 --eval-batches 8 --log-every 50 --seed 0)
+while [ ! -f "$OUT/train.json" ]; do
+  done_steps=0 resume=()
+  if [ -d "$OUT/train/checkpoints" ] && ls "$OUT/train/checkpoints" | grep -q '^step-'; then
+    done_steps=$(ls "$OUT/train/checkpoints" | sed -n 's/^step-\([0-9]*\)$/\1/p' | sort -n | tail -1)
+    resume=(--resume)
+  fi
+  next=$(( (done_steps / CHUNK + 1) * CHUNK ))
+  if [ "$next" -ge "$STEPS" ]; then
+    $IGPT "${TRAIN[@]}" "${resume[@]}" --json > "$OUT/train.json.tmp" && mv "$OUT/train.json.tmp" "$OUT/train.json"
+  else
+    $IGPT "${TRAIN[@]}" "${resume[@]}" --stop-after "$next"
+  fi
+done
+[ -f "$OUT/probe/probe.json" ] || $IGPT probe --model "$OUT/train/best" --data "$OUT/data" --out "$OUT/probe" --concat 5

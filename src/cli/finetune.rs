@@ -57,6 +57,19 @@ pub struct FinetuneArgs {
     /// Stop (as if interrupted) after this step; --resume continues.
     #[arg(long)]
     stop_after: Option<u64>,
+    /// Dropout at transformers' three sites (embeddings, attention probabilities, residual
+    /// branches) [default: the pretrained config's: igpt presets 0, HF checkpoints 0.1].
+    #[arg(long)]
+    dropout: Option<f32>,
+    /// Dropout on the embeddings (overrides --dropout).
+    #[arg(long)]
+    embd_pdrop: Option<f32>,
+    /// Dropout on the attention probabilities (overrides --dropout).
+    #[arg(long)]
+    attn_pdrop: Option<f32>,
+    /// Dropout on the attention and MLP outputs (overrides --dropout).
+    #[arg(long)]
+    resid_pdrop: Option<f32>,
     /// Only the first N images of each split, stratified by label (a quick experiment).
     #[arg(long)]
     limit: Option<usize>,
@@ -91,6 +104,9 @@ pub fn run(a: FinetuneArgs) -> Result<()> {
         keep: a.keep,
         stop_after: a.stop_after,
         limit: a.limit,
+        embd_pdrop: a.embd_pdrop.or(a.dropout),
+        attn_pdrop: a.attn_pdrop.or(a.dropout),
+        resid_pdrop: a.resid_pdrop.or(a.dropout),
     };
     let mut console = super::train::Console::new(a.json).labelled("finetune");
     let s = finetune(&cfg, a.resume, &mut console).with_context(|| format!("fine-tuning {}", a.model.display()))?;

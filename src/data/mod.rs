@@ -38,37 +38,36 @@ pub struct RawSplit {
 /// its share of `n` (largest remainders first), filled with its earliest items; the indices
 /// come back in their original order.
 pub fn stratified_first(labels: &[Option<u16>], n: usize) -> Vec<usize> {
-    let mut classes: Vec<Option<u16>> = labels.to_vec();
-    classes.sort_unstable();
-    classes.dedup();
-    let count = |c: &Option<u16>| labels.iter().filter(|l| *l == c).count();
+    let mut counts: std::collections::BTreeMap<Option<u16>, usize> = Default::default();
+    for l in labels {
+        *counts.entry(*l).or_default() += 1;
+    }
     let total = labels.len().max(1);
-    let mut quota: Vec<(usize, f64, Option<u16>)> = classes
-        .iter()
-        .map(|c| {
-            let share = n as f64 * count(c) as f64 / total as f64;
-            (share.floor() as usize, share - share.floor(), *c)
-        })
-        .collect();
-    let mut left = n.saturating_sub(quota.iter().map(|q| q.0).sum());
-    let mut by_rest: Vec<usize> = (0..quota.len()).collect();
-    by_rest.sort_by(|&a, &b| quota[b].1.total_cmp(&quota[a].1));
-    for &i in by_rest.iter().cycle().take(quota.len() * 2) {
+    // each class's share, floored, then the largest remainders
+    let mut quota: std::collections::HashMap<Option<u16>, usize> = Default::default();
+    let mut rest: Vec<(f64, Option<u16>)> = Vec::new();
+    for (&c, &m) in &counts {
+        let share = n as f64 * m as f64 / total as f64;
+        quota.insert(c, (share.floor() as usize).min(m));
+        rest.push((share - share.floor(), c));
+    }
+    rest.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let mut left = n.saturating_sub(quota.values().sum());
+    for (_, c) in rest.iter().cycle().take(2 * rest.len()) {
         if left == 0 {
             break;
         }
-        if quota[i].0 < count(&quota[i].2) {
-            quota[i].0 += 1;
+        let q = quota.get_mut(c).expect("every class has a quota");
+        if *q < counts[c] {
+            *q += 1;
             left -= 1;
         }
     }
-    let mut taken = std::collections::HashMap::new();
     let mut out = Vec::with_capacity(n);
     for (i, l) in labels.iter().enumerate() {
-        let q = quota.iter().find(|q| q.2 == *l).map_or(0, |q| q.0);
-        let t = taken.entry(*l).or_insert(0);
-        if *t < q {
-            *t += 1;
+        let q = quota.get_mut(l).expect("every class has a quota");
+        if *q > 0 {
+            *q -= 1;
             out.push(i);
         }
     }

@@ -288,6 +288,14 @@ fn prepare_into(source: Source, out: &Path, cfg: &PrepareConfig, progress: &dyn 
     };
     let (train, val) = (take(&tr_idx), take(&va_idx));
     drop(full);
+    if train.labels.is_empty() || val.labels.is_empty() {
+        return Err(Error::Invalid(format!(
+            "--val-fraction {} of {} images leaves the {} split empty; give more images (--limit) or another --val-fraction",
+            cfg.val_fraction,
+            train.labels.len() + val.labels.len(),
+            if val.labels.is_empty() { "validation" } else { "training" }
+        )));
+    }
 
     // 3. Palette: fitted on a seeded pixel sample of the training split, or read.
     let train_counts = ColorCounts::from_pixels(&train.pixels);

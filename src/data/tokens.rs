@@ -161,7 +161,8 @@ impl TokenFile {
             return self;
         }
         let labels: Vec<Option<u16>> = (0..self.count).map(|i| self.label(i)).collect();
-        let rows = super::stratified_first(&labels, n);
+        // in the file's numbering (a view of a view composes)
+        let rows: Vec<usize> = super::stratified_first(&labels, n).into_iter().map(|i| self.row(i)).collect();
         self.count = rows.len();
         self.rows = Some(rows);
         self

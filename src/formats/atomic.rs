@@ -56,13 +56,19 @@ pub fn replace_dir(staged: &Path, dir: &Path) -> Result<()> {
         return std::fs::rename(staged, dir).map_err(|e| Error::io(dir, e));
     }
     if exchange(staged, dir) {
-        // `staged` now holds the previous folder
-        return std::fs::remove_dir_all(staged).map_err(|e| Error::io(staged, e));
+        // `staged` now holds the previous folder; if it cannot be removed now, the next
+        // start's cleaning removes it (the new folder is in place either way)
+        let _ = std::fs::remove_dir_all(staged);
+        return Ok(());
     }
     let old = sibling(dir, "old");
     std::fs::rename(dir, &old).map_err(|e| Error::io(dir, e))?;
-    std::fs::rename(staged, dir).map_err(|e| Error::io(dir, e))?;
-    std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))
+    if let Err(e) = std::fs::rename(staged, dir) {
+        let _ = std::fs::rename(&old, dir); // put the previous folder back
+        return Err(Error::io(dir, e));
+    }
+    let _ = std::fs::remove_dir_all(&old);
+    Ok(())
 }
 
 #[cfg(target_os = "linux")]
@@ -105,14 +111,33 @@ pub fn remove_dir(dir: &Path) -> Result<()> {
     std::fs::remove_dir_all(&del).map_err(|e| Error::io(&del, e))
 }
 
-/// What an interrupted write left in `folder` (see the module docs), oldest first.
-fn leftover(name: &str) -> Option<(&str, &str)> {
+/// What an interrupted write left in `folder`: (target, kind, pid) of a hidden folder
+/// `.X.{tmp,old,del}-PID` or a file `X.tmp-PID` (the only names igpt gives them).
+fn leftover(name: &str, is_dir: bool) -> Option<(&str, &str, u32)> {
     let (stem, pid) = name.rsplit_once('-')?;
-    if pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
+    let pid: u32 = pid.parse().ok().filter(|_| pid.bytes().all(|b| b.is_ascii_digit()))?;
     let (target, what) = stem.rsplit_once('.')?;
-    matches!(what, "tmp" | "old" | "del").then_some((target, what))
+    let ok = match (is_dir, what) {
+        (true, "tmp" | "old" | "del") => target.starts_with('.') && target.len() > 1,
+        (false, "tmp") => !target.is_empty(),
+        _ => false,
+    };
+    ok.then_some((target, what, pid))
+}
+
+/// Whether process `pid` is running (its leftovers may be writes in progress).
+fn alive(pid: u32) -> bool {
+    #[cfg(unix)]
+    {
+        // SAFETY: kill with signal 0 only checks that the process exists.
+        let r = unsafe { libc::kill(pid as libc::pid_t, 0) };
+        r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = pid;
+        false
+    }
 }
 
 /// Cleans the leftovers of interrupted writes in `folder` (only those of target `only` when
@@ -125,18 +150,22 @@ pub fn clean_leftovers(folder: &Path, only: Option<&str>) -> Result<Vec<String>>
     entries.sort();
     for path in entries {
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let Some((target, what)) = leftover(&name) else { continue };
+        let is_dir = path.symlink_metadata().is_ok_and(|m| m.is_dir());
+        let Some((target, what, pid)) = leftover(&name, is_dir) else { continue };
+        if pid == std::process::id() || alive(pid) {
+            continue; // a write in progress (or this process's own)
+        }
         let target_name = target.strip_prefix('.').unwrap_or(target);
         if only.is_some_and(|o| o != target_name) {
             continue;
         }
         let target = folder.join(target_name);
-        if what == "old" && path.is_dir() && !target.exists() {
+        if what == "old" && !target.exists() {
             std::fs::rename(&path, &target).map_err(|e| Error::io(&target, e))?;
             done.push(format!("restored {} from {}", target.display(), path.display()));
             continue;
         }
-        let r = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+        let r = if is_dir { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
         r.map_err(|e| Error::io(&path, e))?;
         done.push(format!("removed {} (left by an interrupted write)", path.display()));
     }
@@ -149,13 +178,17 @@ mod tests {
 
     #[test]
     fn leftover_names() {
-        assert_eq!(leftover(".best.tmp-123"), Some((".best", "tmp")));
-        assert_eq!(leftover(".step-40.old-7"), Some((".step-40", "old")));
-        assert_eq!(leftover("metrics.jsonl.tmp-99"), Some(("metrics.jsonl", "tmp")));
-        assert_eq!(leftover("step-40"), None);
-        assert_eq!(leftover("best"), None);
-        assert_eq!(leftover(".best.tmp-"), None);
-        assert_eq!(leftover("a.tmp-12x"), None);
+        assert_eq!(leftover(".best.tmp-123", true), Some((".best", "tmp", 123)));
+        assert_eq!(leftover(".step-40.old-7", true), Some((".step-40", "old", 7)));
+        assert_eq!(leftover("metrics.jsonl.tmp-99", false), Some(("metrics.jsonl", "tmp", 99)));
+        // a user's folders and files are not leftovers: no leading dot, or not igpt's kind
+        assert_eq!(leftover("data.old-2024", true), None);
+        assert_eq!(leftover("results.tmp-1", true), None);
+        assert_eq!(leftover("notes.old-3", false), None);
+        assert_eq!(leftover("step-40", true), None);
+        assert_eq!(leftover(".best.tmp-", true), None);
+        assert_eq!(leftover("a.tmp-12x", false), None);
+        assert!(alive(std::process::id()));
     }
 
     #[test]
@@ -170,16 +203,19 @@ mod tests {
         }
         assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 1, "nothing left beside best/");
         // a crash between the two renames of the fallback: best/ is only aside
-        std::fs::rename(&dir, tmp.path().join(".best.old-4242")).unwrap();
-        std::fs::create_dir(tmp.path().join(".best.tmp-4243")).unwrap();
-        std::fs::write(tmp.path().join("metrics.jsonl.tmp-4244"), "x").unwrap();
-        std::fs::create_dir(tmp.path().join(".other.tmp-4245")).unwrap();
+        // (pids that no process has: above the kernel's pid_max)
+        std::fs::rename(&dir, tmp.path().join(".best.old-4194400")).unwrap();
+        std::fs::create_dir(tmp.path().join(".best.tmp-4194401")).unwrap();
+        std::fs::write(tmp.path().join("metrics.jsonl.tmp-4194402"), "x").unwrap();
+        std::fs::create_dir(tmp.path().join(".other.tmp-4194403")).unwrap();
+        // a user's folder that merely looks alike is left alone
+        std::fs::create_dir(tmp.path().join("backup.old-2024")).unwrap();
         assert!(clean_leftovers(tmp.path(), Some("nothing")).unwrap().is_empty());
         assert_eq!(clean_leftovers(tmp.path(), Some("other")).unwrap().len(), 1);
         let done = clean_leftovers(tmp.path(), None).unwrap();
         assert_eq!(done.len(), 3, "{done:?}");
         assert_eq!(std::fs::read_to_string(dir.join("f")).unwrap(), "two");
-        assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 1);
+        assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 2, "best/ and the user's backup.old-2024");
         remove_dir(&dir).unwrap();
         assert!(!dir.exists());
     }

@@ -61,12 +61,16 @@ const MAX_DEPTH: usize = 64;
 /// The largest data.pkl read (a state dict's pickle is a few hundred bytes per tensor).
 const MAX_PICKLE_BYTES: u64 = 64 << 20;
 
-/// Values in `v` and its depth (1 for a scalar), counted without recursion.
+/// The most values on the stack at once (a state dict's pickle holds a few).
+const MAX_STACK: usize = 1 << 20;
+
+/// The size of `v` in values (a string counts one per 64 bytes) and its depth (1 for a
+/// scalar), counted without recursion.
 fn measure(v: &Value) -> (usize, usize) {
     let (mut nodes, mut depth) = (0, 0);
     let mut todo = vec![(v, 1)];
     while let Some((v, d)) = todo.pop() {
-        nodes += 1;
+        nodes += 1 + if let Value::Str(s) = v { s.len() / 64 } else { 0 };
         depth = depth.max(d);
         match v {
             Value::Tuple(xs) | Value::List(xs) => todo.extend(xs.iter().map(|x| (x, d + 1))),
@@ -148,6 +152,15 @@ impl<'a> Machine<'a> {
         Ok(())
     }
 
+    /// Pushes a value; a pickle that piles up more than [`MAX_STACK`] is refused.
+    fn push(&mut self, v: Value) -> Result<()> {
+        if self.stack.len() >= MAX_STACK {
+            return Err(self.err(format!("more than {MAX_STACK} values on the stack: not a state dict")));
+        }
+        self.stack.push(v);
+        Ok(())
+    }
+
     fn pop(&mut self) -> Result<Value> {
         self.stack.pop().ok_or_else(|| self.err("stack underflow"))
     }
@@ -169,17 +182,17 @@ impl<'a> Machine<'a> {
                 0x80 => { self.u8()?; }                                  // PROTO
                 0x95 => { self.take(8)?; }                               // FRAME
                 b'.' => return self.pop(),                               // STOP
-                b'(' => self.stack.push(Value::Mark),                    // MARK
-                b'}' => self.stack.push(Value::Dict(Vec::new())),        // EMPTY_DICT
-                b']' => self.stack.push(Value::List(Vec::new())),        // EMPTY_LIST
-                b')' => self.stack.push(Value::Tuple(Vec::new())),       // EMPTY_TUPLE
-                b't' => { let v = self.pop_mark()?; self.admit_all(&v)?; self.stack.push(Value::Tuple(v)); } // TUPLE
+                b'(' => self.push(Value::Mark)?,                    // MARK
+                b'}' => self.push(Value::Dict(Vec::new()))?,        // EMPTY_DICT
+                b']' => self.push(Value::List(Vec::new()))?,        // EMPTY_LIST
+                b')' => self.push(Value::Tuple(Vec::new()))?,       // EMPTY_TUPLE
+                b't' => { let v = self.pop_mark()?; self.admit_all(&v)?; self.push(Value::Tuple(v))?; } // TUPLE
                 0x85..=0x87 => {                                  // TUPLE1..3
                     let n = (op - 0x84) as usize;
                     if self.stack.len() < n { return Err(self.err("stack underflow")); }
                     let v = self.stack.split_off(self.stack.len() - n);
                     self.admit_all(&v)?;
-                    self.stack.push(Value::Tuple(v));
+                    self.push(Value::Tuple(v))?;
                 }
                 b'q' => { let i = self.u8()? as u32; self.memo_put(i)?; }            // BINPUT
                 b'r' => { let i = self.u32()?; self.memo_put(i)?; }                  // LONG_BINPUT
@@ -188,13 +201,13 @@ impl<'a> Machine<'a> {
                     let i = if op == b'h' { self.u8()? as u32 } else { self.u32()? };
                     let v = self.memo.get(&i).cloned().ok_or_else(|| self.err(format!("memo entry {i} missing")))?;
                     self.admit(&v, true)?;
-                    self.stack.push(v);
+                    self.push(v)?;
                 }
-                b'X' => { let n = self.u32()? as usize; let s = self.string(n)?; self.stack.push(s); } // BINUNICODE
-                0x8c => { let n = self.u8()? as usize; let s = self.string(n)?; self.stack.push(s); }  // SHORT_BINUNICODE
-                b'J' => { let v = self.u32()? as i32; self.stack.push(Value::Int(v as i64)); }       // BININT
-                b'K' => { let v = self.u8()?; self.stack.push(Value::Int(v as i64)); }               // BININT1
-                b'M' => { let v = self.u16()?; self.stack.push(Value::Int(v as i64)); }              // BININT2
+                b'X' => { let n = self.u32()? as usize; let s = self.string(n)?; self.push(s)?; } // BINUNICODE
+                0x8c => { let n = self.u8()? as usize; let s = self.string(n)?; self.push(s)?; }  // SHORT_BINUNICODE
+                b'J' => { let v = self.u32()? as i32; self.push(Value::Int(v as i64))?; }       // BININT
+                b'K' => { let v = self.u8()?; self.push(Value::Int(v as i64))?; }               // BININT1
+                b'M' => { let v = self.u16()?; self.push(Value::Int(v as i64))?; }              // BININT2
                 0x8a => {                                                // LONG1
                     let n = self.u8()? as usize;
                     if n > 8 { return Err(self.err("integer too large")); }
@@ -202,12 +215,12 @@ impl<'a> Machine<'a> {
                     let mut v: i64 = 0;
                     for (i, &byte) in b.iter().enumerate() { v |= (byte as i64) << (8 * i); }
                     if n > 0 && n < 8 && b[n - 1] & 0x80 != 0 { v -= 1i64 << (8 * n); }
-                    self.stack.push(Value::Int(v));
+                    self.push(Value::Int(v))?;
                 }
-                b'G' => { let b = self.take(8)?; self.stack.push(Value::Float(f64::from_be_bytes(b.try_into().expect("8 bytes")))); } // BINFLOAT
-                b'N' => self.stack.push(Value::None),
-                0x88 => self.stack.push(Value::Bool(true)),
-                0x89 => self.stack.push(Value::Bool(false)),
+                b'G' => { let b = self.take(8)?; self.push(Value::Float(f64::from_be_bytes(b.try_into().expect("8 bytes"))))?; } // BINFLOAT
+                b'N' => self.push(Value::None)?,
+                0x88 => self.push(Value::Bool(true))?,
+                0x89 => self.push(Value::Bool(false))?,
                 b'c' => {                                                // GLOBAL
                     let module = self.line()?;
                     let name = self.line()?;
@@ -224,13 +237,13 @@ impl<'a> Machine<'a> {
                 b'Q' => {                                                // BINPERSID
                     let pid = self.pop()?;
                     let v = self.persistent_load(pid)?;
-                    self.stack.push(v);
+                    self.push(v)?;
                 }
                 b'R' => {                                                // REDUCE
                     let args = self.pop()?;
                     let func = self.pop()?;
                     let v = self.reduce(func, args)?;
-                    self.stack.push(v);
+                    self.push(v)?;
                 }
                 b'b' => { self.pop()?; }                                 // BUILD: state of an OrderedDict (metadata), ignored
                 b's' => {                                                // SETITEM
@@ -265,8 +278,7 @@ impl<'a> Machine<'a> {
 
     fn global(&mut self, module: String, name: String) -> Result<()> {
         if ALLOWED_GLOBALS.contains(&(module.as_str(), name.as_str())) || storage_dtype(&module, &name).is_some() {
-            self.stack.push(Value::Global(module, name));
-            Ok(())
+            self.push(Value::Global(module, name))
         } else {
             Err(self.err(format!(
                 "refusing to load global `{module}.{name}`: only state dicts of tensors are accepted (no code is ever executed); convert the file to model.safetensors"
@@ -381,7 +393,10 @@ pub fn read_torch_file(path: &Path) -> Result<Vec<(String, Tensor)>> {
         .ok_or_else(|| Error::format(path, "no data.pkl in the archive"))?;
     let stem = pkl_name.trim_end_matches("data.pkl").to_string();
     let entry = zip.by_name(&pkl_name).map_err(|e| Error::format(path, e.to_string()))?;
-    let pkl = read_entry(entry, MAX_PICKLE_BYTES, path, "data.pkl")?;
+    // torch.save stores entries uncompressed: a data.pkl that inflates far past its
+    // compressed size is a bomb
+    let limit = MAX_PICKLE_BYTES.min(entry.compressed_size().saturating_mul(16).max(1 << 20));
+    let pkl = read_entry(entry, limit, path, "data.pkl")?;
 
     let mut m = Machine { data: &pkl, pos: 0, stack: Vec::new(), memo: HashMap::new(), path, copy_budget: MAX_COPIED };
     let root = m.run()?;

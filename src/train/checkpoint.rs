@@ -37,6 +37,10 @@ pub struct TrainState {
     /// The schedule's length when --minutes fixed it.
     #[serde(default)]
     pub total_steps: Option<u64>,
+    /// Whether the run applies its config's dropout (false in checkpoints of igpt versions
+    /// that trained without dropout whatever the config said: those resume without it).
+    #[serde(default)]
+    pub dropout_applied: bool,
 }
 
 /// A parameter group trained beside the model (a classification head): its tensor name,

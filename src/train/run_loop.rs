@@ -55,11 +55,8 @@ pub fn run_task(cfg: &TrainConfig, resume: bool, task: &dyn Task, obs: &mut dyn 
         let ckpt = |d: &Path| checkpoint::write_contents(d, &tr.model, head.as_ref(), &tr.opt, &state, &data.palette);
         task.write_best(dst, &tr.model, &tr.head, &state, &ckpt)
     };
-    for msg in checkpoint::repair(run_dir, &rebuild)? {
-        obs.note(&msg);
-    }
-    let latest = checkpoint::list(run_dir).pop();
-    match (&latest, resume) {
+    // refused before anything in the folder is touched
+    match (checkpoint::list(run_dir).last(), resume) {
         (None, true) => {
             return Err(Error::Invalid(format!(
                 "--resume: {} has no checkpoint to continue from; run without --resume to start training there",
@@ -74,7 +71,10 @@ pub fn run_task(cfg: &TrainConfig, resume: bool, task: &dyn Task, obs: &mut dyn 
         }
         _ => {}
     }
-    let start = latest.map(|(_, d)| d);
+    for msg in checkpoint::repair(run_dir, &rebuild)? {
+        obs.note(&msg);
+    }
+    let start = checkpoint::list(run_dir).pop().map(|(_, d)| d);
     let (mut tr, mut state) = open_trainee(cfg, task, start.as_deref())?;
     let per_step = (cfg.batch * cfg.grad_accum) as u64;
     // --minutes: the schedule's length is fixed after the first steps are timed (below) and
@@ -112,7 +112,10 @@ pub fn run_task(cfg: &TrainConfig, resume: bool, task: &dyn Task, obs: &mut dyn 
     let mut dhead = vec![0f32; tr.head.len()];
     let mut sum = TrainSummary::empty(run_dir.join("best"));
     let mut window = (Instant::now(), 0u64);
-    while state.step < total && !cfg.stop_after.is_some_and(|s| state.step >= s) {
+    // a run that early stopping ended stays ended on --resume
+    sum.stopped_early = cfg.patience.is_some_and(|p| state.evals_since_best >= p) && state.step < total;
+    let start_step = state.step;
+    while !sum.stopped_early && state.step < total && !cfg.stop_after.is_some_and(|s| state.step >= s) {
         let step = state.step;
         let lr = lr_at(step, cfg.lr, cfg.min_lr, cfg.warmup, total);
         grads.fill(0.0);
@@ -143,8 +146,8 @@ pub fn run_task(cfg: &TrainConfig, resume: bool, task: &dyn Task, obs: &mut dyn 
         tr.opt.update_groups(&mut [&mut tr.model.params[..], &mut tr.head[..]], &[&grads[..], &dhead[..]], lr);
         state.step += 1;
         state.adam_step = tr.opt.step;
-        if total == u64::MAX && state.step >= CALIBRATION.min(cfg.warmup.max(1)) {
-            total = steps_for_budget(cfg, &state, t_start.elapsed().as_secs_f64());
+        if total == u64::MAX && state.step - start_step >= CALIBRATION.min(cfg.warmup.max(1)) {
+            total = steps_for_budget(cfg, &state, state.step - start_step, t_start.elapsed().as_secs_f64());
             state.total_steps = Some(total);
             write_train_json(cfg, &tr.model, total)?;
             obs.note(&format!("--minutes {}: {total} steps at the measured speed", cfg.minutes.unwrap_or(0.0)));
@@ -197,11 +200,11 @@ fn write_train_json(cfg: &TrainConfig, model: &ImageGpt, total: u64) -> Result<(
 /// learning rate does not depend on the length).
 const CALIBRATION: u64 = 3;
 
-/// The length of a --minutes run, from the time its first steps took (evaluations, about
-/// a tenth of a run at the default cadence, included by a 10% margin).
-fn steps_for_budget(cfg: &TrainConfig, state: &TrainState, elapsed: f64) -> u64 {
+/// The length of a --minutes run, from the time the `timed` steps of this process took
+/// (evaluations, about a tenth of a run at the default cadence, included by a 10% margin).
+fn steps_for_budget(cfg: &TrainConfig, state: &TrainState, timed: u64, elapsed: f64) -> u64 {
     let budget = cfg.minutes.unwrap_or(0.0) * 60.0;
-    let per_step = elapsed / state.step.max(1) as f64;
+    let per_step = elapsed / timed.max(1) as f64;
     let more = ((budget - elapsed).max(0.0) / (per_step * 1.1)).floor() as u64;
     state.step + more.max(1)
 }
@@ -213,9 +216,8 @@ fn open_trainee(cfg: &TrainConfig, task: &dyn Task, start: Option<&Path>) -> Res
         None => task.initial_model(cfg)?,
     };
     // the saved model records what it was trained for (BERT: every later pass
-    // bidirectional) and the dropout it was trained with
+    // bidirectional)
     model.config.objective = cfg.objective;
-    apply_dropout(&mut model.config, cfg)?;
     task.check_model(&model, cfg)?;
     let mut opt = AdamW::new(cfg.adamw.clone(), &model.layout);
     let (head_name, head_shape) = task.head(&model).unwrap_or_default();
@@ -226,10 +228,18 @@ fn open_trainee(cfg: &TrainConfig, task: &dyn Task, start: Option<&Path>) -> Res
         _ => vec![0.0; n], // zero-initialised (OpenAI's wclf)
     };
     let named = (n > 0).then(|| (head_name.as_str(), head_range.clone()));
-    let state = match start {
+    let mut state = match start {
         Some(dir) => checkpoint::load_state(dir, &model, named, &mut opt)?,
         None => TrainState::fresh(cfg.seed),
     };
+    // and the dropout it is trained with; a run that trained without (an older igpt)
+    // resumes without, unless flags say otherwise
+    if !state.dropout_applied {
+        let c = &mut model.config;
+        (c.embd_pdrop, c.attn_pdrop, c.resid_pdrop) = (0.0, 0.0, 0.0);
+    }
+    apply_dropout(&mut model.config, cfg)?;
+    state.dropout_applied = true;
     Ok((Trainee { model, head_name, head_shape, head, head_range, opt }, state))
 }
 
@@ -286,6 +296,7 @@ impl TrainState {
             tokens_seen: 0,
             adam_step: 0,
             total_steps: None,
+            dropout_applied: true,
         }
     }
 }
