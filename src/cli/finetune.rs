@@ -140,6 +140,7 @@ pub struct EvalClsArgs {
     /// Which split: train | val | test.
     #[arg(long, default_value = "test")]
     split: String,
+    /// Worker threads (0 = all cores).
     #[arg(long, default_value_t = 0)]
     threads: usize,
     /// Print {"accuracy","n","split"} on stdout.
