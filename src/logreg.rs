@@ -111,6 +111,10 @@ const KP: usize = 16;
 /// Rows per task of the fused path.
 const FUSED_ROWS: usize = 512;
 
+/// Rows the fused pass takes together: R independent accumulator chains per weight load
+/// (one row alone would wait on the FMA latency at every feature).
+const R: usize = 4;
+
 multiversion! {
 /// The fused pass over one block of rows for K <= 16 classes: per row, logits z = x W + b
 /// (W padded to (D, 16)), the softmax cross-entropy against y, dz = (softmax - onehot) / N,
@@ -118,40 +122,86 @@ multiversion! {
 /// (the gemm path reads it twice, and 10 output columns use its tiles poorly).
 fn fused_block(x: &[f32], y: &[u16], wp: &[f32], bp: &[f32], k: usize, inv_n: f32, gw: &mut [f32], gb: &mut [f32]) -> f64 {
     let d = wp.len() / KP;
+    let full = y.len() / R * R;
+    let (xa, xb) = x.split_at(full * d);
+    // fused multiply-adds where the kernel set has them (the portable version never does:
+    // `mul_add` there would be a library call)
+    if crate::backend::isa::active() == crate::backend::isa::KernelSet::Portable {
+        rows_pass::<R, false>(xa, &y[..full], wp, bp, k, inv_n, gw, gb)
+            + rows_pass::<1, false>(xb, &y[full..], wp, bp, k, inv_n, gw, gb)
+    } else {
+        rows_pass::<R, true>(xa, &y[..full], wp, bp, k, inv_n, gw, gb)
+            + rows_pass::<1, true>(xb, &y[full..], wp, bp, k, inv_n, gw, gb)
+    }
+}
+}
+
+/// a * b + c, fused (one rounding) when `FMA`.
+#[inline(always)]
+fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if FMA { a.mul_add(b, c) } else { a * b + c }
+}
+
+/// [`fused_block`] for groups of N rows (inlined into each kernel set's version; `FMA`: fused
+/// multiply-adds, for the kernel sets that have them).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn rows_pass<const N: usize, const FMA: bool>(
+    x: &[f32],
+    y: &[u16],
+    wp: &[f32],
+    bp: &[f32],
+    k: usize,
+    inv_n: f32,
+    gw: &mut [f32],
+    gb: &mut [f32],
+) -> f64 {
+    let d = wp.len() / KP;
     let mut loss = 0f64;
-    for (row, &yi) in x.chunks_exact(d).zip(y) {
-        let mut z = [0f32; KP];
-        z.copy_from_slice(&bp[..KP]);
-        for (xv, wr) in row.iter().zip(wp.chunks_exact(KP)) {
-            for c in 0..KP {
-                z[c] += xv * wr[c];
+    for (rows, ys) in x.chunks_exact(N * d).zip(y.chunks_exact(N)) {
+        let mut z = [[0f32; KP]; N];
+        for zr in z.iter_mut() {
+            zr.copy_from_slice(&bp[..KP]);
+        }
+        for (j, wr) in wp.chunks_exact(KP).enumerate() {
+            for r in 0..N {
+                let xv = rows[r * d + j];
+                for c in 0..KP {
+                    z[r][c] = madd::<FMA>(xv, wr[c], z[r][c]);
+                }
             }
         }
-        let m = z[..k].iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v));
-        let mut sum = 0f32;
-        let mut e = [0f32; KP];
-        for c in 0..k {
-            e[c] = math::exp(z[c] - m);
-            sum += e[c];
+        let mut dz = [[0f32; KP]; N];
+        for r in 0..N {
+            let (zr, yi) = (&z[r], ys[r] as usize);
+            let m = zr[..k].iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v));
+            let mut sum = 0f32;
+            for c in 0..k {
+                dz[r][c] = math::exp(zr[c] - m);
+                sum += dz[r][c];
+            }
+            loss += (sum.ln() - (zr[yi] - m)) as f64;
+            let scale = inv_n / sum;
+            for c in 0..k {
+                dz[r][c] *= scale;
+            }
+            dz[r][yi] -= inv_n;
         }
-        loss += (sum.ln() - (z[yi as usize] - m)) as f64;
-        let scale = inv_n / sum;
-        let mut dz = [0f32; KP];
-        for c in 0..k {
-            dz[c] = e[c] * scale;
-        }
-        dz[yi as usize] -= inv_n;
-        for (xv, gr) in row.iter().zip(gw.chunks_exact_mut(KP)) {
-            for c in 0..KP {
-                gr[c] += xv * dz[c];
+        for (j, gr) in gw.chunks_exact_mut(KP).enumerate() {
+            for r in 0..N {
+                let xv = rows[r * d + j];
+                for c in 0..KP {
+                    gr[c] = madd::<FMA>(xv, dz[r][c], gr[c]);
+                }
             }
         }
-        for c in 0..KP {
-            gb[c] += dz[c];
+        for dr in &dz {
+            for c in 0..KP {
+                gb[c] += dr[c];
+            }
         }
     }
     loss
-}
 }
 
 /// The cross-entropy sum and its gradient (gw (D, K), gb (K)) by the fused pass: blocks of
