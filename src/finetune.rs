@@ -196,12 +196,7 @@ impl Task for Classify {
         true
     }
     fn data(&self) -> DataInfo {
-        DataInfo {
-            train_images: self.train.count,
-            val_images: self.val.count,
-            seq_len: self.train.seq_len(),
-            palette: self.palette.clone(),
-        }
+        DataInfo::of(&self.train, &self.val, &self.palette)
     }
     fn initial_model(&self, cfg: &TrainConfig) -> Result<ImageGpt> {
         let init = cfg.init.as_ref().ok_or_else(|| Error::Invalid("fine-tuning needs --model".into()))?;

@@ -4,6 +4,8 @@
 //! interrupted writes are repaired on the next start; `prepare` into an existing folder is
 //! all or nothing.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -11,25 +13,13 @@ use std::time::{Duration, Instant};
 use igpt::data::prepare::{PrepareConfig, Quiet, prepare};
 use igpt::data::spec::DataSpec;
 use igpt::model::{ModelKind, load_model};
-use igpt::tokenizer::RgbImage;
 use igpt::train::checkpoint::{list, step_of};
 use igpt::train::{NoObserver, TrainConfig, TrainObserver, run};
 
 /// 40 colourful 12x12 images in two classes.
 fn images(tmp: &Path) -> PathBuf {
     let imgs = tmp.join("imgs");
-    for (c, class) in ["a", "b"].iter().enumerate() {
-        std::fs::create_dir_all(imgs.join(class)).unwrap();
-        for i in 0..20usize {
-            let px: Vec<u8> = (0..12 * 12)
-                .flat_map(|j| {
-                    let (x, y) = (j % 12, j / 12);
-                    [((x * 20 + i * 7) % 256) as u8, ((y * 20 + c * 100) % 256) as u8, (((x + y) * 10 + i) % 256) as u8]
-                })
-                .collect();
-            RgbImage::new(12, 12, px).save_png(&imgs.join(class).join(format!("{i}.png"))).unwrap();
-        }
-    }
+    common::two_class_images(&imgs);
     imgs
 }
 

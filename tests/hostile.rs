@@ -4,6 +4,8 @@
 //! address-space limit and a time limit, and must end with a non-zero exit (not a panic, not
 //! an abort) and a message naming the file or flag (the `expect` strings).
 
+mod common;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -177,11 +179,7 @@ fn images(d: &Path) {
 }
 
 fn png(side: usize) -> Vec<u8> {
-    let tmp = tempfile::tempdir().unwrap();
-    let p = tmp.path().join("x.png");
-    let px: Vec<u8> = (0..side * side * 3).map(|i| (i * 37 % 251) as u8).collect();
-    RgbImage::new(side, side, px).save_png(&p).unwrap();
-    std::fs::read(p).unwrap()
+    common::png_bytes(side)
 }
 
 fn patch(d: &Path, file: &str, from: &str, to: &str) {

@@ -4,6 +4,8 @@
 //! take more than a few seconds, or allocate more than `CAP` bytes beyond what was live
 //! before it (a counting global allocator measures the peak).
 
+mod common;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::Write;
 use std::panic::AssertUnwindSafe;
@@ -179,11 +181,7 @@ fn tiny_model(dir: &Path) {
 }
 
 fn png(side: usize) -> Vec<u8> {
-    let tmp = tempfile::tempdir().unwrap();
-    let p = tmp.path().join("x.png");
-    let px: Vec<u8> = (0..side * side * 3).map(|i| (i * 37 % 251) as u8).collect();
-    RgbImage::new(side, side, px).save_png(&p).unwrap();
-    std::fs::read(p).unwrap()
+    common::png_bytes(side)
 }
 
 /// Every parser in one test: the allocator's peak is process-wide, so they run one by one.

@@ -1,30 +1,20 @@
 //! `igpt train` end to end on a small prepared set: exact resume after an interruption,
 //! BERT and augmentation paths, refused mismatches, a NaN stop, checkpoints that load.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use igpt::data::prepare::{PrepareConfig, Quiet, prepare};
 use igpt::data::spec::DataSpec;
 use igpt::model::train_graph::Objective;
 use igpt::model::{ModelKind, load_model};
-use igpt::tokenizer::RgbImage;
 use igpt::train::{NoObserver, TrainConfig, read_metrics, run};
 
 /// 40 small colourful images in two classes, prepared at 8x8 with 16 colours.
 fn prepared(tmp: &Path) -> PathBuf {
     let imgs = tmp.join("imgs");
-    for (c, class) in ["a", "b"].iter().enumerate() {
-        std::fs::create_dir_all(imgs.join(class)).unwrap();
-        for i in 0..20usize {
-            let px: Vec<u8> = (0..12 * 12)
-                .flat_map(|j| {
-                    let (x, y) = (j % 12, j / 12);
-                    [((x * 20 + i * 7) % 256) as u8, ((y * 20 + c * 100) % 256) as u8, (((x + y) * 10 + i) % 256) as u8]
-                })
-                .collect();
-            RgbImage::new(12, 12, px).save_png(&imgs.join(class).join(format!("{i}.png"))).unwrap();
-        }
-    }
+    common::two_class_images(&imgs);
     let out = tmp.join("data");
     let src = DataSpec::Folder(imgs).load(&|| {}).unwrap();
     prepare(src, &out, &PrepareConfig { size: 8, colors: 16, val_fraction: 0.2, ..Default::default() }, &Quiet)

@@ -110,12 +110,7 @@ impl Task for Pretrain {
         false
     }
     fn data(&self) -> DataInfo {
-        DataInfo {
-            train_images: self.train.count,
-            val_images: self.val.count,
-            seq_len: self.train.seq_len(),
-            palette: self.palette.clone(),
-        }
+        DataInfo::of(&self.train, &self.val, &self.palette)
     }
 
     fn initial_model(&self, cfg: &TrainConfig) -> Result<ImageGpt> {

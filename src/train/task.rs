@@ -39,6 +39,13 @@ pub struct DataInfo {
     pub palette: PathBuf,
 }
 
+impl DataInfo {
+    /// The loop's view of a task's training and validation token files and palette.
+    pub fn of(train: &crate::data::tokens::TokenFile, val: &crate::data::tokens::TokenFile, palette: &Path) -> Self {
+        DataInfo { train_images: train.count, val_images: val.count, seq_len: train.seq_len(), palette: palette.into() }
+    }
+}
+
 pub trait Task {
     /// The evaluation's name in logs and metrics (`val_loss`, `val_acc`).
     fn metric(&self) -> &'static str;

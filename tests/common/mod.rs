@@ -65,3 +65,28 @@ impl Refs {
         diff
     }
 }
+
+/// PNG bytes of a side x side image of a fixed pattern.
+pub fn png_bytes(side: usize) -> Vec<u8> {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = tmp.path().join("x.png");
+    let px: Vec<u8> = (0..side * side * 3).map(|i| (i * 37 % 251) as u8).collect();
+    igpt::tokenizer::RgbImage::new(side, side, px).save_png(&p).unwrap();
+    std::fs::read(p).unwrap()
+}
+
+/// DIR/a and DIR/b: 20 colourful 12x12 images each (two classes).
+pub fn two_class_images(dir: &Path) {
+    for (c, class) in ["a", "b"].iter().enumerate() {
+        std::fs::create_dir_all(dir.join(class)).unwrap();
+        for i in 0..20usize {
+            let px: Vec<u8> = (0..12 * 12)
+                .flat_map(|j| {
+                    let (x, y) = (j % 12, j / 12);
+                    [((x * 20 + i * 7) % 256) as u8, ((y * 20 + c * 100) % 256) as u8, (((x + y) * 10 + i) % 256) as u8]
+                })
+                .collect();
+            igpt::tokenizer::RgbImage::new(12, 12, px).save_png(&dir.join(class).join(format!("{i}.png"))).unwrap();
+        }
+    }
+}
