@@ -1,5 +1,5 @@
 //! The architecture study end to end at a tiny scale: `tools/architecture_study.sh` trains two
-//! emoji32 variants (150 images, 20 steps), evaluates, probes, samples and benchmarks them, and
+//! emoji32 variants (100 images at 16x16, 20 steps), evaluates, probes, samples and benchmarks them, and
 //! `igpt study` writes the table, architectures.json and the charts; a second pass of the
 //! script finds everything done and changes nothing.
 
@@ -17,7 +17,8 @@ fn the_study_script_runs_resumes_and_reports() {
             .env("IGPT", env!("CARGO_BIN_EXE_igpt"))
             .env("OUT", &runs)
             .env("REPORT", &report)
-            .env("LIMIT", "150")
+            .env("LIMIT", "100")
+            .env("SIDE32", "16")
             .env("STEPS32", "20")
             .env("LAYERS", "2")
             .env("EMBD", "32")
@@ -34,7 +35,7 @@ fn the_study_script_runs_resumes_and_reports() {
     assert_eq!(runs_json.len(), 2);
     for r in runs_json {
         assert_eq!(r["dataset"], "emoji32");
-        assert_eq!(r["side"], 32);
+        assert_eq!(r["side"], 16);
         for key in [
             "parameters",
             "train_tokens",
@@ -49,7 +50,7 @@ fn the_study_script_runs_resumes_and_reports() {
         ] {
             assert!(r[key].as_f64().is_some_and(f64::is_finite), "{key}: {r}");
         }
-        assert_eq!(r["train_tokens"], 20 * 8 * 1024);
+        assert_eq!(r["train_tokens"], 20 * 8 * 256);
     }
     assert_eq!(
         (runs_json[0]["attention"].as_str(), runs_json[1]["attention"].as_str()),

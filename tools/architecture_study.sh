@@ -11,7 +11,7 @@
 #
 # Environment: OUT (runs/study), REPORT (docs/results), the model and budget below, LIMIT
 # (prepare only the first N images of each split: a quick dry run), E32 / F28 / E64 (the
-# variants, as attention+position_embedding).
+# variants, as attention+position_embedding), SIDE32 (emoji32's side, for a dry run).
 #
 # Resumable part by part: a stage whose output exists is skipped, and training runs in chunks
 # of $CHUNK_EVALS evaluations (--stop-after, then --resume), so a session that ends mid-run continues
@@ -28,6 +28,8 @@ OUT=${OUT:-runs/study}
 IGPT=${IGPT:-target/release/igpt}
 LAYERS=${LAYERS:-4} EMBD=${EMBD:-128} HEADS=${HEADS:-4} BATCH=${BATCH:-8}
 STEPS32=${STEPS32:-1500} STEPS28=${STEPS28:-1500} STEPS64=${STEPS64:-375}
+# emoji32's side (32; smaller only for a quick dry run)
+SIDE32=${SIDE32:-32}
 CHUNK_EVALS=${CHUNK_EVALS:-2}
 EMOJI64=${EMOJI64:-../shared/data/emoji64}
 REPORT=${REPORT:-docs/results}
@@ -101,7 +103,7 @@ PQ="parquet:$EMOJI64/train.parquet,$EMOJI64/test.parquet"
 for part in $PARTS; do
   case $part in
     emoji32)
-      prepare emoji32 --data emoji32 --size 32 --colors 256
+      prepare emoji32 --data emoji32 --size "$SIDE32" --colors 256
       for v in $E32; do run emoji32 emoji32 "$v" "$STEPS32" 256; done ;;
     fashion)
       prepare fashion28 --data fashion-mnist --size 28 --colors 16
