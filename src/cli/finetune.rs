@@ -57,19 +57,8 @@ pub struct FinetuneArgs {
     /// Stop (as if interrupted) after this step; --resume continues.
     #[arg(long)]
     stop_after: Option<u64>,
-    /// Dropout at transformers' three sites (embeddings, attention probabilities, residual
-    /// branches) [default: the pretrained config's: igpt presets 0, HF checkpoints 0.1].
-    #[arg(long)]
-    dropout: Option<f32>,
-    /// Dropout on the embeddings (overrides --dropout).
-    #[arg(long)]
-    embd_pdrop: Option<f32>,
-    /// Dropout on the attention probabilities (overrides --dropout).
-    #[arg(long)]
-    attn_pdrop: Option<f32>,
-    /// Dropout on the attention and MLP outputs (overrides --dropout).
-    #[arg(long)]
-    resid_pdrop: Option<f32>,
+    #[command(flatten)]
+    dropout: super::train::DropoutArgs,
     /// Only the first N images of each split, stratified by label (a quick experiment).
     #[arg(long)]
     limit: Option<usize>,
@@ -86,6 +75,7 @@ pub struct FinetuneArgs {
 
 pub fn run(a: FinetuneArgs) -> Result<()> {
     super::init_threads(a.threads);
+    let [embd_pdrop, attn_pdrop, resid_pdrop] = a.dropout.sites();
     let cfg = FinetuneConfig {
         data: a.data.clone(),
         model: a.model.clone(),
@@ -104,9 +94,9 @@ pub fn run(a: FinetuneArgs) -> Result<()> {
         keep: a.keep,
         stop_after: a.stop_after,
         limit: a.limit,
-        embd_pdrop: a.embd_pdrop.or(a.dropout),
-        attn_pdrop: a.attn_pdrop.or(a.dropout),
-        resid_pdrop: a.resid_pdrop.or(a.dropout),
+        embd_pdrop,
+        attn_pdrop,
+        resid_pdrop,
     };
     let mut console = super::train::Console::new(a.json).labelled("finetune");
     let s = finetune(&cfg, a.resume, &mut console).with_context(|| format!("fine-tuning {}", a.model.display()))?;

@@ -65,19 +65,8 @@ pub struct TrainArgs {
     /// BERT: probability that a position is masked [default: 0.15].
     #[arg(long)]
     mask_prob: Option<f64>,
-    /// Dropout probability at all three of transformers' sites (embeddings, attention
-    /// probabilities, residual branches) [default: the model config's; presets: 0].
-    #[arg(long)]
-    dropout: Option<f32>,
-    /// Dropout on the embeddings (overrides --dropout).
-    #[arg(long)]
-    embd_pdrop: Option<f32>,
-    /// Dropout on the attention probabilities (overrides --dropout; softmax attention only).
-    #[arg(long)]
-    attn_pdrop: Option<f32>,
-    /// Dropout on the attention and MLP outputs (overrides --dropout).
-    #[arg(long)]
-    resid_pdrop: Option<f32>,
+    #[command(flatten)]
+    dropout: DropoutArgs,
     /// Images per micro-batch [default: 8].
     #[arg(long)]
     batch: Option<usize>,
@@ -218,11 +207,10 @@ fn resolve(a: &TrainArgs) -> Result<TrainConfig> {
     if let Some(wd) = a.weight_decay {
         c.adamw.weight_decay = wd;
     }
-    for (dst, site) in
-        [(&mut c.embd_pdrop, a.embd_pdrop), (&mut c.attn_pdrop, a.attn_pdrop), (&mut c.resid_pdrop, a.resid_pdrop)]
-    {
-        if let Some(p) = site.or(a.dropout) {
-            *dst = Some(p);
+    let [e, at, r] = a.dropout.sites();
+    for (dst, p) in [(&mut c.embd_pdrop, e), (&mut c.attn_pdrop, at), (&mut c.resid_pdrop, r)] {
+        if p.is_some() {
+            *dst = p;
         }
     }
     if let Some(o) = a.objective {
@@ -233,6 +221,31 @@ fn resolve(a: &TrainArgs) -> Result<TrainConfig> {
     }
     c.hflip |= a.hflip;
     Ok(c)
+}
+
+/// The dropout flags of `train` and `finetune`.
+#[derive(Args, Clone)]
+pub struct DropoutArgs {
+    /// Dropout at all three of transformers' sites (embeddings, attention probabilities,
+    /// residual branches) [default: the model config's: igpt presets 0, HF checkpoints 0.1].
+    #[arg(long)]
+    dropout: Option<f32>,
+    /// Dropout on the embeddings (overrides --dropout).
+    #[arg(long)]
+    embd_pdrop: Option<f32>,
+    /// Dropout on the attention probabilities (overrides --dropout; softmax attention only).
+    #[arg(long)]
+    attn_pdrop: Option<f32>,
+    /// Dropout on the attention and MLP outputs (overrides --dropout).
+    #[arg(long)]
+    resid_pdrop: Option<f32>,
+}
+
+impl DropoutArgs {
+    /// [embd, attn, resid]: each site's flag, else --dropout, else None (the config's).
+    pub fn sites(&self) -> [Option<f32>; 3] {
+        [self.embd_pdrop, self.attn_pdrop, self.resid_pdrop].map(|p| p.or(self.dropout))
+    }
 }
 
 /// Progress bar (step, loss, lr, tokens/s, ETA) and one line per logged step, on stderr.
