@@ -30,9 +30,12 @@ fn main() {
         None,
         (d, k),
         (Split { x: &xtr, y: &ytr }, Split { x: &xva, y: &yva }, test.as_ref().map(|(x, y)| Split { x, y })),
-        300,
+        igpt::logreg::Stop::default(),
     );
     let fit_s = t0.elapsed().as_secs_f64();
+    for q in &r.path {
+        eprintln!("PATH {:e} {:.4} it={} conv={}", q.lambda, q.val_acc, q.iterations, q.converged);
+    }
     println!(
         "RESULT igpt_probe D={d} N={} fit_s={fit_s:.2} fits={} best_lambda={:e} best_C={:.3e} val_acc={:.4} test_acc={:.4} on_edge={}",
         ytr.len(),

@@ -210,7 +210,7 @@ pub fn run_demo(cfg: &DemoConfig, obs: &mut dyn DemoObserver) -> Result<DemoSumm
     // 5. probe every layer
     obs.stage("probe", "logistic regression on every layer's pooled features");
     let t0 = Instant::now();
-    let opts = ProbeOptions { max_iter: 200, ..Default::default() };
+    let opts = ProbeOptions::default();
     let probe = run_probe(&model, &data, &opts, &out.join("probe"), &mut NoProgress)?;
     timings.push(("probe".to_string(), t0.elapsed().as_secs_f64()));
 

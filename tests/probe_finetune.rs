@@ -7,6 +7,7 @@ use std::path::Path;
 
 use igpt::data::tokens;
 use igpt::finetune::{FinetuneConfig, finetune};
+use igpt::logreg::Stop;
 use igpt::model::train_graph::TrainActs;
 use igpt::model::{ModelKind, load_model, load_model_as};
 use igpt::probe::{NoProgress, ProbeOptions, run_probe};
@@ -117,7 +118,12 @@ fn probe_reports_every_layer_and_the_baseline() {
     tiny_data(&tmp.path().join("data"));
     let model = load_model(&common::fixture("tiny")).unwrap();
     let feats = tmp.path().join("features");
-    let opts = ProbeOptions { max_iter: 100, concat: 3, save_features: Some(feats.clone()), ..Default::default() };
+    let opts = ProbeOptions {
+        stop: Stop { max_iter: 100, ..Stop::default() },
+        concat: 3,
+        save_features: Some(feats.clone()),
+        ..Default::default()
+    };
     let r = run_probe(&model, &tmp.path().join("data"), &opts, &tmp.path().join("report"), &mut NoProgress).unwrap();
     assert_eq!(r.layers.len(), 3); // embeddings + 2 blocks
     assert_eq!(r.counts, (48, 16, 16));
@@ -140,8 +146,10 @@ fn probe_reports_every_layer_and_the_baseline() {
         assert_eq!(p.lambda_on_edge, best == 0 || best == p.path.len() - 1);
         assert!(p.path.iter().all(|q| q.val_acc <= p.val_acc), "the best val accuracy is chosen: {p:?}");
     }
-    let edges = r.layers.iter().chain([&r.baseline]).filter(|p| p.lambda_on_edge).count();
-    assert_eq!(r.warnings.len(), edges + usize::from(cc.result.lambda_on_edge), "{:?}", r.warnings);
+    // a warning for each edge and each unfinished chosen fit
+    let flags = |p: &igpt::probe::ProbeResult| usize::from(p.lambda_on_edge) + usize::from(!p.converged);
+    let expected: usize = r.layers.iter().chain([&r.baseline, &cc.result]).map(flags).sum();
+    assert_eq!(r.warnings.len(), expected, "{:?}", r.warnings);
     // --save-features: every probed set, in the format sklearn_probe.py reads
     let names = ["layer_0", "layer_1", "layer_2", "pixels", "concat"];
     for (name, d) in names.iter().zip([32, 32, 32, 64 * 3, 96]) {
@@ -160,7 +168,7 @@ fn probe_reports_every_layer_and_the_baseline() {
     let err = run_probe(
         &model,
         &tmp.path().join("data"),
-        &ProbeOptions { layers: Some(vec![7]), max_iter: 10, ..Default::default() },
+        &ProbeOptions { layers: Some(vec![7]), stop: Stop { max_iter: 10, ..Stop::default() }, ..Default::default() },
         &tmp.path().join("r2"),
         &mut NoProgress,
     )

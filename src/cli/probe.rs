@@ -23,9 +23,13 @@ pub struct ProbeArgs {
     /// ../shared/bench/sklearn_probe.py reads).
     #[arg(long)]
     save_features: Option<PathBuf>,
-    /// L-BFGS iterations per fit.
+    /// L-BFGS iterations per fit (at most).
     #[arg(long, default_value_t = 300)]
     max_iter: usize,
+    /// A fit stops when the largest component of its objective's gradient is at or below
+    /// this (scikit-learn's `tol` for lbfgs; smaller: closer to the optimum, slower).
+    #[arg(long, default_value_t = igpt::logreg::GTOL)]
+    tol: f32,
     /// Also probe the concatenated features of this many consecutive layers around the
     /// best one (the paper's ImageNet result concatenates 5); 0 = off.
     #[arg(long, default_value_t = 0)]
@@ -93,11 +97,14 @@ pub fn run(a: ProbeArgs) -> Result<()> {
     if a.max_iter == 0 {
         anyhow::bail!("--max-iter 0: give at least 1 L-BFGS iteration (default 300)");
     }
+    if !(a.tol.is_finite() && a.tol > 0.0) {
+        anyhow::bail!("--tol {}: give a positive gradient tolerance (default {:e})", a.tol, igpt::logreg::GTOL);
+    }
     super::init_threads(a.threads);
     let model = super::open_model(&a.model)?;
     let opts = ProbeOptions {
         layers: parse_layers(&a.layers)?,
-        max_iter: a.max_iter,
+        stop: igpt::logreg::Stop { max_iter: a.max_iter, tol: a.tol },
         concat: a.concat,
         save_features: a.save_features.clone(),
         limit: a.limit,

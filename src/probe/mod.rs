@@ -18,6 +18,7 @@ use serde::Serialize;
 
 use crate::data::tokens::TokenFile;
 use crate::error::{Error, Result};
+use crate::logreg::Stop;
 use crate::model::ImageGpt;
 use crate::tokenizer::ImageProcessorConfig;
 
@@ -29,8 +30,8 @@ pub use path::{LAMBDAS, PathPoint, ProbeResult, fit_probe};
 pub struct ProbeOptions {
     /// Layers (0 = embeddings, n_layer = last block); None = all.
     pub layers: Option<Vec<usize>>,
-    /// L-BFGS iterations per fit.
-    pub max_iter: usize,
+    /// When each fit stops (L-BFGS iterations, gradient tolerance).
+    pub stop: Stop,
     /// With > 1: also the concatenated features of that many consecutive probed layers
     /// centred on the best one.
     pub concat: usize,
@@ -42,7 +43,7 @@ pub struct ProbeOptions {
 
 impl Default for ProbeOptions {
     fn default() -> Self {
-        ProbeOptions { layers: None, max_iter: 300, concat: 0, save_features: None, limit: None }
+        ProbeOptions { layers: None, stop: Stop::default(), concat: 0, save_features: None, limit: None }
     }
 }
 
@@ -113,7 +114,7 @@ impl Sets<'_> {
             save_features(&dir.join(format!("{name}.safetensors")), d, &splits)?;
         }
         let (train, val) = (split(0).expect("a train split"), split(1).expect("a val split"));
-        Ok(fit_probe(layer, (d, k), (train, val, split(2)), o.max_iter))
+        Ok(fit_probe(layer, (d, k), (train, val, split(2)), o.stop))
     }
 }
 
@@ -194,6 +195,14 @@ pub fn run_probe(
     let mut warnings = Vec::new();
     let named = |r: &ProbeResult| r.layer.map_or("the raw-pixel baseline".to_string(), |l| format!("layer {l}"));
     for r in results.iter().chain([&baseline]).chain(concat.as_ref().map(|c| &c.result)) {
+        if !r.converged {
+            warnings.push(format!(
+                "{}: the chosen fit stopped at {} iterations before its gradient fell below {:e}; raise --max-iter",
+                named(r),
+                o.stop.max_iter,
+                o.stop.tol
+            ));
+        }
         if r.lambda_on_edge {
             let lo = r.path.last().map_or(0.0, |p| p.lambda);
             let hi = r.path.first().map_or(0.0, |p| p.lambda);
