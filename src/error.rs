@@ -31,6 +31,10 @@ pub enum Error {
 
     #[error("{0}")]
     Invalid(String),
+
+    /// A device (`--device`) this build or machine cannot use.
+    #[error("{device}: {msg}")]
+    Device { device: String, msg: String },
 }
 
 /// The advice added to an OS error that has a usual fix.

@@ -72,6 +72,50 @@ fn info_reports_the_kernel_set_and_igpt_kernels_forces_it() {
     }
 }
 
+/// `--device`: every command that computes takes it; `cpu` (the default) runs as before, a
+/// GPU this build or machine cannot use is refused before any work with what to change,
+/// and a bad name is refused by the parser; `info --device cuda` reports what it found.
+#[test]
+fn device_flags_run_on_the_cpu_and_refuse_an_unusable_gpu() {
+    let small = fixture("small");
+    let m = small.to_str().unwrap();
+    let shape = ["--n-embd", "32", "--n-layer", "1", "--n-head", "2", "--side", "8", "--colors", "16", "--steps", "1"];
+    let mut bench = vec!["bench", "forward", "--json", "--device", "cpu"];
+    bench.extend(shape);
+    let (ok, out, err) = igpt(&bench);
+    assert!(ok && json(&out)["tok_s"].as_f64().unwrap() > 0.0, "{err}");
+    let commands: [&[&str]; 8] = [
+        &["train", "--data", "d", "--out", "o"],
+        &["sample", "--model", m],
+        &["complete", "--model", m, "--images", "x.png"],
+        &["eval", "--model", m, "x.png"],
+        &["probe", "--model", m, "--data", "d", "--out", "o"],
+        &["finetune", "--model", m, "--data", "d", "--out", "o"],
+        &["eval-cls", "--model", m, "--data", "d"],
+        &["bench", "train"],
+    ];
+    for cmd in commands {
+        let o = Command::new(env!("CARGO_BIN_EXE_igpt")).args(cmd).args(["--device", "cuda:1"]).output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{cmd:?}: {err}");
+        assert!(
+            err.contains("cuda:1: ") && err.contains("--device cpu") && !err.contains("panicked"),
+            "{cmd:?}: {err}"
+        );
+    }
+    let (ok, _, err) = igpt(&["sample", "--model", m, "--device", "gpu0"]);
+    assert!(!ok && err.contains("give cpu, cuda or cuda:N"), "{err}");
+    let o = Command::new(env!("CARGO_BIN_EXE_igpt")).args(["info", "--device", "cuda", "--json"]).output().unwrap();
+    let v = json(&String::from_utf8_lossy(&o.stdout));
+    let g = &v["gpu"];
+    assert_eq!(g["device"], "cuda:0");
+    assert_eq!(g["libraries"].as_array().unwrap().len(), 4);
+    assert_eq!(o.status.success(), g["error"].is_null(), "{g}");
+    if g["cuda_backend_built"] == false {
+        assert!(g["error"].as_str().unwrap().contains("--features cuda"), "{g}");
+    }
+}
+
 #[test]
 fn encode_json_equals_hf_processor_ids() {
     let dir = fixture("small");

@@ -10,20 +10,25 @@ pub mod act;
 pub mod attention;
 pub(crate) mod avx2;
 pub(crate) mod avx512;
+pub mod device;
 pub mod dropout;
 pub mod elem;
 pub mod embed;
+pub mod engine;
 pub mod isa;
 pub mod loss;
 pub mod math;
 pub mod matmul;
 pub mod matmul_f16;
 pub mod norm;
+pub mod optim;
 pub mod pool;
 pub mod profile;
 pub mod rope;
 
 pub use act::Activation;
+pub use device::Device;
+pub use engine::{Backend, Cpu};
 pub use matmul::WeightLayout;
 
 /// Runs `f` on a rayon pool with `threads` workers (0 = rayon's default, all cores).

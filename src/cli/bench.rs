@@ -47,6 +47,8 @@ pub struct PaletteArgs {
 
 #[derive(Args, Clone)]
 pub struct BenchArgs {
+    #[command(flatten)]
+    device: super::DeviceArgs,
     /// Width of the random model.
     #[arg(long, default_value_t = 256)]
     n_embd: usize,
@@ -105,9 +107,9 @@ pub struct BenchArgs {
 
 pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
-        BenchCommand::Forward(a) => forward(a),
-        BenchCommand::Train(a) => train(a),
-        BenchCommand::Sample(a) => sample(a),
+        BenchCommand::Forward(a) => a.device.check("bench forward").and_then(|_| forward(a)),
+        BenchCommand::Train(a) => a.device.check("bench train").and_then(|_| train(a)),
+        BenchCommand::Sample(a) => a.device.check("bench sample").and_then(|_| sample(a)),
         BenchCommand::Palette(a) => palette(a),
     }
 }

@@ -46,6 +46,7 @@ pub struct CompleteArgs {
 }
 
 pub fn run(a: CompleteArgs) -> Result<()> {
+    a.s.device.check("complete")?;
     a.s.validate()?;
     for (flag, n) in [("--count", a.count), ("--samples", a.samples)] {
         if n == 0 || n > super::sample::MAX_IMAGES {

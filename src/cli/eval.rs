@@ -7,6 +7,8 @@ use serde_json::json;
 
 #[derive(Args)]
 pub struct EvalArgs {
+    #[command(flatten)]
+    device: super::DeviceArgs,
     /// Model directory (config.json, weights, preprocessor_config.json).
     #[arg(long)]
     model: PathBuf,
@@ -48,6 +50,7 @@ fn metric_of(bert: bool) -> (&'static str, &'static str) {
 }
 
 pub fn run(a: EvalArgs) -> Result<()> {
+    a.device.check("eval")?;
     if a.batch == 0 || a.batch > 4096 {
         bail!("--batch {}: give 1 to 4096 images per pass", a.batch);
     }

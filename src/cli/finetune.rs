@@ -8,6 +8,8 @@ use serde_json::json;
 
 #[derive(Args)]
 pub struct FinetuneArgs {
+    #[command(flatten)]
+    device: super::DeviceArgs,
     /// Pretrained (causal) model directory.
     #[arg(long)]
     model: PathBuf,
@@ -74,6 +76,7 @@ pub struct FinetuneArgs {
 }
 
 pub fn run(a: FinetuneArgs) -> Result<()> {
+    a.device.check("finetune")?;
     super::init_threads(a.threads);
     let [embd_pdrop, attn_pdrop, resid_pdrop] = a.dropout.sites();
     let cfg = FinetuneConfig {
@@ -121,6 +124,8 @@ pub fn run(a: FinetuneArgs) -> Result<()> {
 
 #[derive(Args)]
 pub struct EvalClsArgs {
+    #[command(flatten)]
+    device: super::DeviceArgs,
     /// Classifier directory (ImageGPTForImageClassification).
     #[arg(long)]
     model: PathBuf,
@@ -139,6 +144,7 @@ pub struct EvalClsArgs {
 }
 
 pub fn eval_cls(a: EvalClsArgs) -> Result<()> {
+    a.device.check("eval-cls")?;
     super::init_threads(a.threads);
     let model = load_model_as(&a.model, Some(ModelKind::Classifier))
         .with_context(|| format!("loading classifier {}", a.model.display()))?;

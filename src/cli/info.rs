@@ -2,6 +2,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
+use igpt::backend::device::{self, Device};
 use igpt::backend::isa::{self, KernelSet};
 use serde_json::{Value, json};
 
@@ -11,6 +12,11 @@ pub struct InfoArgs {
     /// it only the engine is described.
     #[arg(long)]
     model: Option<PathBuf>,
+    /// Also describe a GPU (cuda or cuda:N): its name, memory and compute capability, the
+    /// NVIDIA libraries found, and whether this build has the CUDA backend. Exits non-zero,
+    /// saying what is missing, when the device cannot be used.
+    #[arg(long)]
+    device: Option<igpt::backend::Device>,
     /// Print JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -19,6 +25,7 @@ pub struct InfoArgs {
 pub fn run(a: InfoArgs) -> Result<()> {
     let engine = engine();
     let model = a.model.as_deref().map(model_info).transpose()?;
+    let gpu = a.device.filter(|d| *d != Device::Cpu).map(gpu);
     if a.json {
         let mut v = json!({ "engine": engine });
         if let Some(m) = model {
@@ -26,13 +33,63 @@ pub fn run(a: InfoArgs) -> Result<()> {
             v = m;
             v["engine"] = engine;
         }
-        return super::print_json(&v);
+        if let Some((g, _)) = &gpu {
+            v["gpu"] = g.clone();
+        }
+        super::print_json(&v)?;
+    } else {
+        print_engine(&engine);
+        if let Some(m) = model {
+            print_model(&m);
+        }
+        if let Some((g, _)) = &gpu {
+            print_gpu(g);
+        }
     }
-    print_engine(&engine);
-    if let Some(m) = model {
-        print_model(&m);
+    match gpu {
+        Some((_, Err(e))) => Err(e.into()),
+        _ => Ok(()),
     }
-    Ok(())
+}
+
+/// What this build and machine offer for a GPU, and the device's own report (or why there
+/// is none).
+fn gpu(d: Device) -> (Value, igpt::error::Result<()>) {
+    let Device::Cuda(n) = d else { unreachable!("a GPU device") };
+    let libs = device::libraries();
+    let info = device::gpu_info(n);
+    let v = json!({
+        "device": d.to_string(),
+        "cuda_backend_built": device::CUDA_BUILT,
+        "libraries": libs,
+        "gpu": info.as_ref().ok(),
+        "error": info.as_ref().err().map(|e| e.to_string()),
+    });
+    (v, info.map(|_| ()))
+}
+
+fn print_gpu(g: &Value) {
+    println!(
+        "device      {} (CUDA backend in this build: {})",
+        g["device"].as_str().unwrap_or("?"),
+        g["cuda_backend_built"]
+    );
+    for l in g["libraries"].as_array().into_iter().flatten() {
+        let found = l["found"].as_str().unwrap_or("not found");
+        println!("  lib{:<9} {found}", l["name"].as_str().unwrap_or("?"));
+    }
+    if let Some(info) = g["gpu"].as_object() {
+        let gib = |k: &str| info[k].as_f64().unwrap_or(0.0) / (1u64 << 30) as f64;
+        let cc = &info["compute_capability"];
+        println!(
+            "gpu         {} (compute capability {}.{}), {:.1} GiB, {:.1} GiB free",
+            info["name"].as_str().unwrap_or("?"),
+            cc[0],
+            cc[1],
+            gib("total_memory_bytes"),
+            gib("free_memory_bytes")
+        );
+    }
 }
 
 /// The kernel set that runs, the ones this CPU could run, its SIMD features and threads.

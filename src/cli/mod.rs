@@ -21,6 +21,22 @@ use anyhow::{Context, Result};
 use igpt::model::{ImageGpt, load_model};
 use igpt::tokenizer::{ImageProcessorConfig, RgbImage};
 
+/// `--device`: where a command runs.
+#[derive(clap::Args, Clone, Debug)]
+pub struct DeviceArgs {
+    /// Where to run: cpu, or cuda[:N] (the N-th NVIDIA GPU, 0 first; needs a build with
+    /// `--features cuda` and the NVIDIA driver; `igpt info --device cuda` says what is there).
+    #[arg(long, default_value = "cpu")]
+    pub device: igpt::backend::Device,
+}
+
+impl DeviceArgs {
+    /// Refuses a device `command` cannot run on here, saying what to change.
+    pub fn check(&self, command: &str) -> Result<()> {
+        Ok(self.device.check(command)?)
+    }
+}
+
 /// Loads a model directory with a readable error.
 pub fn open_model(dir: &Path) -> Result<ImageGpt> {
     load_model(dir).with_context(|| format!("loading model from {}", dir.display()))

@@ -6,6 +6,8 @@ use igpt::probe::{ProbeOptions, ProbeProgress, run_probe};
 
 #[derive(Args)]
 pub struct ProbeArgs {
+    #[command(flatten)]
+    device: super::DeviceArgs,
     /// Model directory.
     #[arg(long)]
     model: PathBuf,
@@ -91,6 +93,7 @@ pub fn parse_layers(s: &str) -> Result<Option<Vec<usize>>> {
 }
 
 pub fn run(a: ProbeArgs) -> Result<()> {
+    a.device.check("probe")?;
     if a.limit == Some(0) {
         anyhow::bail!("--limit 0: give at least 1 image");
     }

@@ -10,6 +10,8 @@ use serde_json::json;
 /// Flags shared by `sample` and `complete`.
 #[derive(Args, Clone)]
 pub struct SamplingArgs {
+    #[command(flatten)]
+    pub device: super::DeviceArgs,
     /// Random seed: the same seed gives the same images.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -146,6 +148,7 @@ pub fn open_causal(dir: &std::path::Path) -> Result<(igpt::model::ImageGpt, Imag
 }
 
 pub fn run(a: SampleArgs) -> Result<()> {
+    a.s.device.check("sample")?;
     a.s.validate()?;
     if a.num == 0 || a.num > MAX_IMAGES {
         bail!("--num {}: give 1 to {MAX_IMAGES} images", a.num);

@@ -67,6 +67,8 @@ pub struct TrainArgs {
     mask_prob: Option<f64>,
     #[command(flatten)]
     dropout: DropoutArgs,
+    #[command(flatten)]
+    device: super::DeviceArgs,
     /// Images per micro-batch [default: 8].
     #[arg(long)]
     batch: Option<usize>,
@@ -338,6 +340,7 @@ impl TrainObserver for Console {
 }
 
 pub fn run_cmd(a: TrainArgs) -> Result<()> {
+    a.device.check("train")?;
     let cfg = resolve(&a)?;
     super::init_threads(cfg.threads);
     let mut console = Console::new(false);

@@ -1,13 +1,15 @@
-//! AdamW written out (PyTorch's `torch.optim.AdamW`, single-tensor path, operation for
-//! operation), global gradient-norm clipping, and the learning-rate schedule.
+//! AdamW (PyTorch's `torch.optim.AdamW`, single-tensor path; its kernel in
+//! `backend::optim`), global gradient-norm clipping, and the learning-rate schedule, over
+//! the buffers of an engine ([`Backend`]).
 //!
 //! Weight decay, when > 0, applies to matrices only (dim >= 2: attention/MLP weights,
 //! `wte`, `wpe`, `lm_head`), never to norm gains or biases (nanoGPT's rule).
 
-use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::backend::isa::multiversion;
+use crate::backend::engine::{Backend, Cpu};
+use crate::backend::optim::AdamWStep;
+use crate::error::Result;
 use crate::model::ParamLayout;
 
 /// AdamW hyper-parameters (defaults: the paper's betas 0.9 / 0.95, eps 1e-8, no decay).
@@ -27,119 +29,118 @@ impl Default for AdamWConfig {
 }
 
 /// Optimizer state: first and second moments of every parameter group, one after the
-/// other (the model's arena first, in its layout; then, e.g., a classification head), and
-/// the step count. One optimizer serves every group (PyTorch's parameter groups).
+/// other (the model's arena first, in its layout; then, e.g., a classification head), in
+/// buffers of the engine `B`, and the step count. One optimizer serves every group
+/// (PyTorch's parameter groups).
 #[derive(Clone, Debug)]
-pub struct AdamW {
+pub struct AdamW<B: Backend = Cpu> {
     pub cfg: AdamWConfig,
-    pub m: Vec<f32>,
-    pub v: Vec<f32>,
+    pub m: B::Buf,
+    pub v: B::Buf,
     pub step: u64,
     /// Ranges (in m and v) that weight decay applies to (matrices only).
     decay_ranges: Vec<std::ops::Range<usize>>,
     /// The length of each group.
     groups: Vec<usize>,
+    backend: B,
 }
 
-impl AdamW {
-    /// An optimizer for a model's parameters (one group in the arena's layout).
+impl AdamW<Cpu> {
+    /// An optimizer for a model's parameters (one group in the arena's layout), on the CPU.
     pub fn new(cfg: AdamWConfig, layout: &ParamLayout) -> Self {
+        Self::on(Cpu, cfg, layout).expect("CPU buffers")
+    }
+}
+
+impl<B: Backend> AdamW<B> {
+    /// [`AdamW::new`] with its moments on the engine `backend`.
+    pub fn on(backend: B, cfg: AdamWConfig, layout: &ParamLayout) -> Result<Self> {
         let decay_ranges = layout.entries.iter().filter(|e| e.is_matrix()).map(|e| e.range.clone()).collect();
         let n = layout.total;
-        AdamW { cfg, m: vec![0.0; n], v: vec![0.0; n], step: 0, decay_ranges, groups: vec![n] }
+        let (m, v) = (backend.zeros(n)?, backend.zeros(n)?);
+        Ok(AdamW { cfg, m, v, step: 0, decay_ranges, groups: vec![n], backend })
     }
 
     /// Adds a group of `n` parameters (decayed or not); returns its range in `m` and `v`.
-    pub fn add_group(&mut self, n: usize, decay: bool) -> std::ops::Range<usize> {
-        let start = self.m.len();
-        self.m.resize(start + n, 0.0);
-        self.v.resize(start + n, 0.0);
+    pub fn add_group(&mut self, n: usize, decay: bool) -> Result<std::ops::Range<usize>> {
+        let start: usize = self.groups.iter().sum();
+        let grow = |b: &B::Buf| -> Result<B::Buf> {
+            let mut host = self.backend.download(b, 0..start)?;
+            host.resize(start + n, 0.0);
+            self.backend.upload(&host)
+        };
+        (self.m, self.v) = (grow(&self.m)?, grow(&self.v)?);
         if decay {
             self.decay_ranges.push(start..start + n);
         }
         self.groups.push(n);
-        start..start + n
+        Ok(start..start + n)
+    }
+
+    /// The engine that holds the moments.
+    pub fn backend(&self) -> &B {
+        &self.backend
     }
 
     /// Numbers of decayed and non-decayed parameters (printed at start, as nanoGPT).
     pub fn decay_counts(&self) -> (usize, usize) {
         let d: usize = self.decay_ranges.iter().map(|r| r.len()).sum();
-        (d, self.m.len() - d)
+        (d, self.groups.iter().sum::<usize>() - d)
     }
 
     /// One update of a single-group optimizer with learning rate `lr`.
-    pub fn update(&mut self, params: &mut [f32], grads: &[f32], lr: f64) {
+    pub fn update(&mut self, params: &mut B::Buf, grads: &B::Buf, lr: f64) {
         self.update_groups(&mut [params], &[grads], lr);
     }
 
-    /// One update of every group (the slices in the order the groups were made).
-    pub fn update_groups(&mut self, params: &mut [&mut [f32]], grads: &[&[f32]], lr: f64) {
-        assert!(params.len() == self.groups.len() && grads.len() == self.groups.len(), "one slice per group");
+    /// One update of every group (the buffers in the order the groups were made).
+    pub fn update_groups(&mut self, params: &mut [&mut B::Buf], grads: &[&B::Buf], lr: f64) {
+        assert!(params.len() == self.groups.len() && grads.len() == self.groups.len(), "one buffer per group");
         self.step += 1;
         let c = &self.cfg;
         let bc1 = 1.0 - c.beta1.powi(self.step as i32);
         let bc2_sqrt = (1.0 - c.beta2.powi(self.step as i32)).sqrt();
-        let k = [c.beta1 as f32, c.beta2 as f32, c.eps as f32, bc2_sqrt as f32, (lr / bc1) as f32];
+        let k = AdamWStep {
+            beta1: c.beta1 as f32,
+            beta2: c.beta2 as f32,
+            eps: c.eps as f32,
+            bc2_sqrt: bc2_sqrt as f32,
+            step_size: (lr / bc1) as f32,
+        };
         let f = (1.0 - lr * c.weight_decay) as f32;
-        let mut start = 0;
+        let (be, mut start) = (&self.backend, 0);
         for ((p, g), &n) in params.iter_mut().zip(grads).zip(&self.groups) {
-            assert!(p.len() == n && g.len() == n, "group of {n} parameters");
+            assert!(be.size(p) == n && be.size(g) == n, "group of {n} parameters");
             if c.weight_decay > 0.0 {
                 for r in self.decay_ranges.iter().filter(|r| r.start >= start && r.end <= start + n) {
-                    p[r.start - start..r.end - start].iter_mut().for_each(|x| *x *= f);
+                    be.scale_range(p, r.start - start..r.end - start, f);
                 }
             }
-            adamw_step(p, g, &mut self.m[start..start + n], &mut self.v[start..start + n], k);
+            be.adamw(p, g, &mut self.m, &mut self.v, start, k);
             start += n;
         }
     }
 }
 
-multiversion! {
-/// The moment updates and the parameter step of AdamW (torch's `_single_tensor_adamw`),
-/// k = [beta1, beta2, eps, sqrt(bias correction 2), lr / bias correction 1].
-fn adamw_step(params: &mut [f32], grads: &[f32], m: &mut [f32], v: &mut [f32], k: [f32; 5]) {
-    let [b1, b2, eps, bc2_sqrt, step_size] = k;
-    params.par_chunks_mut(4096).zip(grads.par_chunks(4096)).zip(m.par_chunks_mut(4096)).zip(v.par_chunks_mut(4096)).for_each(
-        |(((p, g), m), v)| {
-            for i in 0..p.len() {
-                let gi = g[i];
-                m[i] += (gi - m[i]) * (1.0 - b1); // exp_avg.lerp_(grad, 1 - beta1)
-                v[i] = v[i] * b2 + (1.0 - b2) * gi * gi;
-                let denom = v[i].sqrt() / bc2_sqrt + eps;
-                p[i] -= step_size * m[i] / denom;
-            }
-        },
-    );
-}
-}
-
-/// Sum of squares of the gradients (in f64, in a fixed order).
-fn sum_squares(grads: &[f32]) -> f64 {
-    let parts: Vec<f64> =
-        grads.par_chunks(1 << 16).map(|c| c.iter().map(|&g| (g as f64) * (g as f64)).sum::<f64>()).collect();
-    parts.iter().sum::<f64>()
-}
-
 /// Global L2 norm of the gradients (computed in f64, in a fixed order).
 pub fn grad_norm(grads: &[f32]) -> f64 {
-    sum_squares(grads).sqrt()
+    crate::backend::optim::sum_squares(grads).sqrt()
 }
 
 /// Clips the gradients to a global norm of `max_norm` (torch `clip_grad_norm_`); returns the
 /// norm before clipping.
-pub fn clip_grad_norm(grads: &mut [f32], max_norm: f64) -> f64 {
-    clip_grad_norm_groups(&mut [grads], max_norm)
+pub fn clip_grad_norm(grads: &mut Vec<f32>, max_norm: f64) -> f64 {
+    clip_grad_norm_groups(&Cpu, &mut [grads], max_norm)
 }
 
-/// The same over several parameter groups at once (one global norm, nothing copied).
-pub fn clip_grad_norm_groups(groups: &mut [&mut [f32]], max_norm: f64) -> f64 {
-    let norm = groups.iter().map(|g| sum_squares(g)).sum::<f64>().sqrt();
+/// The same over several parameter groups at once (one global norm, nothing copied), on
+/// the engine that holds them.
+pub fn clip_grad_norm_groups<B: Backend>(be: &B, groups: &mut [&mut B::Buf], max_norm: f64) -> f64 {
+    let norm = groups.iter().map(|g| be.sum_squares(g)).sum::<f64>().sqrt();
     let coef = max_norm / (norm + 1e-6);
     if max_norm > 0.0 && coef < 1.0 {
-        let f = coef as f32;
         for g in groups.iter_mut() {
-            g.par_iter_mut().for_each(|g| *g *= f);
+            be.scale(g, coef as f32);
         }
     }
     norm

@@ -15,6 +15,7 @@ use super::config::TrainConfig;
 use super::optim::{AdamW, clip_grad_norm_groups, lr_at};
 use super::task::Task;
 use super::{EvalLog, RunInfo, StepLog, TrainObserver, TrainSummary, append_line, apply_dropout, dropout_of};
+use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::model::train_graph::TrainActs;
 use crate::model::{ImageGpt, ModelKind, load_model_as};
@@ -130,9 +131,11 @@ pub fn run_task(cfg: &TrainConfig, resume: bool, task: &dyn Task, obs: &mut dyn 
                 parts.insert(k, json!(acc + v.as_f64().unwrap_or(0.0) / cfg.grad_accum as f64));
             }
         }
+        let be = *tr.opt.backend();
         if cfg.grad_accum > 1 {
             let s = 1.0 / cfg.grad_accum as f32;
-            grads.iter_mut().chain(dhead.iter_mut()).for_each(|g| *g *= s);
+            be.scale(&mut grads, s);
+            be.scale(&mut dhead, s);
         }
         if !loss.is_finite() {
             let last = checkpoint::list(run_dir)
@@ -142,8 +145,8 @@ pub fn run_task(cfg: &TrainConfig, resume: bool, task: &dyn Task, obs: &mut dyn 
                 "the loss is {loss} at step {step}: training stopped (lower --lr or raise --warmup); the last good checkpoint is {last}"
             )));
         }
-        let norm = clip_grad_norm_groups(&mut [&mut grads[..], &mut dhead[..]], cfg.clip);
-        tr.opt.update_groups(&mut [&mut tr.model.params[..], &mut tr.head[..]], &[&grads[..], &dhead[..]], lr);
+        let norm = clip_grad_norm_groups(&be, &mut [&mut grads, &mut dhead], cfg.clip);
+        tr.opt.update_groups(&mut [&mut tr.model.params, &mut tr.head], &[&grads, &dhead], lr);
         state.step += 1;
         state.adam_step = tr.opt.step;
         if total == u64::MAX && state.step - start_step >= CALIBRATION.min(cfg.warmup.max(1)) {
@@ -222,7 +225,7 @@ fn open_trainee(cfg: &TrainConfig, task: &dyn Task, start: Option<&Path>) -> Res
     let mut opt = AdamW::new(cfg.adamw.clone(), &model.layout);
     let (head_name, head_shape) = task.head(&model).unwrap_or_default();
     let n: usize = if head_name.is_empty() { 0 } else { head_shape.iter().product() };
-    let head_range = opt.add_group(n, false);
+    let head_range = opt.add_group(n, false)?;
     let head = match start {
         Some(dir) if n > 0 => checkpoint::load_head(dir, &head_name, &head_shape)?,
         _ => vec![0.0; n], // zero-initialised (OpenAI's wclf)
