@@ -3,13 +3,27 @@
 //! a CUDA engine can sit beside the CPU one.
 //!
 //! Today the optimizer runs through it (AdamW's moments are engine buffers, and the update,
-//! weight decay, the gradient norm and clipping are engine operations); the model's
-//! parameters, gradients and activations are the CPU engine's buffers (`Vec<f32>`), and
-//! its kernels join the interface next (issue #16).
+//! weight decay, the gradient norm and clipping are engine operations), and the model
+//! reaches the kernels of its forward and training passes through it, on views of buffers
+//! (`ImageGpt::engine`). Still outside it: the model's parameters, gradients and
+//! activations are the CPU engine's buffers (`Vec<f32>`); the attention's saved state and
+//! sequence views are host types; decoding's KV-cache states (`attention::DecodeState`) and
+//! packed f16 matrices, and the pooling of probe features, are called directly. A model
+//! generic over the engine is the next step (issue #16).
+//!
+//! Each kernel's shapes and backward math are documented at its CPU version in `backend/`
+//! (`norm`, `act`, `matmul`, `loss`, `attention`, `embed`, `rope`, `dropout`); a second
+//! engine implements the same operations on the same layouts, to be tested against them.
 
 use std::ops::Range;
 
-use super::optim::{self, AdamWStep};
+use super::Activation;
+use super::WeightLayout;
+use super::attention::{AttnDims, Saved, SeqView};
+use super::dropout::Dropout;
+use super::embed::Axis;
+use super::optim::AdamWStep;
+use super::rope::Rope;
 use crate::error::Result;
 
 /// A compute engine: owns buffers of f32 and runs operations on them.
@@ -47,53 +61,124 @@ pub trait Backend: Clone + Send + Sync {
     fn sum_squares(&self, x: &Self::Buf) -> f64;
     /// x = 0.
     fn fill_zero(&self, x: &mut Self::Buf);
-}
 
-/// The CPU engine: buffers are `Vec<f32>`, operations the kernels of `backend/`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Cpu;
+    /// A read-only view of part of a buffer (the CPU: a slice).
+    type View<'a>: Copy
+    where
+        Self: 'a;
+    /// A writable view of part of a buffer (the CPU: a mutable slice).
+    type ViewMut<'a>
+    where
+        Self: 'a;
 
-impl Backend for Cpu {
-    type Buf = Vec<f32>;
-
-    fn name(&self) -> String {
-        "cpu".into()
-    }
-    fn zeros(&self, n: usize) -> Result<Vec<f32>> {
-        Ok(vec![0.0; n])
-    }
-    fn upload(&self, host: &[f32]) -> Result<Vec<f32>> {
-        Ok(host.to_vec())
-    }
-    fn download(&self, buf: &Vec<f32>, r: Range<usize>) -> Result<Vec<f32>> {
-        Ok(buf[r].to_vec())
-    }
-    fn size(&self, buf: &Vec<f32>) -> usize {
-        buf.len()
-    }
-    fn adamw(
+    /// out (N, C) = x / rms(x) * w, rstd (N) = 1 / rms(x).
+    fn rmsnorm_forward(
         &self,
-        params: &mut Vec<f32>,
-        grads: &Vec<f32>,
-        m: &mut Vec<f32>,
-        v: &mut Vec<f32>,
-        at: usize,
-        k: AdamWStep,
-    ) {
-        let n = params.len();
-        assert!(grads.len() == n && m.len() >= at + n && v.len() >= at + n, "adamw: buffers of {n} parameters");
-        optim::adamw_step(params, grads, &mut m[at..at + n], &mut v[at..at + n], k);
-    }
-    fn scale(&self, x: &mut Vec<f32>, f: f32) {
-        optim::scale(x, f);
-    }
-    fn scale_range(&self, x: &mut Vec<f32>, r: Range<usize>, f: f32) {
-        optim::scale(&mut x[r], f);
-    }
-    fn sum_squares(&self, x: &Vec<f32>) -> f64 {
-        optim::sum_squares(x)
-    }
-    fn fill_zero(&self, x: &mut Vec<f32>) {
-        x.fill(0.0);
-    }
+        out: Self::ViewMut<'_>,
+        rstd: Self::ViewMut<'_>,
+        inp: Self::View<'_>,
+        w: Self::View<'_>,
+        eps: f64,
+    );
+    /// dinp += d(out)/d(inp)^T dout, dw += ...
+    #[allow(clippy::too_many_arguments)]
+    fn rmsnorm_backward(
+        &self,
+        dinp: Self::ViewMut<'_>,
+        dw: Self::ViewMut<'_>,
+        dout: Self::View<'_>,
+        inp: Self::View<'_>,
+        rstd: Self::View<'_>,
+        w: Self::View<'_>,
+    );
+    /// out = act(inp).
+    fn act_forward(&self, act: Activation, out: Self::ViewMut<'_>, inp: Self::View<'_>);
+    /// x = act(x).
+    fn act_inplace(&self, act: Activation, x: Self::ViewMut<'_>);
+    /// dinp = act'(inp) dout.
+    fn act_backward(&self, act: Activation, dinp: Self::ViewMut<'_>, dout: Self::View<'_>, inp: Self::View<'_>);
+    /// out (m, n) (+)= inp (m, k) @ W (+ bias).
+    #[allow(clippy::too_many_arguments)]
+    fn matmul_forward(
+        &self,
+        out: Self::ViewMut<'_>,
+        inp: Self::View<'_>,
+        w: Self::View<'_>,
+        bias: Option<Self::View<'_>>,
+        mkn: (usize, usize, usize),
+        layout: WeightLayout,
+        accumulate: bool,
+    );
+    /// dW (k, n) += x^T (k, m) @ dy (m, n).
+    fn matmul_backward_weight(
+        &self,
+        dw: Self::ViewMut<'_>,
+        x: Self::View<'_>,
+        dy: Self::View<'_>,
+        mkn: (usize, usize, usize),
+    );
+    /// db (n) += the column sums of dy (m, n).
+    fn bias_backward(&self, db: Self::ViewMut<'_>, dy: Self::View<'_>, n: usize);
+    /// x += y.
+    fn add_inplace(&self, x: Self::ViewMut<'_>, y: Self::View<'_>);
+    /// x = x * mask / (1 - p), the mask of `d`.
+    fn dropout(&self, d: Dropout, x: Self::ViewMut<'_>);
+    /// The weighted cross-entropy of logits (N, V) against targets; logits become its
+    /// gradient.
+    fn cross_entropy_fused(&self, logits: Self::ViewMut<'_>, targets: &[u32], weights: &[f32], v: usize) -> f64;
+    /// out (B*T, C) = s_i wte[tokens_i] + the rows of each position table for slots
+    /// pos0..pos0+T.
+    #[allow(clippy::too_many_arguments)]
+    fn embed_forward(
+        &self,
+        out: Self::ViewMut<'_>,
+        tokens: &[u32],
+        wte: Self::View<'_>,
+        token_scale: Option<&[f32]>,
+        tables: &[(Self::View<'_>, Axis)],
+        t: usize,
+        pos0: usize,
+        c: usize,
+    );
+    /// Adds the embedding's gradients to the arena `grads` (wte and each table at their
+    /// ranges) for dout (B*T, C).
+    #[allow(clippy::too_many_arguments)]
+    fn embed_backward(
+        &self,
+        grads: Self::ViewMut<'_>,
+        wte: Range<usize>,
+        tables: &[(Range<usize>, Axis)],
+        dout: Self::View<'_>,
+        tokens: &[u32],
+        token_scale: Option<&[f32]>,
+        t: usize,
+        c: usize,
+    );
+    /// rope_2d: rotates q and k of qkv (B, T, 3C) for slots pos0..pos0+T (`inverse`: the
+    /// transpose).
+    fn rope(&self, rope: &Rope, qkv: Self::ViewMut<'_>, t: usize, pos0: usize, inverse: bool);
+    /// Attention of q, k, v (views of qkv) into out (B, T, C), keeping what its backward needs.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_forward(
+        &self,
+        out: Self::ViewMut<'_>,
+        saved: &mut Saved,
+        q: SeqView,
+        k: SeqView,
+        v: SeqView,
+        d: AttnDims,
+    );
+    /// dqkv (B, T, 3C) from dout, the forward's out and saved state.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_backward(
+        &self,
+        dqkv: Self::ViewMut<'_>,
+        dout: Self::View<'_>,
+        out: Self::View<'_>,
+        saved: &Saved,
+        q: SeqView,
+        k: SeqView,
+        v: SeqView,
+        d: AttnDims,
+    );
 }

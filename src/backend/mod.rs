@@ -10,6 +10,7 @@ pub mod act;
 pub mod attention;
 pub(crate) mod avx2;
 pub(crate) mod avx512;
+pub mod cpu;
 pub mod device;
 pub mod dropout;
 pub mod elem;
@@ -27,8 +28,9 @@ pub mod profile;
 pub mod rope;
 
 pub use act::Activation;
+pub use cpu::Cpu;
 pub use device::Device;
-pub use engine::{Backend, Cpu};
+pub use engine::Backend;
 pub use matmul::WeightLayout;
 
 /// Runs `f` on a rayon pool with `threads` workers (0 = rayon's default, all cores).

@@ -9,9 +9,8 @@
 use std::collections::BTreeMap;
 use std::ops::Range;
 
-use crate::backend::WeightLayout;
-use crate::backend::matmul::matmul_forward;
 use crate::backend::matmul_f16::{DecodeMatrices, PackElem, Packed, matmul_packed};
+use crate::backend::{Backend, WeightLayout};
 
 use super::gpt::ImageGpt;
 use super::params::ModelKind;
@@ -127,7 +126,7 @@ impl ImageGpt {
     ) {
         let bias = Some(self.param(b));
         if t != 1 || !self.packed_product(out, inp, w, bias, dims.0, accumulate) {
-            matmul_forward(out, inp, self.param(w), bias, dims, WeightLayout::InOut, accumulate)
+            self.engine().matmul_forward(out, inp, self.param(w), bias, dims, WeightLayout::InOut, accumulate)
         }
     }
 }

@@ -15,7 +15,7 @@ use std::ops::Range;
 use crate::backend::attention::{self, AttnDims, DecodeState, SeqView};
 use crate::backend::dropout::Dropout;
 use crate::backend::profile::{Kernel, timed};
-use crate::backend::{Activation, WeightLayout, act, matmul::matmul_forward, norm};
+use crate::backend::{Activation, Backend, Cpu, WeightLayout};
 use crate::config::ImageGptConfig;
 use crate::error::{Error, Result};
 use crate::rng::Rng;
@@ -172,6 +172,12 @@ impl ImageGpt {
             }
         }
         Ok(m)
+    }
+
+    /// The engine this model's buffers live in and its kernels run on (the CPU engine;
+    /// a model generic over the engine is the next step of issue #16).
+    pub fn engine(&self) -> Cpu {
+        Cpu
     }
 
     pub fn param(&self, r: &Range<usize>) -> &[f32] {
@@ -348,7 +354,7 @@ impl ImageGpt {
             ws.last_block_output = ws.x[..n * c].to_vec();
         }
         timed(Kernel::Norm, || {
-            norm::rmsnorm_forward(
+            self.engine().rmsnorm_forward(
                 &mut ws.last_hidden[..n * c],
                 &mut ws.rstd[..n],
                 &ws.x[..n * c],
@@ -381,7 +387,7 @@ impl ImageGpt {
         let cfg = &self.config;
         let (c, inner, n, eps) = (cfg.n_embd, cfg.n_inner(), b * t, cfg.layer_norm_epsilon);
         let BlockBufs { x, ln1, rstd1, qkv, att, saved, x_mid, ln2, rstd2, fc, fc_act, mut drop } = bufs;
-        timed(Kernel::Norm, || norm::rmsnorm_forward(ln1, rstd1, x, self.param(&lo.ln_1), eps));
+        timed(Kernel::Norm, || self.engine().rmsnorm_forward(ln1, rstd1, x, self.param(&lo.ln_1), eps));
         timed(Kernel::Matmul, || self.dense(qkv, ln1, (&lo.c_attn_w, &lo.c_attn_b), (n, c, 3 * c), t, false));
         let past = kv.as_ref().map_or(0, |kv| kv.1);
         timed(Kernel::Attention, || self.rotate_qk(qkv, t, past, false));
@@ -404,7 +410,9 @@ impl ImageGpt {
                 dims.tk = past + t;
                 timed(Kernel::Attention, || state.attend(att, saved, view(0), view(1), view(2), past, dims));
             }
-            None => timed(Kernel::Attention, || attention::forward(att, saved, view(0), view(1), view(2), dims)),
+            None => timed(Kernel::Attention, || {
+                self.engine().attention_forward(att, saved, view(0), view(1), view(2), dims)
+            }),
         }
         // x += att @ c_proj + b  (the gemm accumulates straight into the residual stream)
         let proj = (&lo.c_proj_w, &lo.c_proj_b);
@@ -412,16 +420,16 @@ impl ImageGpt {
         if let Some(m) = x_mid {
             m.copy_from_slice(x);
         }
-        timed(Kernel::Norm, || norm::rmsnorm_forward(ln2, rstd2, x, self.param(&lo.ln_2), eps));
+        timed(Kernel::Norm, || self.engine().rmsnorm_forward(ln2, rstd2, x, self.param(&lo.ln_2), eps));
         timed(Kernel::Matmul, || self.dense(fc, ln2, (&lo.c_fc_w, &lo.c_fc_b), (n, c, inner), t, false));
         // training keeps the pre-activation; inference applies the activation in place
         let h: &[f32] = match fc_act {
             Some(out) => {
-                timed(Kernel::Act, || act::act_forward(self.act, out, fc));
+                timed(Kernel::Act, || self.engine().act_forward(self.act, out, fc));
                 out
             }
             None => {
-                timed(Kernel::Act, || act::act_inplace(self.act, fc));
+                timed(Kernel::Act, || self.engine().act_inplace(self.act, fc));
                 fc
             }
         };
@@ -445,8 +453,8 @@ impl ImageGpt {
             (Some(d), Some(buf)) => {
                 buf.resize(x.len(), 0.0);
                 self.dense(buf, inp, wb, dims, t, false);
-                d.apply(buf);
-                crate::backend::add_inplace(x, buf);
+                self.engine().dropout(d, buf);
+                self.engine().add_inplace(x, buf);
             }
             _ => self.dense(x, inp, wb, dims, t, true),
         }
@@ -489,7 +497,7 @@ impl ImageGpt {
             Logits::None => ws.logits.clear(),
             Logits::All => {
                 ws.logits.resize(n * v, 0.0);
-                matmul_forward(
+                self.engine().matmul_forward(
                     &mut ws.logits,
                     &ws.last_hidden[..n * c],
                     self.param(head),
@@ -506,7 +514,15 @@ impl ImageGpt {
                     .collect();
                 ws.logits.resize(b * v, 0.0);
                 if t != 1 || !self.packed_product(&mut ws.logits, &last, head, None, b, false) {
-                    matmul_forward(&mut ws.logits, &last, self.param(head), None, (b, c, v), WeightLayout::OutIn, false)
+                    self.engine().matmul_forward(
+                        &mut ws.logits,
+                        &last,
+                        self.param(head),
+                        None,
+                        (b, c, v),
+                        WeightLayout::OutIn,
+                        false,
+                    )
                 }
             }
         }
@@ -528,7 +544,7 @@ impl ImageGpt {
         let (c, k) = (self.config.n_embd, self.config.num_labels());
         let b = pooled.len() / c;
         let mut out = vec![0f32; b * k];
-        matmul_forward(&mut out, pooled, self.param(head), None, (b, c, k), WeightLayout::OutIn, false);
+        self.engine().matmul_forward(&mut out, pooled, self.param(head), None, (b, c, k), WeightLayout::OutIn, false);
         Ok(out)
     }
 }

@@ -8,10 +8,9 @@
 //!   (position embedding kept), no SOS, bidirectional attention, cross-entropy over the
 //!   masked positions only.
 
-use crate::backend::attention::{self, AttnDims, Saved, SeqView};
-use crate::backend::matmul::{bias_backward, matmul_backward_weight, matmul_forward};
+use crate::backend::attention::{AttnDims, Saved, SeqView};
 use crate::backend::profile::{Kernel, timed};
-use crate::backend::{WeightLayout, act, loss, norm};
+use crate::backend::{Backend, Cpu, WeightLayout};
 use crate::error::{Error, Result};
 
 use super::gpt::{BlockBufs, BlockDropout, ImageGpt};
@@ -173,7 +172,8 @@ impl ImageGpt {
         crate::backend::on_pool(|| {
             self.train_forward(acts, causal);
             let v = self.config.n_colors();
-            let loss = timed(Kernel::Head, || loss::cross_entropy_fused(&mut acts.logits, tokens, &acts.weights, v));
+            let loss =
+                timed(Kernel::Head, || self.engine().cross_entropy_fused(&mut acts.logits, tokens, &acts.weights, v));
             if let Some(g) = grads {
                 self.train_backward(acts, g, causal, None);
             }
@@ -240,7 +240,7 @@ impl ImageGpt {
         acts.active = acts.dropout;
         self.train_forward(acts, causal);
         let gen_loss = if gen_weight > 0.0 {
-            loss::cross_entropy_fused(&mut acts.logits, &targets, &acts.weights, v) / gen_weight
+            self.engine().cross_entropy_fused(&mut acts.logits, &targets, &acts.weights, v) / gen_weight
         } else {
             acts.logits.iter_mut().for_each(|x| *x = 0.0);
             0.0
@@ -248,15 +248,15 @@ impl ImageGpt {
         // pooled (B, C) = mean_t ln_f(x); class logits (B, K) = pooled @ score^T
         let pooled = crate::backend::pool::mean_over_positions(&acts.lnf, b, t, c);
         let mut cl = vec![0f32; b * k];
-        matmul_forward(&mut cl, &pooled, score, None, (b, c, k), WeightLayout::OutIn, false);
+        self.engine().matmul_forward(&mut cl, &pooled, score, None, (b, c, k), WeightLayout::OutIn, false);
         let correct =
             cl.chunks_exact(k).zip(labels).filter(|(row, l)| crate::backend::loss::argmax(row) as u16 == **l).count();
         let lab: Vec<u32> = labels.iter().map(|&l| l as u32).collect();
-        let clf = loss::cross_entropy_fused(&mut cl, &lab, &vec![1.0 / b as f32; b], k); // cl -> dclf
+        let clf = self.engine().cross_entropy_fused(&mut cl, &lab, &vec![1.0 / b as f32; b], k); // cl -> dclf
         // dscore += dclf^T @ pooled; dpooled = dclf @ score; each position gets dpooled / T
-        matmul_backward_weight(dscore, &cl, &pooled, (b, k, c));
+        self.engine().matmul_backward_weight(dscore, &cl, &pooled, (b, k, c));
         let mut dpooled = vec![0f32; b * c];
-        matmul_forward(&mut dpooled, &cl, score, None, (b, k, c), WeightLayout::InOut, false);
+        self.engine().matmul_forward(&mut dpooled, &cl, score, None, (b, k, c), WeightLayout::InOut, false);
         let mut extra = vec![0f32; n * c];
         for i in 0..b {
             for r in 0..t {
@@ -278,7 +278,7 @@ impl ImageGpt {
         let x = sized(&mut a.x, n * c);
         timed(Kernel::Embed, || self.embed(x, &a.input, Some(&a.token_scale), t, 0));
         if let Some(d) = a.active.embd {
-            d.apply(x);
+            self.engine().dropout(d, x);
         }
         for (l, lo) in self.layout.layers.iter().enumerate() {
             let la = &mut a.layers[l];
@@ -305,13 +305,19 @@ impl ImageGpt {
         }
         let lnf = sized(&mut a.lnf, n * c);
         timed(Kernel::Norm, || {
-            norm::rmsnorm_forward(lnf, sized(&mut a.rstd_f, n), &a.x[..n * c], self.param(&self.layout.ln_f), eps)
+            self.engine().rmsnorm_forward(
+                lnf,
+                sized(&mut a.rstd_f, n),
+                &a.x[..n * c],
+                self.param(&self.layout.ln_f),
+                eps,
+            )
         });
         let v = cfg.n_colors();
         let head = self.layout.head.as_ref().expect("causal model has lm_head");
         let logits = sized(&mut a.logits, n * v);
         timed(Kernel::Head, || {
-            matmul_forward(logits, &a.lnf, self.param(head), None, (n, c, v), WeightLayout::OutIn, false)
+            self.engine().matmul_forward(logits, &a.lnf, self.param(head), None, (n, c, v), WeightLayout::OutIn, false)
         });
     }
 
@@ -324,16 +330,24 @@ impl ImageGpt {
         // Head: logits = lnf @ W^T, W (V, C). dlnf = dlogits @ W; dW += dlogits^T @ lnf.
         let dln = sized(&mut a.dln, n * c);
         timed(Kernel::Head, || {
-            matmul_forward(dln, &a.logits, self.param(&head), None, (n, v, c), WeightLayout::InOut, false);
-            matmul_backward_weight(&mut grads[head.clone()], &a.logits, &a.lnf, (n, v, c));
+            self.engine().matmul_forward(
+                dln,
+                &a.logits,
+                self.param(&head),
+                None,
+                (n, v, c),
+                WeightLayout::InOut,
+                false,
+            );
+            self.engine().matmul_backward_weight(&mut grads[head.clone()], &a.logits, &a.lnf, (n, v, c));
         });
         if let Some(extra) = extra_dlnf {
-            crate::backend::add_inplace(&mut a.dln[..n * c], extra);
+            self.engine().add_inplace(&mut a.dln[..n * c], extra);
         }
         let dx = sized(&mut a.dx, n * c);
         dx.fill(0.0);
         timed(Kernel::Norm, || {
-            norm::rmsnorm_backward(
+            self.engine().rmsnorm_backward(
                 dx,
                 &mut grads[self.layout.ln_f.clone()],
                 &a.dln,
@@ -348,7 +362,7 @@ impl ImageGpt {
             let dy = branch_grad(&mut a.branch, &a.dx[..n * c], a.active.resid_of(l, true));
             let dfc_act = sized(&mut a.dfc_act, n * inner);
             timed(Kernel::Matmul, || {
-                matmul_forward(
+                self.engine().matmul_forward(
                     dfc_act,
                     dy,
                     self.param(&lo.mlp_proj_w),
@@ -357,19 +371,27 @@ impl ImageGpt {
                     WeightLayout::OutIn,
                     false,
                 );
-                matmul_backward_weight(&mut grads[lo.mlp_proj_w.clone()], &la.fc_act, dy, (n, inner, c));
-                bias_backward(&mut grads[lo.mlp_proj_b.clone()], dy, c);
+                self.engine().matmul_backward_weight(&mut grads[lo.mlp_proj_w.clone()], &la.fc_act, dy, (n, inner, c));
+                self.engine().bias_backward(&mut grads[lo.mlp_proj_b.clone()], dy, c);
             });
             let dfc = sized(&mut a.dfc, n * inner);
-            timed(Kernel::Act, || act::act_backward(self.act, dfc, &a.dfc_act, &la.fc));
+            timed(Kernel::Act, || self.engine().act_backward(self.act, dfc, &a.dfc_act, &la.fc));
             let dln = sized(&mut a.dln, n * c);
             timed(Kernel::Matmul, || {
-                matmul_forward(dln, &a.dfc, self.param(&lo.c_fc_w), None, (n, inner, c), WeightLayout::OutIn, false);
-                matmul_backward_weight(&mut grads[lo.c_fc_w.clone()], &la.ln2, &a.dfc, (n, c, inner));
-                bias_backward(&mut grads[lo.c_fc_b.clone()], &a.dfc, inner);
+                self.engine().matmul_forward(
+                    dln,
+                    &a.dfc,
+                    self.param(&lo.c_fc_w),
+                    None,
+                    (n, inner, c),
+                    WeightLayout::OutIn,
+                    false,
+                );
+                self.engine().matmul_backward_weight(&mut grads[lo.c_fc_w.clone()], &la.ln2, &a.dfc, (n, c, inner));
+                self.engine().bias_backward(&mut grads[lo.c_fc_b.clone()], &a.dfc, inner);
             });
             timed(Kernel::Norm, || {
-                norm::rmsnorm_backward(
+                self.engine().rmsnorm_backward(
                     &mut a.dx[..n * c],
                     &mut grads[lo.ln_2.clone()],
                     &a.dln,
@@ -382,9 +404,17 @@ impl ImageGpt {
             let dy = branch_grad(&mut a.branch, &a.dx[..n * c], a.active.resid_of(l, false));
             let datt = sized(&mut a.datt, n * c);
             timed(Kernel::Matmul, || {
-                matmul_forward(datt, dy, self.param(&lo.c_proj_w), None, (n, c, c), WeightLayout::OutIn, false);
-                matmul_backward_weight(&mut grads[lo.c_proj_w.clone()], &la.att, dy, (n, c, c));
-                bias_backward(&mut grads[lo.c_proj_b.clone()], dy, c);
+                self.engine().matmul_forward(
+                    datt,
+                    dy,
+                    self.param(&lo.c_proj_w),
+                    None,
+                    (n, c, c),
+                    WeightLayout::OutIn,
+                    false,
+                );
+                self.engine().matmul_backward_weight(&mut grads[lo.c_proj_w.clone()], &la.att, dy, (n, c, c));
+                self.engine().bias_backward(&mut grads[lo.c_proj_b.clone()], dy, c);
             });
             let view =
                 |part: usize| SeqView { data: &la.qkv, offset: part * c, batch_stride: t * 3 * c, row_stride: 3 * c };
@@ -402,18 +432,26 @@ impl ImageGpt {
             };
             let dqkv = sized(&mut a.dqkv, n * 3 * c);
             timed(Kernel::Attention, || {
-                attention::backward(dqkv, &a.datt, &la.att, &la.saved, view(0), view(1), view(2), dims);
+                self.engine().attention_backward(dqkv, &a.datt, &la.att, &la.saved, view(0), view(1), view(2), dims);
                 // rope_2d: back through the rotation of q and k (qkv holds the rotated ones)
                 self.rotate_qk(dqkv, t, 0, true);
             });
             let dln = sized(&mut a.dln, n * c);
             timed(Kernel::Matmul, || {
-                matmul_forward(dln, &a.dqkv, self.param(&lo.c_attn_w), None, (n, 3 * c, c), WeightLayout::OutIn, false);
-                matmul_backward_weight(&mut grads[lo.c_attn_w.clone()], &la.ln1, &a.dqkv, (n, c, 3 * c));
-                bias_backward(&mut grads[lo.c_attn_b.clone()], &a.dqkv, 3 * c);
+                self.engine().matmul_forward(
+                    dln,
+                    &a.dqkv,
+                    self.param(&lo.c_attn_w),
+                    None,
+                    (n, 3 * c, c),
+                    WeightLayout::OutIn,
+                    false,
+                );
+                self.engine().matmul_backward_weight(&mut grads[lo.c_attn_w.clone()], &la.ln1, &a.dqkv, (n, c, 3 * c));
+                self.engine().bias_backward(&mut grads[lo.c_attn_b.clone()], &a.dqkv, 3 * c);
             });
             timed(Kernel::Norm, || {
-                norm::rmsnorm_backward(
+                self.engine().rmsnorm_backward(
                     &mut a.dx[..n * c],
                     &mut grads[lo.ln_1.clone()],
                     &a.dln,
@@ -424,7 +462,7 @@ impl ImageGpt {
             });
         }
         if let Some(d) = a.active.embd {
-            d.apply(&mut a.dx[..n * c]);
+            self.engine().dropout(d, &mut a.dx[..n * c]);
         }
         timed(Kernel::Embed, || self.embed_backward(grads, &a.dx[..n * c], &a.input, Some(&a.token_scale), t));
     }
@@ -438,7 +476,7 @@ fn branch_grad<'a>(buf: &'a mut Vec<f32>, dx: &'a [f32], drop: Option<Dropout>) 
         Some(d) => {
             buf.clear();
             buf.extend_from_slice(dx);
-            d.apply(buf);
+            Cpu.dropout(d, buf);
             buf
         }
     }

@@ -3,8 +3,9 @@
 //! attention mask of an objective. The forward and training passes call these and never
 //! branch on the option themselves.
 
+use crate::backend::Backend;
 use crate::backend::attention::Mask;
-use crate::backend::embed::{self, Axis};
+use crate::backend::embed::Axis;
 use crate::backend::rope::Rope;
 use crate::config::PositionEmbedding;
 
@@ -32,7 +33,7 @@ impl ImageGpt {
         let tables: Vec<(&[f32], Axis)> =
             self.position_tables().into_iter().map(|(r, a)| (self.param(&r), a)).collect();
         let (wte, c) = (self.param(&self.layout.wte), self.config.n_embd);
-        embed::embed_forward(x, tokens, wte, token_scale, &tables, t, pos0, c);
+        self.engine().embed_forward(x, tokens, wte, token_scale, &tables, t, pos0, c);
     }
 
     /// Adds the embedding's gradients (token rows, position tables) for dx (B*T, C).
@@ -45,7 +46,8 @@ impl ImageGpt {
         t: usize,
     ) {
         let tables = self.position_tables();
-        embed::embed_backward(grads, self.layout.wte.clone(), &tables, dx, tokens, token_scale, t, self.config.n_embd);
+        let (wte, c) = (self.layout.wte.clone(), self.config.n_embd);
+        self.engine().embed_backward(grads, wte, &tables, dx, tokens, token_scale, t, c);
     }
 
     /// rope_2d: rotates q and k of qkv (B, T, 3C) for slots pos0..pos0+T (`inverse`: the
@@ -54,7 +56,7 @@ impl ImageGpt {
         let cfg = &self.config;
         if cfg.position_embedding == PositionEmbedding::Rope2d {
             let rope = Rope { nh: cfg.n_head, hs: cfg.head_dim(), width: cfg.width(), theta: cfg.rope_theta };
-            rope.apply(qkv, t, pos0, inverse);
+            self.engine().rope(&rope, qkv, t, pos0, inverse);
         }
     }
 }

@@ -7,8 +7,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::backend::engine::{Backend, Cpu};
 use crate::backend::optim::AdamWStep;
+use crate::backend::{Backend, Cpu};
 use crate::error::Result;
 use crate::model::ParamLayout;
 
