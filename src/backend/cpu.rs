@@ -3,13 +3,15 @@
 
 use std::ops::Range;
 
+use super::act::{self, Activation};
 use super::attention::{self, AttnDims, Saved, SeqView};
 use super::dropout::Dropout;
 use super::embed::{self, Axis};
 use super::engine::Backend;
+use super::matmul::{self, WeightLayout};
 use super::optim::{self, AdamWStep};
 use super::rope::Rope;
-use super::{Activation, WeightLayout, act, loss, matmul, norm};
+use super::{elem, loss, norm};
 use crate::error::Result;
 
 /// The CPU engine: buffers are `Vec<f32>`, operations the kernels of `backend/`.
@@ -97,7 +99,7 @@ impl Backend for Cpu {
         matmul::bias_backward(db, dy, n)
     }
     fn add_inplace(&self, x: &mut [f32], y: &[f32]) {
-        super::add_inplace(x, y)
+        elem::add_inplace(x, y)
     }
     fn dropout(&self, d: Dropout, x: &mut [f32]) {
         d.apply(x)

@@ -91,3 +91,13 @@ impl Elem for i8 {
 pub fn to_f16(x: f32) -> half::f16 {
     half::f16::from_f32(x.clamp(-65504.0, 65504.0))
 }
+
+super::isa::multiversion! {
+/// x += y, element-wise (the residual connection).
+pub fn add_inplace(x: &mut [f32], y: &[f32]) {
+    debug_assert_eq!(x.len(), y.len());
+    for (a, b) in x.iter_mut().zip(y) {
+        *a += *b;
+    }
+}
+}

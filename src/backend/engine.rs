@@ -17,11 +17,11 @@
 
 use std::ops::Range;
 
-use super::Activation;
-use super::WeightLayout;
+use super::act::Activation;
 use super::attention::{AttnDims, Saved, SeqView};
 use super::dropout::Dropout;
 use super::embed::Axis;
+use super::matmul::WeightLayout;
 use super::optim::AdamWStep;
 use super::rope::Rope;
 use crate::error::Result;

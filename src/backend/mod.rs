@@ -30,6 +30,7 @@ pub mod rope;
 pub use act::Activation;
 pub use cpu::Cpu;
 pub use device::Device;
+pub use elem::add_inplace;
 pub use engine::Backend;
 pub use matmul::WeightLayout;
 
@@ -51,14 +52,4 @@ pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
         return f();
     }
     rayon::scope(|_| f())
-}
-
-isa::multiversion! {
-/// x += y, element-wise (the residual connection).
-pub fn add_inplace(x: &mut [f32], y: &[f32]) {
-    debug_assert_eq!(x.len(), y.len());
-    for (a, b) in x.iter_mut().zip(y) {
-        *a += *b;
-    }
-}
 }
