@@ -124,9 +124,9 @@ pub fn fit(x: &[f32], y: &[u16], d: usize, k: usize, lambda: f64, max_iter: usiz
     fit_from(x, y, (d, k), lambda, Stop { max_iter, tol: GTOL }, None, None).model
 }
 
-/// [`fit`] until `stop`, starting from `init` (a solution for a nearby lambda: the regularisation path),
-/// with the features' covariance as preconditioner when given (`Covariance::of(x)`: the
-/// same optimum in far fewer steps on correlated features).
+/// [`fit`] until `stop`, starting from `init` (a solution for a nearby lambda: the
+/// regularisation path), with the features' covariance as preconditioner when given
+/// (`Covariance::of(x)`: the same optimum in far fewer steps on correlated features).
 pub fn fit_from(
     x: &[f32],
     y: &[u16],
