@@ -62,7 +62,8 @@ pub trait Backend: Clone + Send + Sync {
     /// x = 0.
     fn fill_zero(&self, x: &mut Self::Buf);
 
-    /// A read-only view of part of a buffer (the CPU: a slice).
+    /// A read-only view of part of a buffer (the CPU: a slice; a GPU engine: its own
+    /// (buffer, offset, length), as cudarc's `CudaView` is not `Copy`).
     type View<'a>: Copy
     where
         Self: 'a;
