@@ -4,14 +4,15 @@
 use std::ops::Range;
 
 use super::act::{self, Activation};
-use super::attention::{self, AttnDims, Saved, SeqView};
+use super::attention::{self, AttnDims, DecodeState, Saved, SeqView};
 use super::dropout::Dropout;
 use super::embed::{self, Axis};
 use super::engine::Backend;
 use super::matmul::{self, WeightLayout};
+use super::matmul_f16::{self, PackElem, Packed};
 use super::optim::{self, AdamWStep};
 use super::rope::Rope;
-use super::{elem, loss, norm};
+use super::{elem, loss, norm, pool};
 use crate::error::Result;
 
 /// The CPU engine: buffers are `Vec<f32>`, operations the kernels of `backend/`.
@@ -135,6 +136,33 @@ impl Backend for Cpu {
     }
     fn rope(&self, rope: &Rope, qkv: &mut [f32], t: usize, pos0: usize, inverse: bool) {
         rope.apply(qkv, t, pos0, inverse)
+    }
+    fn matmul_packed<E: PackElem>(
+        &self,
+        out: &mut [f32],
+        inp: &[f32],
+        w: &Packed<E>,
+        bias: Option<&[f32]>,
+        m: usize,
+        accumulate: bool,
+    ) {
+        matmul_f16::matmul_packed(out, inp, w, bias, m, accumulate)
+    }
+    fn attend_cached(
+        &self,
+        cache: &mut dyn DecodeState,
+        out: &mut [f32],
+        saved: &mut Saved,
+        q: SeqView,
+        k: SeqView,
+        v: SeqView,
+        past: usize,
+        d: AttnDims,
+    ) {
+        cache.attend(out, saved, q, k, v, past, d)
+    }
+    fn mean_over_positions(&self, x: &[f32], b: usize, t: usize, c: usize) -> Vec<f32> {
+        pool::mean_over_positions(x, b, t, c)
     }
     fn attention_forward(&self, out: &mut [f32], saved: &mut Saved, q: SeqView, k: SeqView, v: SeqView, d: AttnDims) {
         attention::forward(out, saved, q, k, v, d)

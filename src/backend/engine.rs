@@ -7,9 +7,8 @@
 //! reaches the kernels of its forward and training passes through it, on views of buffers
 //! (`ImageGpt::engine`). Still outside it: the model's parameters, gradients and
 //! activations are the CPU engine's buffers (`Vec<f32>`); the attention's saved state and
-//! sequence views are host types; decoding's KV-cache states (`attention::DecodeState`) and
-//! packed f16 matrices, and the pooling of probe features, are called directly. A model
-//! generic over the engine is the next step (issue #16).
+//! sequence views, and decoding's KV-cache states (`attention::DecodeState`) and packed
+//! matrices, are host types. A model generic over the engine is the next step (issue #16).
 //!
 //! Each kernel's shapes and backward math are documented at its CPU version in `backend/`
 //! (`norm`, `act`, `matmul`, `loss`, `attention`, `embed`, `rope`, `dropout`); a second
@@ -18,10 +17,11 @@
 use std::ops::Range;
 
 use super::act::Activation;
-use super::attention::{AttnDims, Saved, SeqView};
+use super::attention::{AttnDims, DecodeState, Saved, SeqView};
 use super::dropout::Dropout;
 use super::embed::Axis;
 use super::matmul::WeightLayout;
+use super::matmul_f16::{PackElem, Packed};
 use super::optim::AdamWStep;
 use super::rope::Rope;
 use crate::error::Result;
@@ -158,6 +158,33 @@ pub trait Backend: Clone + Send + Sync {
     /// rope_2d: rotates q and k of qkv (B, T, 3C) for slots pos0..pos0+T (`inverse`: the
     /// transpose).
     fn rope(&self, rope: &Rope, qkv: Self::ViewMut<'_>, t: usize, pos0: usize, inverse: bool);
+    /// Decoding's matrix product against a weight packed for it (f32 or f16 panels).
+    fn matmul_packed<E: PackElem>(
+        &self,
+        out: Self::ViewMut<'_>,
+        inp: Self::View<'_>,
+        w: &Packed<E>,
+        bias: Option<Self::View<'_>>,
+        m: usize,
+        accumulate: bool,
+    );
+    /// Decoding's attention: the new slots' keys and values join the KV state `cache`, and
+    /// their queries attend to every slot so far.
+    #[allow(clippy::too_many_arguments)]
+    fn attend_cached(
+        &self,
+        cache: &mut dyn DecodeState,
+        out: Self::ViewMut<'_>,
+        saved: &mut Saved,
+        q: SeqView,
+        k: SeqView,
+        v: SeqView,
+        past: usize,
+        d: AttnDims,
+    );
+    /// The mean over positions of x (B, T, C): (B, C) on the host (probe features, the
+    /// classifier's pooling).
+    fn mean_over_positions(&self, x: Self::View<'_>, b: usize, t: usize, c: usize) -> Vec<f32>;
     /// Attention of q, k, v (views of qkv) into out (B, T, C), keeping what its backward needs.
     #[allow(clippy::too_many_arguments)]
     fn attention_forward(

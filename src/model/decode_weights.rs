@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::ops::Range;
 
-use crate::backend::matmul_f16::{DecodeMatrices, PackElem, Packed, matmul_packed};
+use crate::backend::matmul_f16::{DecodeMatrices, PackElem, Packed};
 use crate::backend::{Backend, WeightLayout};
 
 use super::gpt::ImageGpt;
@@ -104,8 +104,12 @@ impl ImageGpt {
         accumulate: bool,
     ) -> bool {
         match &self.decode_matrices {
-            Some(DecodeMatrices::F32(p)) => p.get(&w.start).map(|m| matmul_packed(out, inp, m, bias, rows, accumulate)),
-            Some(DecodeMatrices::F16(p)) => p.get(&w.start).map(|m| matmul_packed(out, inp, m, bias, rows, accumulate)),
+            Some(DecodeMatrices::F32(p)) => {
+                p.get(&w.start).map(|m| self.engine().matmul_packed(out, inp, m, bias, rows, accumulate))
+            }
+            Some(DecodeMatrices::F16(p)) => {
+                p.get(&w.start).map(|m| self.engine().matmul_packed(out, inp, m, bias, rows, accumulate))
+            }
             None => None,
         }
         .is_some()

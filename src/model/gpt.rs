@@ -408,7 +408,8 @@ impl ImageGpt {
         match kv {
             Some((state, past)) => {
                 dims.tk = past + t;
-                timed(Kernel::Attention, || state.attend(att, saved, view(0), view(1), view(2), past, dims));
+                let (q, k, v) = (view(0), view(1), view(2));
+                timed(Kernel::Attention, || self.engine().attend_cached(state, att, saved, q, k, v, past, dims));
             }
             None => timed(Kernel::Attention, || {
                 self.engine().attention_forward(att, saved, view(0), view(1), view(2), dims)
@@ -533,7 +534,7 @@ impl ImageGpt {
     /// # Shapes
     /// returns (B, C).
     pub fn pooled(&self, ws: &Workspace) -> Vec<f32> {
-        crate::backend::pool::mean_over_positions(&ws.last_hidden, ws.b, ws.t, self.config.n_embd)
+        self.engine().mean_over_positions(&ws.last_hidden, ws.b, ws.t, self.config.n_embd)
     }
 
     /// Classifier logits from pooled features (B, C) -> (B, num_labels). Needs a `score` head.

@@ -246,7 +246,7 @@ impl ImageGpt {
             0.0
         };
         // pooled (B, C) = mean_t ln_f(x); class logits (B, K) = pooled @ score^T
-        let pooled = crate::backend::pool::mean_over_positions(&acts.lnf, b, t, c);
+        let pooled = self.engine().mean_over_positions(&acts.lnf, b, t, c);
         let mut cl = vec![0f32; b * k];
         self.engine().matmul_forward(&mut cl, &pooled, score, None, (b, c, k), WeightLayout::OutIn, false);
         let correct =
