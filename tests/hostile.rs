@@ -110,6 +110,10 @@ const CASES: &[(&str, Make, &str, &[&str])] = &[
     ("probe-label-65535", probe_label_65535, "probe --model {data}/../model --data {d}/data --out {d}/pr", &["65535", "classes"]),
     ("finetune-lr-nan", data, "finetune --model {data}/../model --data {d}/data --out {d}/ft --lr nan", &["--lr"]),
     ("probe-max-iter-0", data, "probe --model {data}/../model --data {d}/data --out {d}/pr --max-iter 0", &["--max-iter"]),
+    ("probe-tol-nan", data, "probe --model {data}/../model --data {d}/data --out {d}/pr --tol nan", &["--tol"]),
+    ("probe-tol-0", data, "probe --model {data}/../model --data {d}/data --out {d}/pr --tol 0", &["--tol"]),
+    ("sample-device-cuda-9", data, "sample --model {data}/../model --device cuda:9", &["cuda:9", "--device cpu"]),
+    ("train-device-bad", data, "train --data {d}/data --out {d}/t --device tpu", &["--device", "cpu, cuda or cuda:N"]),
 ];
 
 // ---------------------------------------------------------------- shared inputs
