@@ -13,7 +13,7 @@
 #            around the best one side by side (--concat 5, as the paper's ImageNet result)
 #
 # About 77 minutes of training (1.9 s/step) on 2 CPU cores; the probe then takes about 30 min
-# for the features and 2 for the fits (89 preconditioned L-BFGS fits on 9 paths, all
+# for the features and 2 for the fits (86 preconditioned L-BFGS fits on 9 paths, all
 # converged). Needs the
 # Debian package dataset-fashion-mnist, or add --download to the prepare line.
 #
