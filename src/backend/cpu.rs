@@ -22,9 +22,6 @@ pub struct Cpu;
 impl Backend for Cpu {
     type Buf = Vec<f32>;
 
-    fn name(&self) -> String {
-        "cpu".into()
-    }
     fn zeros(&self, n: usize) -> Result<Vec<f32>> {
         Ok(vec![0.0; n])
     }
@@ -58,9 +55,6 @@ impl Backend for Cpu {
     }
     fn sum_squares(&self, x: &Vec<f32>) -> f64 {
         optim::sum_squares(x)
-    }
-    fn fill_zero(&self, x: &mut Vec<f32>) {
-        x.fill(0.0);
     }
 
     type View<'a> = &'a [f32];

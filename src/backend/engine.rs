@@ -31,8 +31,6 @@ pub trait Backend: Clone + Send + Sync {
     /// A buffer of f32 in the engine's memory.
     type Buf: Send + Sync;
 
-    /// The engine's name as `--device` spells it.
-    fn name(&self) -> String;
     /// A buffer of `n` zeros.
     fn zeros(&self, n: usize) -> Result<Self::Buf>;
     /// A copy of host data in the engine's memory.
@@ -59,8 +57,6 @@ pub trait Backend: Clone + Send + Sync {
     fn scale_range(&self, x: &mut Self::Buf, r: Range<usize>, f: f32);
     /// The sum of squares of x, in f64 (deterministic).
     fn sum_squares(&self, x: &Self::Buf) -> f64;
-    /// x = 0.
-    fn fill_zero(&self, x: &mut Self::Buf);
 
     /// A read-only view of part of a buffer (the CPU: a slice; a GPU engine: its own
     /// (buffer, offset, length), as cudarc's `CudaView` is not `Copy`).

@@ -25,7 +25,10 @@ pub struct InfoArgs {
 pub fn run(a: InfoArgs) -> Result<()> {
     let engine = engine();
     let model = a.model.as_deref().map(model_info).transpose()?;
-    let gpu = a.device.filter(|d| *d != Device::Cpu).map(gpu);
+    let gpu = match a.device {
+        Some(Device::Cuda(n)) => Some(gpu(n)),
+        _ => None,
+    };
     if a.json {
         let mut v = json!({ "engine": engine });
         if let Some(m) = model {
@@ -54,8 +57,8 @@ pub fn run(a: InfoArgs) -> Result<()> {
 
 /// What this build and machine offer for a GPU, and the device's own report (or why there
 /// is none).
-fn gpu(d: Device) -> (Value, igpt::error::Result<()>) {
-    let Device::Cuda(n) = d else { unreachable!("a GPU device") };
+fn gpu(n: usize) -> (Value, igpt::error::Result<()>) {
+    let d = Device::Cuda(n);
     let libs = device::libraries();
     let info = device::gpu_info(n);
     let v = json!({

@@ -189,7 +189,7 @@ fn fused_loss_grad(
 /// # Shapes
 /// w: (D, K); b: (K); x: (N, D); y: (N) labels < K.
 #[allow(clippy::too_many_arguments)]
-pub fn data_loss_grad(
+pub(super) fn data_loss_grad(
     w: &[f32],
     b: &[f32],
     x: &[f32],
@@ -212,6 +212,7 @@ pub fn data_loss_grad(
     bias_backward(gb, &logits, k);
     ce
 }
+
 #[cfg(test)]
 mod tests {
     use super::*;
