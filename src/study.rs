@@ -25,12 +25,17 @@ pub struct StudyRun {
     pub parameters: Option<usize>,
     pub train_steps: Option<u64>,
     pub train_tokens: Option<u64>,
+    /// Seconds of training summed over its chunks (each `--resume` restarts the clock), to
+    /// the last logged step of each.
     pub train_wall_clock_s: Option<f64>,
+    /// The median of the logged training rates (robust to a chunk slowed by other work).
+    pub train_median_tokens_per_s: Option<f64>,
     pub best_val_bits_per_token: Option<f64>,
     pub test_bits_per_token: Option<f64>,
     pub bench_train_tokens_per_s: Option<f64>,
     pub bench_sample_tokens_per_s: Option<f64>,
     pub bench_sample_peak_rss_mb: Option<f64>,
+    pub bench_train_peak_rss_mb: Option<f64>,
     pub probe_best_layer: Option<u64>,
     pub probe_best_val_acc: Option<f64>,
     pub probe_best_test_acc: Option<f64>,
@@ -64,14 +69,19 @@ pub fn read_run(dir: &Path, dataset: &str, variant: &str) -> StudyRun {
         x.as_f64()
     };
     let bits = |nats: Option<f64>| nats.map(|n| n / std::f64::consts::LN_2);
+    let metrics: Vec<Value> = std::fs::read_to_string(dir.join("train/metrics.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
     let (mut curve, mut last_tokens) = (Vec::new(), None);
-    for l in std::fs::read_to_string(dir.join("train/metrics.jsonl")).unwrap_or_default().lines() {
-        let Ok(v) = serde_json::from_str::<Value>(l) else { continue };
+    for v in &metrics {
         last_tokens = v["tokens"].as_u64().or(last_tokens);
         if v["kind"] == "eval" {
             curve.push((v["tokens"].as_f64().unwrap_or(0.0), v["val_bits"].as_f64().unwrap_or(f64::NAN)));
         }
     }
+    let time = TrainTime::of(&metrics);
     let probe_layers = probe
         .as_ref()
         .and_then(|p| p["layers"].as_array().cloned())
@@ -88,12 +98,14 @@ pub fn read_run(dir: &Path, dataset: &str, variant: &str) -> StudyRun {
         parameters: cfg.as_ref().map(|c| ParamLayout::new(c, ModelKind::CausalLm).total),
         train_steps: train.as_ref().and_then(|t| t["steps"].as_u64()),
         train_tokens: train.as_ref().and(last_tokens),
-        train_wall_clock_s: f(&train, &["seconds"]),
+        train_wall_clock_s: train.as_ref().and(time.wall_clock_s),
+        train_median_tokens_per_s: train.as_ref().and(time.median_tok_s),
         best_val_bits_per_token: bits(f(&train, &["best_val_loss"])),
         test_bits_per_token: f(&test, &["bits_per_token"]),
         bench_train_tokens_per_s: f(&bt, &["tok_s"]),
         bench_sample_tokens_per_s: f(&bs, &["tok_s"]),
         bench_sample_peak_rss_mb: f(&bs, &["peak_rss_mb"]),
+        bench_train_peak_rss_mb: f(&bt, &["peak_rss_mb"]),
         probe_best_layer: probe.as_ref().and_then(|p| p["best_layer"].as_u64()),
         probe_best_val_acc: f(&probe, &["best_val_acc"]),
         probe_best_test_acc: f(&probe, &["best_test_acc"]),
@@ -104,6 +116,35 @@ pub fn read_run(dir: &Path, dataset: &str, variant: &str) -> StudyRun {
         val_curve: curve,
         probe_layers,
         samples_png: Some(dir.join("samples.png")).filter(|p| p.exists()),
+    }
+}
+
+/// A run's training time from its metrics log (train records carry `elapsed_s` since their
+/// process started and `tok_s` since the record before).
+#[derive(Debug, Default, PartialEq)]
+struct TrainTime {
+    wall_clock_s: Option<f64>,
+    median_tok_s: Option<f64>,
+}
+
+impl TrainTime {
+    fn of(metrics: &[Value]) -> Self {
+        let train = || metrics.iter().filter(|v| v["kind"] == "train");
+        let (mut total, mut last) = (0.0, None::<f64>);
+        for e in train().filter_map(|v| v["elapsed_s"].as_f64()) {
+            // a clock that went back: the previous chunk ended at `last`
+            if let Some(l) = last.filter(|&l| e < l) {
+                total += l;
+            }
+            last = Some(e);
+        }
+        let mut rates: Vec<f64> = train().filter_map(|v| v["tok_s"].as_f64()).collect();
+        rates.sort_by(f64::total_cmp);
+        let median = (!rates.is_empty()).then(|| {
+            let h = rates.len() / 2;
+            if rates.len() % 2 == 1 { rates[h] } else { 0.5 * (rates[h - 1] + rates[h]) }
+        });
+        Self { wall_clock_s: last.map(|l| total + l), median_tok_s: median }
     }
 }
 
@@ -154,7 +195,7 @@ pub fn write_report(runs: &[StudyRun], out: &Path, budget: &str) -> Result<()> {
     let json = serde_json::to_string_pretty(&serde_json::json!({"budget": budget, "runs": runs}))
         .map_err(|e| Error::Invalid(e.to_string()))?;
     crate::formats::write_atomic(&out.join("architectures.json"), json.as_bytes())?;
-    let mut md = format!("# Architecture study\n\n{budget}\n\nMissing cells (-) are stages not run yet.\n");
+    let mut md = format!("# Architecture study\n\n{budget}\n\n{COLUMNS}\n");
     let mut datasets: Vec<&str> = runs.iter().map(|r| r.dataset.as_str()).collect();
     datasets.dedup();
     for ds in datasets {
@@ -202,22 +243,32 @@ pub fn write_report(runs: &[StudyRun], out: &Path, budget: &str) -> Result<()> {
     crate::formats::write_atomic(&out.join("architectures.md"), md.as_bytes())
 }
 
+/// What the table's columns are.
+const COLUMNS: &str = "Columns: parameters; training steps and tokens; wall-clock of the training run \
+(summed over its resumed chunks, on a shared machine); train tok/s: the median of the run's logged rates and \
+`igpt bench train` (batch 8, random weights of the same shape, timed back to back), with its peak memory; the best validation and the test \
+bits/token of the best checkpoint; sampling tok/s and peak memory from `igpt bench sample` (batch 8, \
+a whole image); the linear probe's best layer, its val / test accuracy, the concatenation around it, \
+and the raw-pixel baseline. Missing cells (-) are stages not run yet.";
+
 /// One data set's table (markdown).
 fn table(ds: &str, rs: &[&StudyRun]) -> String {
     let n = |v: Option<f64>, d: usize| v.map_or("-".to_string(), |x| format!("{x:.d$}"));
     let pct = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{:.1}", 100.0 * x));
     let mut s = format!(
-        "\n## {ds}\n\n| variant | params | steps | tokens | wall-clock (s) | train tok/s | val bits | test bits | sample tok/s | sample peak MB | best layer | probe val / test % | concat val / test % | pixels val / test % |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+        "\n## {ds}\n\n| variant | params | steps | tokens | wall-clock (s) | train tok/s run / bench | train peak MB | val bits | test bits | sample tok/s | sample peak MB | best layer | probe val / test % | concat val / test % | pixels val / test % |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     );
     for r in rs {
         s += &format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} / {} | {} / {} | {} / {} |\n",
+            "| {} | {} | {} | {} | {} | {} / {} | {} | {} | {} | {} | {} | {} | {} / {} | {} / {} | {} / {} |\n",
             r.variant,
             r.parameters.map_or("-".into(), |p| p.to_string()),
             r.train_steps.map_or("-".into(), |p| p.to_string()),
             r.train_tokens.map_or("-".into(), |p| p.to_string()),
             n(r.train_wall_clock_s, 0),
+            n(r.train_median_tokens_per_s, 0),
             n(r.bench_train_tokens_per_s, 0),
+            n(r.bench_train_peak_rss_mb, 0),
             n(r.best_val_bits_per_token, 3),
             n(r.test_bits_per_token, 3),
             n(r.bench_sample_tokens_per_s, 0),
@@ -232,4 +283,27 @@ fn table(ds: &str, rs: &[&StudyRun]) -> String {
         );
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn training_time_sums_the_chunks_of_a_resumed_run() {
+        let rec = |kind: &str, e: f64, r: f64| serde_json::json!({"kind": kind, "elapsed_s": e, "tok_s": r});
+        // chunk 1 ends at 30 s, chunk 2 at 25 s, chunk 3 (still running) at 12 s
+        let m = [
+            rec("train", 10.0, 100.0),
+            rec("train", 30.0, 300.0),
+            serde_json::json!({"kind": "eval", "val_bits": 2.0}),
+            rec("train", 5.0, 200.0),
+            rec("train", 25.0, 400.0),
+            rec("train", 12.0, 50.0),
+        ];
+        let t = TrainTime::of(&m);
+        assert_eq!(t, TrainTime { wall_clock_s: Some(67.0), median_tok_s: Some(200.0) });
+        assert_eq!(TrainTime::of(&m[..2]).median_tok_s, Some(200.0));
+        assert_eq!(TrainTime::of(&[]), TrainTime::default());
+    }
 }

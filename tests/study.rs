@@ -13,7 +13,7 @@ fn the_study_script_runs_resumes_and_reports() {
     let study = || {
         let out = Command::new("bash")
             .arg(script)
-            .args(["emoji32", "report"])
+            .args(["emoji32", "bench", "report"])
             .env("IGPT", env!("CARGO_BIN_EXE_igpt"))
             .env("OUT", &runs)
             .env("REPORT", &report)
@@ -23,6 +23,7 @@ fn the_study_script_runs_resumes_and_reports() {
             .env("LAYERS", "2")
             .env("EMBD", "32")
             .env("HEADS", "2")
+            .env("LOG_EVERY", "2")
             .env("E32", "dense+learned_1d local_2d+learned_2d")
             .output()
             .unwrap();
@@ -44,6 +45,9 @@ fn the_study_script_runs_resumes_and_reports() {
             "bench_train_tokens_per_s",
             "bench_sample_tokens_per_s",
             "bench_sample_peak_rss_mb",
+            "bench_train_peak_rss_mb",
+            "train_wall_clock_s",
+            "train_median_tokens_per_s",
             "probe_best_val_acc",
             "probe_concat_val_acc",
             "pixels_val_acc",

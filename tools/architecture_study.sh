@@ -3,15 +3,17 @@
 # local and linear attention cost or gain against dense attention at equal compute, and is a
 # higher resolution worth it? Every variant of a data set trains the same model size for the
 # same steps (the same tokens) with the same seed; then its test bits/token, its linear probes
-# (every layer and the concatenation around the best), a sample grid, and short benchmarks
-# (train and sampling tokens/s, peak memory at batch 8, run back to back so that they compare).
+# (every layer and the concatenation around the best), a sample grid; then short benchmarks
+# of every trained variant (train and sampling tokens/s, peak memory at batch 8), run back
+# to back in their own part so that they compare (give them a quiet machine).
 #
-#   tools/architecture_study.sh [PART ...]     PART: emoji32 fashion emoji64 report
+#   tools/architecture_study.sh [PART ...]     PART: emoji32 fashion emoji64 bench report
 #                                              (default: all of them, in that order)
 #
-# Environment: OUT (runs/study), REPORT (docs/results), the model and budget below, LIMIT
+# Environment: OUT (runs/study), REPORT (docs/results), the model and budget below, LOG_EVERY, LIMIT
 # (prepare only the first N images of each split: a quick dry run), E32 / F28 / E64 (the
-# variants, as attention+position_embedding), SIDE32 (emoji32's side, for a dry run).
+# variants, as attention+position_embedding), SIDE32 (emoji32's side, for a dry run),
+# REBENCH=1 (the bench part measures again what it measured before).
 #
 # Resumable part by part: a stage whose output exists is skipped, and training runs in chunks
 # of $CHUNK_EVALS evaluations (--stop-after, then --resume), so a session that ends mid-run continues
@@ -31,10 +33,11 @@ STEPS32=${STEPS32:-1500} STEPS28=${STEPS28:-1500} STEPS64=${STEPS64:-375}
 # emoji32's side (32; smaller only for a quick dry run)
 SIDE32=${SIDE32:-32}
 CHUNK_EVALS=${CHUNK_EVALS:-2}
+LOG_EVERY=${LOG_EVERY:-25}
 EMOJI64=${EMOJI64:-../shared/data/emoji64}
 REPORT=${REPORT:-docs/results}
 LIMIT_FLAG=${LIMIT:+--limit $LIMIT}
-PARTS=${*:-emoji32 fashion emoji64 report}
+PARTS=${*:-emoji32 fashion emoji64 bench report}
 [ -x "$IGPT" ] || cargo build --release
 mkdir -p "$OUT"
 
@@ -51,16 +54,14 @@ prepare() {
   [ -f "$OUT/data/$name/prepare.json" ] || $IGPT prepare "$@" --out "$OUT/data/$name" $LIMIT_FLAG > /dev/null
 }
 
-# run DATASET DATA VARIANT STEPS COLORS: train (in chunks), test NLL, probes, samples, and
-# the benchmarks (train and sampling tokens/s, peak memory at batch 8, on random weights of
-# the same shape, right after the run so every variant is timed alike)
+# run DATASET DATA VARIANT STEPS: train (in chunks), test NLL, probes, samples
 run() {
-  local dataset=$1 data=$OUT/data/$2 variant=$3 steps=$4 colors=$5
+  local dataset=$1 data=$OUT/data/$2 variant=$3 steps=$4
   local dir=$OUT/$dataset/$variant
   mkdir -p "$dir"
   local train=(train --data "$data" --out "$dir/train" --n-layer "$LAYERS" --n-embd "$EMBD" --n-head "$HEADS"
     --batch "$BATCH" --steps "$steps" --lr 2e-3 --warmup $((steps / 20)) --min-lr 2e-4
-    --eval-every $((steps / 10)) --eval-batches 16 --log-every 25 --seed 0 $(flags "$variant"))
+    --eval-every $((steps / 10)) --eval-batches 16 --log-every "$LOG_EVERY" --seed 0 $(flags "$variant"))
   while [ ! -f "$dir/train.json" ]; do
     local done_steps=0 resume=()
     if [ -d "$dir/train/checkpoints" ] && ls "$dir/train/checkpoints" | grep -q '^step-'; then
@@ -80,17 +81,31 @@ run() {
   [ -f "$dir/test.json" ] || { $IGPT eval --model "$best" --data "$data" --split test --json > "$dir/test.json.tmp" && mv "$dir/test.json.tmp" "$dir/test.json"; }
   [ -f "$dir/probe/probe.json" ] || $IGPT probe --model "$best" --data "$data" --out "$dir/probe" --concat 3 > /dev/null
   [ -f "$dir/samples.json" ] || { $IGPT sample --model "$best" --num 16 --out "$dir/samples.png" --json > "$dir/samples.json.tmp" && mv "$dir/samples.json.tmp" "$dir/samples.json"; }
-  local side
-  side=$(sed -n 's/.*"size": \([0-9]*\).*/\1/p' "$data/prepare.json" | head -1)
-  bench "$dir" "$side" "$colors" "$variant"
 }
 
-# bench DIR SIDE COLORS VARIANT
+# bench DIR SIDE COLORS VARIANT: train and sampling tokens/s and peak memory at batch 8, on
+# random weights of the run's shape
 bench() {
   local dir=$1 side=$2 colors=$3 variant=$4
   local shape=(--n-layer "$LAYERS" --n-embd "$EMBD" --n-head "$HEADS" --side "$side" --colors "$colors" $(flags "$variant"))
-  [ -f "$dir/bench_train.json" ] || $IGPT bench train "${shape[@]}" --batch "$BATCH" --steps 6 --warmup 2 --json > "$dir/bench_train.json"
-  [ -f "$dir/bench_sample.json" ] || $IGPT bench sample "${shape[@]}" --batch 8 --steps 1 --warmup 0 --json > "$dir/bench_sample.json"
+  [ -z "${REBENCH:-}" ] || rm -f "$dir/bench_train.json" "$dir/bench_sample.json"
+  [ -f "$dir/bench_train.json" ] || { $IGPT bench train "${shape[@]}" --batch "$BATCH" --steps 6 --warmup 2 --json > "$dir/bench_train.json.tmp" && mv "$dir/bench_train.json.tmp" "$dir/bench_train.json"; }
+  [ -f "$dir/bench_sample.json" ] || { $IGPT bench sample "${shape[@]}" --batch 8 --steps 1 --warmup 0 --json > "$dir/bench_sample.json.tmp" && mv "$dir/bench_sample.json.tmp" "$dir/bench_sample.json"; }
+}
+
+# bench_all: the benchmarks of every variant trained so far, back to back
+bench_all() {
+  local dataset side colors variants variant
+  while read -r dataset side colors variants; do
+    for variant in $variants; do
+      [ ! -f "$OUT/$dataset/$variant/train.json" ] || bench "$OUT/$dataset/$variant" "$side" "$colors" "$variant"
+    done
+  done <<LIST
+emoji32 $SIDE32 256 $E32
+fashion-mnist 28 16 $F28
+emoji64 64 256 $E64
+emoji64-at-32 32 256 $BEST32
+LIST
 }
 
 E32=${E32:-"dense+learned_1d dense+learned_2d dense+rope_2d local_2d+learned_2d local_2d+rope_2d linear+learned_1d linear+learned_2d"}
@@ -104,19 +119,20 @@ for part in $PARTS; do
   case $part in
     emoji32)
       prepare emoji32 --data emoji32 --size "$SIDE32" --colors 256
-      for v in $E32; do run emoji32 emoji32 "$v" "$STEPS32" 256; done ;;
+      for v in $E32; do run emoji32 emoji32 "$v" "$STEPS32"; done ;;
     fashion)
       prepare fashion28 --data fashion-mnist --size 28 --colors 16
-      for v in $F28; do run fashion-mnist fashion28 "$v" "$STEPS28" 16; done ;;
+      for v in $F28; do run fashion-mnist fashion28 "$v" "$STEPS28"; done ;;
     emoji64)
       prepare emoji64 --data "$PQ" --size 64 --colors 256
-      for v in $E64; do run emoji64 emoji64 "$v" "$STEPS64" 256; done
+      for v in $E64; do run emoji64 emoji64 "$v" "$STEPS64"; done
       # the resolution question: the same images at 32x32, the best 32x32 variant
       prepare emoji64-at-32 --data "$PQ" --size 32 --colors 256
-      run emoji64-at-32 emoji64-at-32 "$BEST32" "$STEPS32" 256 ;;
+      run emoji64-at-32 emoji64-at-32 "$BEST32" "$STEPS32" ;;
+    bench) bench_all ;;
     report)
       budget="Budget: model $LAYERS layers x $EMBD wide x $HEADS heads, batch $BATCH, seed 0; emoji32 $STEPS32 steps (1,024 tokens an image), Fashion-MNIST $STEPS28 steps (784), emoji64 $STEPS64 steps (4,096): emoji32 and emoji64 see the same training tokens. Train and sampling tokens/s from \`igpt bench\` on the same shape (2 CPU cores)."
       $IGPT study --runs "$OUT" --out "$REPORT" --budget "$budget" ;;
-    *) echo "unknown part $part (emoji32 fashion emoji64 report)" >&2; exit 2 ;;
+    *) echo "unknown part $part (emoji32 fashion emoji64 bench report)" >&2; exit 2 ;;
   esac
 done
