@@ -45,6 +45,8 @@ pub struct StudyRun {
     pub pixels_test_acc: Option<f64>,
     /// (training tokens, validation bits/token) at every evaluation.
     pub val_curve: Vec<(f64, f64)>,
+    /// (training seconds, validation bits/token): the same evaluations against the clock.
+    pub val_curve_seconds: Vec<(f64, f64)>,
     /// (layer, validation accuracy) of every probed layer.
     pub probe_layers: Vec<(f64, f64)>,
     pub samples_png: Option<PathBuf>,
@@ -81,7 +83,7 @@ pub fn read_run(dir: &Path, dataset: &str, variant: &str) -> StudyRun {
             curve.push((v["tokens"].as_f64().unwrap_or(0.0), v["val_bits"].as_f64().unwrap_or(f64::NAN)));
         }
     }
-    let time = TrainTime::of(&metrics);
+    let mut time = TrainTime::of(&metrics);
     let probe_layers = probe
         .as_ref()
         .and_then(|p| p["layers"].as_array().cloned())
@@ -114,6 +116,7 @@ pub fn read_run(dir: &Path, dataset: &str, variant: &str) -> StudyRun {
         pixels_val_acc: f(&probe, &["baseline", "val_acc"]),
         pixels_test_acc: f(&probe, &["baseline", "test_acc"]),
         val_curve: curve,
+        val_curve_seconds: std::mem::take(&mut time.val_curve),
         probe_layers,
         samples_png: Some(dir.join("samples.png")).filter(|p| p.exists()),
     }
@@ -125,18 +128,25 @@ pub fn read_run(dir: &Path, dataset: &str, variant: &str) -> StudyRun {
 struct TrainTime {
     wall_clock_s: Option<f64>,
     median_tok_s: Option<f64>,
+    /// (training seconds, validation bits/token) at every evaluation after a logged step.
+    val_curve: Vec<(f64, f64)>,
 }
 
 impl TrainTime {
     fn of(metrics: &[Value]) -> Self {
         let train = || metrics.iter().filter(|v| v["kind"] == "train");
         let (mut total, mut last) = (0.0, None::<f64>);
-        for e in train().filter_map(|v| v["elapsed_s"].as_f64()) {
-            // a clock that went back: the previous chunk ended at `last`
-            if let Some(l) = last.filter(|&l| e < l) {
-                total += l;
+        let mut val_curve = Vec::new();
+        for v in metrics {
+            if let Some(e) = v["elapsed_s"].as_f64().filter(|_| v["kind"] == "train") {
+                // a clock that went back: the previous chunk ended at `last`
+                if let Some(l) = last.filter(|&l| e < l) {
+                    total += l;
+                }
+                last = Some(e);
+            } else if let (Some(l), Some(bits)) = (last, v["val_bits"].as_f64().filter(|_| v["kind"] == "eval")) {
+                val_curve.push((total + l, bits));
             }
-            last = Some(e);
         }
         let mut rates: Vec<f64> = train().filter_map(|v| v["tok_s"].as_f64()).collect();
         rates.sort_by(f64::total_cmp);
@@ -144,7 +154,7 @@ impl TrainTime {
             let h = rates.len() / 2;
             if rates.len() % 2 == 1 { rates[h] } else { 0.5 * (rates[h - 1] + rates[h]) }
         });
-        Self { wall_clock_s: last.map(|l| total + l), median_tok_s: median }
+        Self { wall_clock_s: last.map(|l| total + l), median_tok_s: median, val_curve }
     }
 }
 
@@ -219,6 +229,18 @@ pub fn write_report(runs: &[StudyRun], out: &Path, budget: &str) -> Result<()> {
             };
             c.save(&out.join(format!("val_bits_{ds}")), 820, 480)?;
             md += &format!("\n![validation bits/token, {ds}](val_bits_{ds}.png)\n");
+        }
+        let timed = series(|r| r.val_curve_seconds.iter().map(|&(s, b)| (s / 60.0, b)).collect());
+        if !timed.is_empty() {
+            let c = Chart {
+                title: format!("{ds}: validation loss against training time"),
+                x_label: "training time (minutes, 2 CPU cores)".into(),
+                y_label: "validation loss (bits/token)".into(),
+                series: timed,
+                ..Default::default()
+            };
+            c.save(&out.join(format!("val_bits_time_{ds}")), 820, 480)?;
+            md += &format!("\n![validation bits/token against time, {ds}](val_bits_time_{ds}.png)\n");
         }
         let probes = series(|r| r.probe_layers.iter().map(|&(l, a)| (l, 100.0 * a)).collect());
         if !probes.is_empty() {
@@ -299,10 +321,12 @@ mod tests {
             serde_json::json!({"kind": "eval", "val_bits": 2.0}),
             rec("train", 5.0, 200.0),
             rec("train", 25.0, 400.0),
+            serde_json::json!({"kind": "eval", "val_bits": 1.5}),
             rec("train", 12.0, 50.0),
         ];
         let t = TrainTime::of(&m);
-        assert_eq!(t, TrainTime { wall_clock_s: Some(67.0), median_tok_s: Some(200.0) });
+        let val_curve = vec![(30.0, 2.0), (55.0, 1.5)];
+        assert_eq!(t, TrainTime { wall_clock_s: Some(67.0), median_tok_s: Some(200.0), val_curve });
         assert_eq!(TrainTime::of(&m[..2]).median_tok_s, Some(200.0));
         assert_eq!(TrainTime::of(&[]), TrainTime::default());
     }

@@ -55,6 +55,7 @@ fn the_study_script_runs_resumes_and_reports() {
             assert!(r[key].as_f64().is_some_and(f64::is_finite), "{key}: {r}");
         }
         assert_eq!(r["train_tokens"], 20 * 8 * 256);
+        assert_eq!(r["val_curve_seconds"].as_array().unwrap().len(), 10, "{r}");
     }
     assert_eq!(
         (runs_json[0]["attention"].as_str(), runs_json[1]["attention"].as_str()),
@@ -63,7 +64,12 @@ fn the_study_script_runs_resumes_and_reports() {
     assert_eq!(runs_json[1]["position_embedding"], "learned_2d");
     let md = std::fs::read_to_string(report.join("architectures.md")).unwrap();
     assert!(md.contains("| local_2d+learned_2d |") && md.contains("val_bits_emoji32.png"));
-    for f in ["val_bits_emoji32.png", "probe_emoji32.png", "samples_emoji32_dense_learned_1d.png"] {
+    for f in [
+        "val_bits_emoji32.png",
+        "val_bits_time_emoji32.png",
+        "probe_emoji32.png",
+        "samples_emoji32_dense_learned_1d.png",
+    ] {
         assert!(report.join(f).exists(), "{f}");
     }
     // resumable: a second pass trains nothing again
