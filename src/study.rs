@@ -12,7 +12,7 @@ use serde_json::Value;
 use crate::config::ImageGptConfig;
 use crate::error::{Error, Result};
 use crate::model::{ModelKind, ParamLayout};
-use crate::plot::{Chart, Series, Style};
+use crate::plot::{Chart, HLine, Series, Style};
 
 /// One variant on one data set, as far as it has run.
 #[derive(Clone, Debug, Serialize)]
@@ -211,50 +211,7 @@ pub fn write_report(runs: &[StudyRun], out: &Path, budget: &str) -> Result<()> {
     for ds in datasets {
         let rs: Vec<&StudyRun> = runs.iter().filter(|r| r.dataset == ds).collect();
         md += &table(ds, &rs);
-        let series = |pts: fn(&StudyRun) -> Vec<(f64, f64)>| -> Vec<Series> {
-            rs.iter()
-                .enumerate()
-                .filter(|(_, r)| !pts(r).is_empty())
-                .map(|(i, r)| Series::new(r.variant.clone(), pts(r), COLORS[i % COLORS.len()], Style::Markers))
-                .collect()
-        };
-        let curves = series(|r| r.val_curve.iter().map(|&(t, b)| (t / 1e6, b)).collect());
-        if !curves.is_empty() {
-            let c = Chart {
-                title: format!("{ds}: validation loss against training tokens"),
-                x_label: "training tokens (millions)".into(),
-                y_label: "validation loss (bits/token)".into(),
-                series: curves,
-                ..Default::default()
-            };
-            c.save(&out.join(format!("val_bits_{ds}")), 820, 480)?;
-            md += &format!("\n![validation bits/token, {ds}](val_bits_{ds}.png)\n");
-        }
-        let timed = series(|r| r.val_curve_seconds.iter().map(|&(s, b)| (s / 60.0, b)).collect());
-        if !timed.is_empty() {
-            let c = Chart {
-                title: format!("{ds}: validation loss against training time"),
-                x_label: "training time (minutes, 2 CPU cores)".into(),
-                y_label: "validation loss (bits/token)".into(),
-                series: timed,
-                ..Default::default()
-            };
-            c.save(&out.join(format!("val_bits_time_{ds}")), 820, 480)?;
-            md += &format!("\n![validation bits/token against time, {ds}](val_bits_time_{ds}.png)\n");
-        }
-        let probes = series(|r| r.probe_layers.iter().map(|&(l, a)| (l, 100.0 * a)).collect());
-        if !probes.is_empty() {
-            let c = Chart {
-                title: format!("{ds}: linear probe accuracy per layer"),
-                x_label: "layer (0 = embeddings)".into(),
-                y_label: "validation accuracy (%)".into(),
-                series: probes,
-                integer_x: true,
-                ..Default::default()
-            };
-            c.save(&out.join(format!("probe_{ds}")), 820, 480)?;
-            md += &format!("\n![probe accuracy per layer, {ds}](probe_{ds}.png)\n");
-        }
+        md += &charts(ds, &rs, out)?;
         for r in rs.iter().filter(|r| r.samples_png.is_some()) {
             let name = format!("samples_{ds}_{}.png", r.variant.replace('+', "_"));
             let src = r.samples_png.as_ref().expect("filtered");
@@ -263,6 +220,65 @@ pub fn write_report(runs: &[StudyRun], out: &Path, budget: &str) -> Result<()> {
         }
     }
     crate::formats::write_atomic(&out.join("architectures.md"), md.as_bytes())
+}
+
+/// A data set's charts: validation bits/token against tokens and against time, probe
+/// accuracy per layer (the raw-pixel baseline as a line); returns their markdown.
+fn charts(ds: &str, rs: &[&StudyRun], out: &Path) -> Result<String> {
+    type Points = fn(&StudyRun) -> Vec<(f64, f64)>;
+    let val_bits = "validation loss (bits/token)";
+    let specs: [(&str, String, &str, &str, Points); 3] = [
+        (
+            "val_bits",
+            format!("{ds}: validation loss against training tokens"),
+            "training tokens (millions)",
+            val_bits,
+            |r| r.val_curve.iter().map(|&(t, b)| (t / 1e6, b)).collect(),
+        ),
+        (
+            "val_bits_time",
+            format!("{ds}: validation loss against training time"),
+            "training time (minutes, 2 CPU cores)",
+            val_bits,
+            |r| r.val_curve_seconds.iter().map(|&(s, b)| (s / 60.0, b)).collect(),
+        ),
+        (
+            "probe",
+            format!("{ds}: linear probe accuracy per layer"),
+            "layer (0 = embeddings)",
+            "validation accuracy (%)",
+            |r| r.probe_layers.iter().map(|&(l, a)| (l, 100.0 * a)).collect(),
+        ),
+    ];
+    let mut md = String::new();
+    for (stem, title, x_label, y_label, points) in specs {
+        let series: Vec<Series> = rs
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| !points(r).is_empty())
+            .map(|(i, r)| Series::new(r.variant.clone(), points(r), COLORS[i % COLORS.len()], Style::Markers))
+            .collect();
+        if series.is_empty() {
+            continue;
+        }
+        let probe = stem == "probe";
+        let pixels = rs.iter().find_map(|r| r.pixels_val_acc).filter(|_| probe);
+        let c = Chart {
+            title: title.clone(),
+            x_label: x_label.into(),
+            y_label: y_label.into(),
+            series,
+            hlines: pixels
+                .map(|a| HLine { label: "raw pixels".into(), y: 100.0 * a, color: [0, 0, 0] })
+                .into_iter()
+                .collect(),
+            integer_x: probe,
+            ..Default::default()
+        };
+        c.save(&out.join(format!("{stem}_{ds}")), 820, 480)?;
+        md += &format!("\n![{title}]({stem}_{ds}.png)\n");
+    }
+    Ok(md)
 }
 
 /// What the table's columns are.

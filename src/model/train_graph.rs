@@ -8,6 +8,8 @@
 //!   (position embedding kept), no SOS, bidirectional attention, cross-entropy over the
 //!   masked positions only.
 
+use std::ops::Range;
+
 use crate::backend::attention::{AttnDims, Saved, SeqView};
 use crate::backend::profile::{Kernel, timed};
 use crate::backend::{Backend, Cpu, WeightLayout};
@@ -361,35 +363,13 @@ impl ImageGpt {
             // MLP: x_out = x_mid + dropout(act(ln2 @ Wfc + bfc) @ Wp + bp)
             let dy = branch_grad(&mut a.branch, &a.dx[..n * c], a.active.resid_of(l, true));
             let dfc_act = sized(&mut a.dfc_act, n * inner);
-            timed(Kernel::Matmul, || {
-                self.engine().matmul_forward(
-                    dfc_act,
-                    dy,
-                    self.param(&lo.mlp_proj_w),
-                    None,
-                    (n, c, inner),
-                    WeightLayout::OutIn,
-                    false,
-                );
-                self.engine().matmul_backward_weight(&mut grads[lo.mlp_proj_w.clone()], &la.fc_act, dy, (n, inner, c));
-                self.engine().bias_backward(&mut grads[lo.mlp_proj_b.clone()], dy, c);
-            });
+            let proj = (&lo.mlp_proj_w, &lo.mlp_proj_b);
+            timed(Kernel::Matmul, || self.dense_backward(dfc_act, grads, proj, &la.fc_act, dy, (n, inner, c)));
             let dfc = sized(&mut a.dfc, n * inner);
             timed(Kernel::Act, || self.engine().act_backward(self.act, dfc, &a.dfc_act, &la.fc));
             let dln = sized(&mut a.dln, n * c);
-            timed(Kernel::Matmul, || {
-                self.engine().matmul_forward(
-                    dln,
-                    &a.dfc,
-                    self.param(&lo.c_fc_w),
-                    None,
-                    (n, inner, c),
-                    WeightLayout::OutIn,
-                    false,
-                );
-                self.engine().matmul_backward_weight(&mut grads[lo.c_fc_w.clone()], &la.ln2, &a.dfc, (n, c, inner));
-                self.engine().bias_backward(&mut grads[lo.c_fc_b.clone()], &a.dfc, inner);
-            });
+            let fc = (&lo.c_fc_w, &lo.c_fc_b);
+            timed(Kernel::Matmul, || self.dense_backward(dln, grads, fc, &la.ln2, &a.dfc, (n, c, inner)));
             timed(Kernel::Norm, || {
                 self.engine().rmsnorm_backward(
                     &mut a.dx[..n * c],
@@ -403,19 +383,8 @@ impl ImageGpt {
             // Attention: x_mid = x_in + dropout(attn(ln1 @ Wqkv + bqkv) @ Wo + bo)
             let dy = branch_grad(&mut a.branch, &a.dx[..n * c], a.active.resid_of(l, false));
             let datt = sized(&mut a.datt, n * c);
-            timed(Kernel::Matmul, || {
-                self.engine().matmul_forward(
-                    datt,
-                    dy,
-                    self.param(&lo.c_proj_w),
-                    None,
-                    (n, c, c),
-                    WeightLayout::OutIn,
-                    false,
-                );
-                self.engine().matmul_backward_weight(&mut grads[lo.c_proj_w.clone()], &la.att, dy, (n, c, c));
-                self.engine().bias_backward(&mut grads[lo.c_proj_b.clone()], dy, c);
-            });
+            let proj = (&lo.c_proj_w, &lo.c_proj_b);
+            timed(Kernel::Matmul, || self.dense_backward(datt, grads, proj, &la.att, dy, (n, c, c)));
             let view =
                 |part: usize| SeqView { data: &la.qkv, offset: part * c, batch_stride: t * 3 * c, row_stride: 3 * c };
             let mask = self.attention_mask(causal);
@@ -437,19 +406,8 @@ impl ImageGpt {
                 self.rotate_qk(dqkv, t, 0, true);
             });
             let dln = sized(&mut a.dln, n * c);
-            timed(Kernel::Matmul, || {
-                self.engine().matmul_forward(
-                    dln,
-                    &a.dqkv,
-                    self.param(&lo.c_attn_w),
-                    None,
-                    (n, 3 * c, c),
-                    WeightLayout::OutIn,
-                    false,
-                );
-                self.engine().matmul_backward_weight(&mut grads[lo.c_attn_w.clone()], &la.ln1, &a.dqkv, (n, c, 3 * c));
-                self.engine().bias_backward(&mut grads[lo.c_attn_b.clone()], &a.dqkv, 3 * c);
-            });
+            let qkv = (&lo.c_attn_w, &lo.c_attn_b);
+            timed(Kernel::Matmul, || self.dense_backward(dln, grads, qkv, &la.ln1, &a.dqkv, (n, c, 3 * c)));
             timed(Kernel::Norm, || {
                 self.engine().rmsnorm_backward(
                     &mut a.dx[..n * c],
@@ -465,6 +423,25 @@ impl ImageGpt {
             self.engine().dropout(d, &mut a.dx[..n * c]);
         }
         timed(Kernel::Embed, || self.embed_backward(grads, &a.dx[..n * c], &a.input, Some(&a.token_scale), t));
+    }
+}
+
+impl ImageGpt {
+    /// Backward of a Conv1D layer y (N, out) = x (N, in) @ W + b, W (in, out) at the arena
+    /// ranges `(w, bias)`: dx (N, in) = dy @ W^T; dW += x^T dy; db += the column sums of dy.
+    fn dense_backward(
+        &self,
+        dx: &mut [f32],
+        grads: &mut [f32],
+        (w, bias): (&Range<usize>, &Range<usize>),
+        x: &[f32],
+        dy: &[f32],
+        (n, k_in, k_out): (usize, usize, usize),
+    ) {
+        let e = self.engine();
+        e.matmul_forward(dx, dy, self.param(w), None, (n, k_out, k_in), WeightLayout::OutIn, false);
+        e.matmul_backward_weight(&mut grads[w.clone()], x, dy, (n, k_in, k_out));
+        e.bias_backward(&mut grads[bias.clone()], dy, k_out);
     }
 }
 
