@@ -13,6 +13,8 @@ struct Cli {
     command: Command,
 }
 
+// parsed once per run: the size of the largest arguments does not matter
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// The whole pipeline on bundled emoji32 (prepare, train, sample, complete, probe,

@@ -34,7 +34,7 @@ impl Default for Sampling {
 
 impl Sampling {
     pub fn validate(&self) -> Result<()> {
-        if !(self.temperature > 0.0) || !self.temperature.is_finite() {
+        if self.temperature.is_nan() || self.temperature <= 0.0 || self.temperature.is_infinite() {
             return Err(Error::Invalid(format!("temperature must be > 0 (got {})", self.temperature)));
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {

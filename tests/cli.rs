@@ -462,8 +462,7 @@ fn eval_scores_a_prepared_split() {
     let (ok, _, err) = igpt(&[&args[..], &["--eval-every", "2", "--eval-batches", "1000", "--batch", "8"]].concat());
     assert!(ok, "{err}");
     let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
-    let val_loss =
-        metrics.lines().map(json).filter(|v| v["kind"] == "eval").last().unwrap()["val_loss"].as_f64().unwrap();
+    let val_loss = metrics.lines().map(json).rfind(|v| v["kind"] == "eval").unwrap()["val_loss"].as_f64().unwrap();
     let model = run.join("best");
     let (ok, out, err) = igpt(&["eval", "--model", model.to_str().unwrap(), "--data", d, "--split", "val", "--json"]);
     assert!(ok, "{err}");

@@ -100,10 +100,8 @@ fn mutate(valid: &[u8], rng: &mut Lcg, text: bool) -> Vec<u8> {
                 let (i, v) = (rng.below(n), EDGE[rng.below(8)]);
                 let w = [4, 8][rng.below(2)];
                 let bytes = if rng.below(2) == 0 { v.to_le_bytes() } else { v.to_be_bytes() };
-                for k in 0..w {
-                    if let Some(x) = b.get_mut(i + k) {
-                        *x = bytes[k];
-                    }
+                for (x, &byte) in b.iter_mut().skip(i).zip(&bytes[..w]) {
+                    *x = byte;
                 }
             }
             3 => b.truncate(rng.below(n)),

@@ -17,6 +17,8 @@ const FLUSH: f32 = -60.0;
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
     let tiny = x < FLUSH;
+    // max then min (not clamp): NaN becomes -87 here as in the SIMD versions' max/min
+    #[allow(clippy::manual_clamp)]
     let x = x.max(-87.0).min(88.0);
     let t = x.mul_add(LOG2E, ROUND_MAGIC);
     let n = t - ROUND_MAGIC; // round(x / ln 2)

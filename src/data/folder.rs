@@ -35,8 +35,12 @@ fn walk(dir: &Path, seen: &mut std::collections::HashSet<PathBuf>, out: &mut Vec
     Ok(())
 }
 
-/// The image paths under `dir` and their class index (sorted sub-folder names).
-pub fn list(dir: &Path) -> Result<(Vec<(PathBuf, Option<u16>)>, Vec<String>)> {
+/// Image paths with their class index (None: no class folders).
+pub type Labelled = Vec<(PathBuf, Option<u16>)>;
+
+/// The image paths under `dir` and their class index, and the class names (sorted
+/// sub-folder names).
+pub fn list(dir: &Path) -> Result<(Labelled, Vec<String>)> {
     if !dir.is_dir() {
         return Err(Error::format(dir, "not a folder"));
     }

@@ -7,7 +7,7 @@
 //! never sit in memory all at once.
 
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use parquet::file::reader::{FileReader, SerializedFileReader};
@@ -162,7 +162,7 @@ fn read_file(path: &Path, cols: &Columns, fit: Option<usize>, progress: &(dyn Fn
 
 /// Whether a hub parquet file belongs to the test split: `test-00000-of-00001.parquet` or
 /// `.../test/0000.parquet`.
-pub fn is_test_file(p: &PathBuf) -> bool {
+pub fn is_test_file(p: &Path) -> bool {
     let starts = |s: Option<&std::ffi::OsStr>| s.is_some_and(|n| n.to_string_lossy().starts_with("test"));
     starts(p.file_name()) || starts(p.parent().and_then(|d| d.file_name()))
 }

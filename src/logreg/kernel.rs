@@ -56,6 +56,7 @@ multiversion! {
 /// (W padded to (D, 16)), the softmax cross-entropy against y, dz = (softmax - onehot) / N,
 /// and dW += x^T dz, db += dz into the block's partial sums. X is read once per evaluation
 /// (the gemm path reads it twice, and 10 output columns use its tiles poorly).
+#[allow(clippy::too_many_arguments)]
 fn fused_block(x: &[f32], y: &[u16], wp: &[f32], bp: &[f32], k: usize, inv_n: f32, gw: &mut [f32], gb: &mut [f32]) -> f64 {
     let d = wp.len() / KP;
     let full = y.len() / R * R;
@@ -112,15 +113,13 @@ fn rows_pass<const N: usize, const FMA: bool>(
             let (zr, yi) = (&z[r], ys[r] as usize);
             let m = zr[..k].iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v));
             let mut sum = 0f32;
-            for c in 0..k {
-                dz[r][c] = math::exp(zr[c] - m);
-                sum += dz[r][c];
+            for (d, &z) in dz[r][..k].iter_mut().zip(&zr[..k]) {
+                *d = math::exp(z - m);
+                sum += *d;
             }
             loss += (sum.ln() - (zr[yi] - m)) as f64;
             let scale = inv_n / sum;
-            for c in 0..k {
-                dz[r][c] *= scale;
-            }
+            dz[r][..k].iter_mut().for_each(|d| *d *= scale);
             dz[r][yi] -= inv_n;
         }
         for (j, gr) in gw.chunks_exact_mut(KP).enumerate() {
@@ -142,6 +141,7 @@ fn rows_pass<const N: usize, const FMA: bool>(
 
 /// The cross-entropy sum and its gradient (gw (D, K), gb (K)) by the fused pass: blocks of
 /// rows in parallel, their partial sums added in block order (deterministic).
+#[allow(clippy::too_many_arguments)]
 fn fused_loss_grad(
     w: &[f32],
     b: &[f32],

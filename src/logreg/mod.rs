@@ -43,8 +43,8 @@ impl Standardizer {
     pub fn apply(&self, x: &mut [f32]) {
         let d = self.mean.len();
         x.par_chunks_mut(d).for_each(|row| {
-            for j in 0..d {
-                row[j] = (row[j] - self.mean[j]) / self.std[j];
+            for ((x, m), s) in row.iter_mut().zip(&self.mean).zip(&self.std) {
+                *x = (*x - m) / s;
             }
         });
     }

@@ -88,6 +88,7 @@ impl ImageGpt {
     ///
     /// # Shapes
     /// tokens: (B, T) image tokens; mask (BERT only): (B, T), true = masked and predicted.
+    #[allow(clippy::too_many_arguments)]
     pub fn forward_backward(
         &self,
         acts: &mut TrainActs,

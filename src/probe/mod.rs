@@ -25,8 +25,8 @@ use crate::tokenizer::ImageProcessorConfig;
 pub use features::{Split, layer_features, pixel_features, save_features};
 pub use path::{LAMBDAS, PathPoint, ProbeResult, fit_probe};
 
-/// What to probe and how.
-#[derive(Clone, Debug)]
+/// What to probe and how (the default: every layer, no concatenation).
+#[derive(Clone, Debug, Default)]
 pub struct ProbeOptions {
     /// Layers (0 = embeddings, n_layer = last block); None = all.
     pub layers: Option<Vec<usize>>,
@@ -39,12 +39,6 @@ pub struct ProbeOptions {
     pub save_features: Option<PathBuf>,
     /// Only the first N images of each split (stratified by label).
     pub limit: Option<usize>,
-}
-
-impl Default for ProbeOptions {
-    fn default() -> Self {
-        ProbeOptions { layers: None, stop: Stop::default(), concat: 0, save_features: None, limit: None }
-    }
 }
 
 /// The probe of several layers' features side by side (the paper's ImageNet result, 72.0%,

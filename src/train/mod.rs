@@ -177,8 +177,11 @@ pub(crate) fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
     crate::formats::write_atomic(path, (kept.join("\n") + if kept.is_empty() { "" } else { "\n" }).as_bytes())
 }
 
+/// (step, loss) points.
+pub type LossCurve = Vec<(u64, f64)>;
+
 /// Reads (train losses, val losses) back from metrics.jsonl.
-pub fn read_metrics(path: &Path) -> (Vec<(u64, f64)>, Vec<(u64, f64)>) {
+pub fn read_metrics(path: &Path) -> (LossCurve, LossCurve) {
     let (mut tr, mut va) = (Vec::new(), Vec::new());
     for l in std::fs::read_to_string(path).unwrap_or_default().lines() {
         let Ok(v) = serde_json::from_str::<serde_json::Value>(l) else { continue };

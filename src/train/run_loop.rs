@@ -116,7 +116,7 @@ pub fn run_task(cfg: &TrainConfig, resume: bool, task: &dyn Task, obs: &mut dyn 
     // a run that early stopping ended stays ended on --resume
     sum.stopped_early = cfg.patience.is_some_and(|p| state.evals_since_best >= p) && state.step < total;
     let start_step = state.step;
-    while !sum.stopped_early && state.step < total && !cfg.stop_after.is_some_and(|s| state.step >= s) {
+    while !sum.stopped_early && state.step < total && cfg.stop_after.is_none_or(|s| state.step < s) {
         let step = state.step;
         let lr = lr_at(step, cfg.lr, cfg.min_lr, cfg.warmup, total);
         grads.fill(0.0);
