@@ -56,38 +56,14 @@ pub fn run_task(cfg: &TrainConfig, resume: bool, task: &dyn Task, obs: &mut dyn 
         let ckpt = |d: &Path| checkpoint::write_contents(d, &tr.model, head.as_ref(), &tr.opt, &state, &data.palette);
         task.write_best(dst, &tr.model, &tr.head, &state, &ckpt)
     };
-    // refused before anything in the folder is touched
-    match (checkpoint::list(run_dir).last(), resume) {
-        (None, true) => {
-            return Err(Error::Invalid(format!(
-                "--resume: {} has no checkpoint to continue from; run without --resume to start training there",
-                run_dir.display()
-            )));
-        }
-        (Some(_), false) => {
-            return Err(Error::Invalid(format!(
-                "{}: the run folder already has checkpoints; pass --resume to continue it or choose another --out",
-                run_dir.display()
-            )));
-        }
-        _ => {}
-    }
+    check_folder(run_dir, resume)?;
     for msg in checkpoint::repair(run_dir, &rebuild)? {
         obs.note(&msg);
     }
     let start = checkpoint::list(run_dir).pop().map(|(_, d)| d);
     let (mut tr, mut state) = open_trainee(cfg, task, start.as_deref())?;
     let per_step = (cfg.batch * cfg.grad_accum) as u64;
-    // --minutes: the schedule's length is fixed after the first steps are timed (below) and
-    // kept in the state, so a resumed run keeps it
-    let mut total = match (cfg.steps, cfg.epochs, cfg.minutes, state.total_steps) {
-        (Some(s), ..) => s,
-        (None, Some(e), ..) => ((e * data.train_images as f64) / per_step as f64).ceil() as u64,
-        (None, None, Some(_), Some(t)) => t,
-        (None, None, Some(_), None) => u64::MAX,
-        (None, None, None, _) => return Err(Error::Invalid("give --steps, --epochs or --minutes".into())),
-    }
-    .max(1); // --epochs so small it rounds to no step still takes one
+    let mut total = schedule_length(cfg, data.train_images, per_step, &state)?;
     write_train_json(cfg, &tr.model, total)?;
     let metrics = run_dir.join("metrics.jsonl");
     if start.is_some() {
@@ -119,32 +95,11 @@ pub fn run_task(cfg: &TrainConfig, resume: bool, task: &dyn Task, obs: &mut dyn 
     while !sum.stopped_early && state.step < total && cfg.stop_after.is_none_or(|s| state.step < s) {
         let step = state.step;
         let lr = lr_at(step, cfg.lr, cfg.min_lr, cfg.warmup, total);
-        grads.fill(0.0);
-        dhead.fill(0.0);
-        let (mut loss, mut parts) = (0.0, serde_json::Map::new());
-        for micro in 0..cfg.grad_accum {
-            acts.set_dropout(dropout_of(&tr.model.config, cfg.seed, step, micro));
-            let l = task.micro_batch(&tr.model, &tr.head, &mut acts, &mut grads, &mut dhead, &mut state, cfg)?;
-            loss += l.loss / cfg.grad_accum as f64;
-            for (k, v) in l.fields {
-                let acc = parts.get(&k).and_then(Value::as_f64).unwrap_or(0.0);
-                parts.insert(k, json!(acc + v.as_f64().unwrap_or(0.0) / cfg.grad_accum as f64));
-            }
+        let (loss, parts) = gradients(cfg, task, &tr, &mut acts, (&mut grads, &mut dhead), &mut state)?;
+        if !loss.is_finite() {
+            return Err(diverged(run_dir, loss, step));
         }
         let be = *tr.opt.backend();
-        if cfg.grad_accum > 1 {
-            let s = 1.0 / cfg.grad_accum as f32;
-            be.scale(&mut grads, s);
-            be.scale(&mut dhead, s);
-        }
-        if !loss.is_finite() {
-            let last = checkpoint::list(run_dir)
-                .pop()
-                .map_or("none was written yet".to_string(), |(_, p)| p.display().to_string());
-            return Err(Error::Invalid(format!(
-                "the loss is {loss} at step {step}: training stopped (lower --lr or raise --warmup); the last good checkpoint is {last}"
-            )));
-        }
         let norm = clip_grad_norm_groups(&be, &mut [&mut grads, &mut dhead], cfg.clip);
         tr.opt.update_groups(&mut [&mut tr.model.params, &mut tr.head], &[&grads, &dhead], lr);
         state.step += 1;
@@ -189,6 +144,75 @@ pub fn run_task(cfg: &TrainConfig, resume: bool, task: &dyn Task, obs: &mut dyn 
     sum.best_step = state.best_step;
     sum.seconds = t_start.elapsed().as_secs_f64();
     Ok(sum)
+}
+
+/// Refuses, before anything in the folder is touched, to start over a run's checkpoints
+/// or to resume a folder without any.
+fn check_folder(run_dir: &Path, resume: bool) -> Result<()> {
+    match (checkpoint::list(run_dir).last(), resume) {
+        (None, true) => Err(Error::Invalid(format!(
+            "--resume: {} has no checkpoint to continue from; run without --resume to start training there",
+            run_dir.display()
+        ))),
+        (Some(_), false) => Err(Error::Invalid(format!(
+            "{}: the run folder already has checkpoints; pass --resume to continue it or choose another --out",
+            run_dir.display()
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// The schedule's length in steps. --minutes: u64::MAX until the first steps are timed
+/// (in the loop), then the length kept in the state, so that a resumed run keeps it.
+fn schedule_length(cfg: &TrainConfig, train_images: usize, per_step: u64, state: &TrainState) -> Result<u64> {
+    let total = match (cfg.steps, cfg.epochs, cfg.minutes, state.total_steps) {
+        (Some(s), ..) => s,
+        (None, Some(e), ..) => ((e * train_images as f64) / per_step as f64).ceil() as u64,
+        (None, None, Some(_), Some(t)) => t,
+        (None, None, Some(_), None) => u64::MAX,
+        (None, None, None, _) => return Err(Error::Invalid("give --steps, --epochs or --minutes".into())),
+    };
+    Ok(total.max(1)) // --epochs so small it rounds to no step still takes one
+}
+
+/// One step's gradients: `grad_accum` micro-batches into (model grads, head grads), their
+/// mean; returns the mean loss and the mean of the task's other logged fields.
+fn gradients(
+    cfg: &TrainConfig,
+    task: &dyn Task,
+    tr: &Trainee,
+    acts: &mut TrainActs,
+    (grads, dhead): (&mut Vec<f32>, &mut Vec<f32>),
+    state: &mut TrainState,
+) -> Result<(f64, serde_json::Map<String, Value>)> {
+    let (step, k) = (state.step, cfg.grad_accum);
+    grads.fill(0.0);
+    dhead.fill(0.0);
+    let (mut loss, mut parts) = (0.0, serde_json::Map::new());
+    for micro in 0..k {
+        acts.set_dropout(dropout_of(&tr.model.config, cfg.seed, step, micro));
+        let l = task.micro_batch(&tr.model, &tr.head, acts, grads, dhead, state, cfg)?;
+        loss += l.loss / k as f64;
+        for (name, v) in l.fields {
+            let acc = parts.get(&name).and_then(Value::as_f64).unwrap_or(0.0);
+            parts.insert(name, json!(acc + v.as_f64().unwrap_or(0.0) / k as f64));
+        }
+    }
+    if k > 1 {
+        let be = tr.opt.backend();
+        be.scale(grads, 1.0 / k as f32);
+        be.scale(dhead, 1.0 / k as f32);
+    }
+    Ok((loss, parts))
+}
+
+/// The error of a loss that is no longer finite, naming the last good checkpoint.
+fn diverged(run_dir: &Path, loss: f64, step: u64) -> Error {
+    let last =
+        checkpoint::list(run_dir).pop().map_or("none was written yet".to_string(), |(_, p)| p.display().to_string());
+    Error::Invalid(format!(
+        "the loss is {loss} at step {step}: training stopped (lower --lr or raise --warmup); the last good checkpoint is {last}"
+    ))
 }
 
 /// RUN/train.json: what runs (the configuration, the model, the schedule's length).
