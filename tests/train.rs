@@ -84,6 +84,27 @@ fn interrupted_and_resumed_run_equals_uninterrupted_bit_for_bit() {
     }
 }
 
+/// Two micro-batches of 4 take the same 8 images in the same order as one batch of 8, and
+/// their mean gradient is the batch's: the runs' losses agree to rounding (the sums run in
+/// another order, so not bit for bit), and differ once the accumulation is dropped.
+#[test]
+fn gradient_accumulation_equals_the_larger_batch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = prepared(tmp.path());
+    let run_with = |name: &str, batch: usize, grad_accum: usize| {
+        let c = TrainConfig { batch, grad_accum, eval_every: 100, ..cfg(&data, &tmp.path().join(name)) };
+        run(&c, false, &mut NoObserver).unwrap();
+        read_metrics(&tmp.path().join(name).join("metrics.jsonl")).0
+    };
+    let (one, accumulated, half) = (run_with("b8", 8, 1), run_with("b4x2", 4, 2), run_with("b4", 4, 1));
+    assert_eq!(one.len(), 8);
+    for ((s, a), (_, b)) in one.iter().zip(&accumulated) {
+        assert!((a - b).abs() < 1e-6 * a.abs(), "step {s}: batch 8 {a} vs 4 x 2 {b}");
+    }
+    let gap = one.iter().zip(&half).map(|((_, a), (_, b))| (a - b).abs()).fold(0.0, f64::max);
+    assert!(gap > 1e-2, "a batch of 4 alone should train differently: {gap}");
+}
+
 #[test]
 fn mismatches_and_nan_are_refused_clearly() {
     let tmp = tempfile::tempdir().unwrap();
