@@ -262,6 +262,90 @@ pub fn prepare(source: Source, out: &Path, cfg: &PrepareConfig, progress: &dyn P
     Ok(report)
 }
 
+/// The palette's cluster centres in model space: read from `cfg.palette`, or fitted by
+/// k-means on a seeded sample of the training pixels (all of them when fewer than
+/// `cfg.palette_sample`). Returns (centres, where they came from, k-means iterations,
+/// pixels sampled).
+fn fit_palette(
+    pixels: &[u8],
+    train_counts: &ColorCounts,
+    base: &ImageProcessorConfig,
+    cfg: &PrepareConfig,
+    progress: &dyn Progress,
+) -> Result<(Vec<[f64; 3]>, String, usize, usize)> {
+    let to_space = |c: [u8; 3]| palette::to_model_space(base, c);
+    Ok(match &cfg.palette {
+        Some(p) => (palette::read_palette(p)?, p.display().to_string(), 0, 0),
+        None => {
+            let n_px = pixels.len() / 3;
+            let sample_n = cfg.palette_sample.min(n_px);
+            let sample = if sample_n == n_px {
+                train_counts.clone()
+            } else {
+                let mut rng = Rng::new(cfg.seed);
+                let picked: Vec<u8> = (0..sample_n)
+                    .flat_map(|_| {
+                        let i = rng.below(n_px as u64) as usize;
+                        pixels[i * 3..i * 3 + 3].to_vec()
+                    })
+                    .collect();
+                ColorCounts::from_pixels(&picked)
+            };
+            let pts: Vec<[f32; 3]> = sample.colors.iter().map(|&c| to_space(c)).collect();
+            let w: Vec<f64> = sample.counts.iter().map(|&n| n as f64).collect();
+            let kcfg = KMeansConfig { k: cfg.colors, max_iter: cfg.kmeans_max_iter, tol: 1e-5, seed: cfg.seed };
+            progress.start("k-means", kcfg.max_iter as u64);
+            let fit = palette::kmeans(&pts, &w, &kcfg, |_, inertia| {
+                progress.inc(1);
+                progress.message(&format!("inertia/pixel {:.6}", inertia / sample_n as f64));
+            })?;
+            progress.finish();
+            let clusters = fit.centers.iter().map(|c| [c[0] as f64, c[1] as f64, c[2] as f64]).collect();
+            (
+                clusters,
+                format!("k-means (k = {}, {} distinct colours)", fit.centers.len(), sample.colors.len()),
+                fit.iterations,
+                sample_n,
+            )
+        }
+    })
+}
+
+/// The token of every distinct 8-bit colour of the splits (the nearest palette colour,
+/// exactly as HF's processor), keyed by `rgb_key`.
+fn token_table(
+    proc: &ImageProcessorConfig,
+    train_counts: &ColorCounts,
+    others: [Option<&Split>; 2],
+    progress: &dyn Progress,
+) -> HashMap<u32, u16> {
+    let mut distinct: Vec<u32> = train_counts.colors.iter().map(|c| rgb_key(c)).collect();
+    for s in others.into_iter().flatten() {
+        distinct.extend(s.pixels.chunks_exact(3).map(rgb_key));
+    }
+    distinct.sort_unstable();
+    distinct.dedup();
+    progress.start("tokenize", distinct.len() as u64);
+    let lut = distinct
+        .par_iter()
+        .map(|&k| {
+            let b = k.to_le_bytes();
+            let t = proc.nearest(proc.normalize_pixel([b[0], b[1], b[2]])) as u16;
+            progress.inc(1);
+            (k, t)
+        })
+        .collect();
+    progress.finish();
+    lut
+}
+
+/// preview.png: the first `n` training images (R x R each) beside their palette decodings.
+fn save_preview(path: &Path, pixels: &[u8], decoded: &[u8], r: usize, n: usize) -> Result<()> {
+    let img = |px: &[u8], i: usize| RgbImage::new(r, r, px[i * r * r * 3..(i + 1) * r * r * 3].to_vec());
+    let tiles: Vec<RgbImage> = (0..n).flat_map(|i| [img(pixels, i), img(decoded, i)]).collect();
+    crate::viz::save_grid(path, &tiles, 8, (128 / r).max(1))
+}
+
 fn prepare_into(source: Source, out: &Path, cfg: &PrepareConfig, progress: &dyn Progress) -> Result<PrepareReport> {
     let t_start = Instant::now();
     let r = cfg.size;
@@ -302,64 +386,15 @@ fn prepare_into(source: Source, out: &Path, cfg: &PrepareConfig, progress: &dyn 
     let base = ImageProcessorConfig::new(vec![], r, r);
     let to_space = |c: [u8; 3]| palette::to_model_space(&base, c);
     let t0 = Instant::now();
-    let (clusters, palette_source, iterations, sample_n) = match &cfg.palette {
-        Some(p) => (palette::read_palette(p)?, p.display().to_string(), 0, 0),
-        None => {
-            let n_px = train.pixels.len() / 3;
-            let sample_n = cfg.palette_sample.min(n_px);
-            let sample = if sample_n == n_px {
-                train_counts.clone()
-            } else {
-                let mut rng = Rng::new(cfg.seed);
-                let picked: Vec<u8> = (0..sample_n)
-                    .flat_map(|_| {
-                        let i = rng.below(n_px as u64) as usize;
-                        train.pixels[i * 3..i * 3 + 3].to_vec()
-                    })
-                    .collect();
-                ColorCounts::from_pixels(&picked)
-            };
-            let pts: Vec<[f32; 3]> = sample.colors.iter().map(|&c| to_space(c)).collect();
-            let w: Vec<f64> = sample.counts.iter().map(|&n| n as f64).collect();
-            let kcfg = KMeansConfig { k: cfg.colors, max_iter: cfg.kmeans_max_iter, tol: 1e-5, seed: cfg.seed };
-            progress.start("k-means", kcfg.max_iter as u64);
-            let fit = palette::kmeans(&pts, &w, &kcfg, |_, inertia| {
-                progress.inc(1);
-                progress.message(&format!("inertia/pixel {:.6}", inertia / sample_n as f64));
-            })?;
-            progress.finish();
-            let clusters = fit.centers.iter().map(|c| [c[0] as f64, c[1] as f64, c[2] as f64]).collect();
-            (
-                clusters,
-                format!("k-means (k = {}, {} distinct colours)", fit.centers.len(), sample.colors.len()),
-                fit.iterations,
-                sample_n,
-            )
-        }
-    };
+    let (clusters, palette_source, iterations, sample_n) =
+        fit_palette(&train.pixels, &train_counts, &base, cfg, progress)?;
     let palette_fit_s = t0.elapsed().as_secs_f64();
     let proc = ImageProcessorConfig::new(clusters, r, r);
     proc.save(&out.join("preprocessor_config.json"))?;
 
     // 4. Tokens: the nearest colour of each distinct 8-bit colour, exactly as HF's processor.
     let t0 = Instant::now();
-    let mut distinct: Vec<u32> = train_counts.colors.iter().map(|c| rgb_key(c)).collect();
-    for s in [Some(&val), test.as_ref()].into_iter().flatten() {
-        distinct.extend(s.pixels.chunks_exact(3).map(rgb_key));
-    }
-    distinct.sort_unstable();
-    distinct.dedup();
-    progress.start("tokenize", distinct.len() as u64);
-    let lut: HashMap<u32, u16> = distinct
-        .par_iter()
-        .map(|&k| {
-            let b = k.to_le_bytes();
-            let t = proc.nearest(proc.normalize_pixel([b[0], b[1], b[2]])) as u16;
-            progress.inc(1);
-            (k, t)
-        })
-        .collect();
-    progress.finish();
+    let lut = token_table(&proc, &train_counts, [Some(&val), test.as_ref()], progress);
     let tokenize = |s: &Split| -> Vec<u16> { s.pixels.chunks_exact(3).map(|p| lut[&rgb_key(p)]).collect() };
     let labels_of = |s: &Split| -> Option<Vec<u16>> { s.labels.iter().copied().collect::<Option<Vec<u16>>>() };
     let train_tok = tokenize(&train);
@@ -384,14 +419,7 @@ fn prepare_into(source: Source, out: &Path, cfg: &PrepareConfig, progress: &dyn 
 
     // 6. labels.txt, preview.png, prepare.json.
     crate::formats::write_atomic(&out.join("labels.txt"), (classes.join("\n") + "\n").as_bytes())?;
-    let n_prev = 16.min(train.labels.len());
-    let mut tiles = Vec::new();
-    for i in 0..n_prev {
-        let px = train.pixels[i * r * r * 3..(i + 1) * r * r * 3].to_vec();
-        tiles.push(RgbImage::new(r, r, px));
-        tiles.push(RgbImage::new(r, r, decoded[i * r * r * 3..(i + 1) * r * r * 3].to_vec()));
-    }
-    crate::viz::save_grid(&out.join("preview.png"), &tiles, 8, (128 / r).max(1))?;
+    save_preview(&out.join("preview.png"), &train.pixels, &decoded, r, 16.min(train.labels.len()))?;
     let mut class_counts_train = vec![0; classes.len()];
     for l in train.labels.iter().flatten() {
         if let Some(c) = class_counts_train.get_mut(*l as usize) {
