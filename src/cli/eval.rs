@@ -2,7 +2,8 @@ use std::path::PathBuf;
 
 use anyhow::{Result, bail};
 use clap::Args;
-use igpt::model::{Logits, ModelKind, Workspace, cross_entropy};
+use igpt::model::{ImageGpt, Logits, ModelKind, Workspace, cross_entropy};
+use igpt::tokenizer::ImageProcessorConfig;
 use serde_json::json;
 
 #[derive(Args)]
@@ -68,64 +69,70 @@ pub fn run(a: EvalArgs) -> Result<()> {
     }
     let proc = super::open_processor(&a.model)?;
     let (h, w) = proc.hw();
-    let t = h * w;
-    if t != model.config.n_positions || proc.n_clusters() != model.config.n_colors() {
+    if h * w != model.config.n_positions || proc.n_clusters() != model.config.n_colors() {
         bail!(
             "{}: palette ({} colours, {}x{} = {} pixels) does not match the model (vocab {} colours, n_positions {})",
             a.model.display(),
             proc.n_clusters(),
             h,
             w,
-            t,
+            h * w,
             model.config.n_colors(),
             model.config.n_positions
         );
     }
-    // (name, tokens) of every image scored
-    let items: Vec<(String, Vec<u32>)> = match &a.data {
+    let items = images(&a, &proc)?;
+    let nlls = score(&model, &items, &a)?;
+    report(&a, &model, &items, &nlls)
+}
+
+/// (name, tokens) of every image to score: a prepared split or the images given.
+fn images(a: &EvalArgs, proc: &ImageProcessorConfig) -> Result<Vec<(String, Vec<u32>)>> {
+    Ok(match &a.data {
         Some(dir) => {
             let path = dir.join(format!("{}.tokens", a.split));
-            let f = super::open_tokens_for(&path, &proc)?;
+            let f = super::open_tokens_for(&path, proc)?;
             (0..f.count)
                 .map(|i| (format!("{}#{i}", path.display()), f.image(i).into_iter().map(u32::from).collect()))
                 .collect()
         }
         None => {
-            let tokens = super::encode_images(&a.images, &proc)?;
+            let tokens = super::encode_images(&a.images, proc)?;
             a.images.iter().map(|p| p.display().to_string()).zip(tokens).collect()
         }
-    };
-    let sos = model.config.sos_token();
-    let v = model.config.n_colors();
+    })
+}
+
+/// Each image's mean NLL (nats/token): of every pixel given the ones before it (GPT), or
+/// of its masked pixels given the others (BERT; NaN where none was masked).
+fn score(model: &ImageGpt, items: &[(String, Vec<u32>)], a: &EvalArgs) -> Result<Vec<f64>> {
+    let (t, v, sos) = (model.config.n_positions, model.config.n_colors(), model.config.sos_token());
+    let bert = !model.config.is_causal();
     let mut ws = Workspace::new();
     let mut nlls = Vec::with_capacity(items.len());
     let bar = indicatif::ProgressBar::new(items.len() as u64).with_style(indicatif::ProgressStyle::with_template(
         "eval {bar:30} {pos}/{len} images [{elapsed_precise}<{eta_precise}, {per_sec}]",
     )?);
-    let bert = !model.config.is_causal();
-    if bert && !(a.mask_prob > 0.0 && a.mask_prob <= 1.0) {
-        bail!("--mask-prob {}: give a fraction in (0, 1]", a.mask_prob);
-    }
     let mut rng = igpt::rng::Rng::new(a.seed);
-    for chunk in items.chunks(a.batch.max(1)) {
-        let targets: Vec<Vec<u32>> = chunk.iter().map(|it| it.1.clone()).collect();
+    for chunk in items.chunks(a.batch) {
         let b = chunk.len();
+        // targets (B, T)
+        let targets: Vec<u32> = chunk.iter().flat_map(|it| it.1.iter().copied()).collect();
         let masked = if bert {
-            let flat: Vec<u32> = targets.concat();
             let m = igpt::train::batches::bert_mask(b * t, a.mask_prob, &mut rng);
-            model.forward_masked(&mut ws, &flat, &m, b, t)?;
+            model.forward_masked(&mut ws, &targets, &m, b, t)?;
             Some(m)
         } else {
             // input = [SOS] + tokens[:-1]; logits[:, i] predicts tokens[i]
             let inputs: Vec<u32> =
-                targets.iter().flat_map(|tg| std::iter::once(sos).chain(tg[..t - 1].iter().copied())).collect();
+                targets.chunks(t).flat_map(|tg| std::iter::once(sos).chain(tg[..t - 1].iter().copied())).collect();
             model.forward(&mut ws, &inputs, b, t, Logits::All, false)?;
             None
         };
-        for (i, tg) in targets.iter().enumerate() {
+        for (i, tg) in targets.chunks(t).enumerate() {
             let (nll, rows) = cross_entropy(&ws.logits[i * t * v..(i + 1) * t * v], tg, v);
             nlls.push(match &masked {
-                // the mean over this image's masked pixels (at least one per batch is masked)
+                // the mean over this image's masked pixels
                 Some(m) => {
                     let picked: Vec<f64> =
                         rows.iter().zip(&m[i * t..(i + 1) * t]).filter(|x| *x.1).map(|x| *x.0).collect();
@@ -137,6 +144,12 @@ pub fn run(a: EvalArgs) -> Result<()> {
         bar.inc(b as u64);
     }
     bar.finish_and_clear();
+    Ok(nlls)
+}
+
+/// Prints the per-image and mean scores (text or --json).
+fn report(a: &EvalArgs, model: &ImageGpt, items: &[(String, Vec<u32>)], nlls: &[f64]) -> Result<()> {
+    let bert = !model.config.is_causal();
     // images with no masked pixel (BERT, a small --mask-prob) have no score
     let scored: Vec<f64> = nlls.iter().copied().filter(|x| x.is_finite()).collect();
     let mean = scored.iter().sum::<f64>() / scored.len().max(1) as f64;
@@ -147,7 +160,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
         let per_image: Vec<_> = items
             .iter()
             .map(|it| &it.0)
-            .zip(&nlls)
+            .zip(nlls)
             .map(|(p, &n)| {
                 let n = n.is_finite().then_some(n);
                 json!({"path": p, "nll": n, "bits_per_token": n.map(|n| n / std::f64::consts::LN_2)})
@@ -161,7 +174,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
         return super::print_json(&out);
     }
     if a.data.is_none() {
-        for (it, n) in items.iter().zip(&nlls) {
+        for (it, n) in items.iter().zip(nlls) {
             println!("{:>9.5} nats/token  {:>8.5} bits/token  {}", n, n / std::f64::consts::LN_2, it.0);
         }
     }
