@@ -186,27 +186,8 @@ pub fn run_probe(
     };
     let fit_s = t1.elapsed().as_secs_f64();
     let best = &results[best_i];
-    let mut warnings = Vec::new();
-    let named = |r: &ProbeResult| r.layer.map_or("the raw-pixel baseline".to_string(), |l| format!("layer {l}"));
-    for r in results.iter().chain([&baseline]).chain(concat.as_ref().map(|c| &c.result)) {
-        if !r.converged {
-            warnings.push(format!(
-                "{}: the chosen fit stopped at {} iterations before its gradient fell below {:e}; raise --max-iter",
-                named(r),
-                o.stop.max_iter,
-                o.stop.tol
-            ));
-        }
-        if r.lambda_on_edge {
-            let lo = r.path.last().map_or(0.0, |p| p.lambda);
-            let hi = r.path.first().map_or(0.0, |p| p.lambda);
-            warnings.push(format!(
-                "{}: the chosen lambda {:e} is at the edge of the path [{lo:e}, {hi:e}]; the probe may do better beyond it",
-                named(r),
-                r.lambda
-            ));
-        }
-    }
+    let all = results.iter().chain([&baseline]).chain(concat.as_ref().map(|c| &c.result));
+    let warnings = all.flat_map(|r| warnings_of(r, o.stop)).collect();
     let report = ProbeReport {
         best_layer: best.layer.expect("a layer"),
         best_val_acc: best.val_acc,
@@ -227,6 +208,28 @@ pub fn run_probe(
     crate::formats::write_atomic(&out.join("probe.json"), json.as_bytes())?;
     probe_chart(&report).save(&out.join("probe"), 760, 440)?;
     Ok(report)
+}
+
+/// What a user should know of a chosen fit: that it stopped unconverged, or that its
+/// lambda is at the end of the path.
+fn warnings_of(r: &ProbeResult, stop: Stop) -> Vec<String> {
+    let name = r.layer.map_or("the raw-pixel baseline".to_string(), |l| format!("layer {l}"));
+    let mut w = Vec::new();
+    if !r.converged {
+        w.push(format!(
+            "{name}: the chosen fit stopped at {} iterations before its gradient fell below {:e}; raise --max-iter",
+            stop.max_iter, stop.tol
+        ));
+    }
+    if r.lambda_on_edge {
+        let lo = r.path.last().map_or(0.0, |p| p.lambda);
+        let hi = r.path.first().map_or(0.0, |p| p.lambda);
+        w.push(format!(
+            "{name}: the chosen lambda {:e} is at the edge of the path [{lo:e}, {hi:e}]; the probe may do better beyond it",
+            r.lambda
+        ));
+    }
+    w
 }
 
 /// Accuracy (%) per layer: val (blue, where the layer is chosen), test (green), and the
