@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 
 use super::download::{self, Transfer};
-use super::{RawSplit, cifar, folder, idx, parquet};
+use super::{Item, RawSplit, cifar, folder, idx, parquet};
 use crate::error::{Error, Result};
 
 /// The bundled emoji32 set (CIFAR-10 layout, gzipped; see data/emoji32/README.md).
@@ -176,126 +176,130 @@ impl DataSpec {
     /// so photos are never all held at full size.
     pub fn load_at(&self, fit: Option<usize>, progress: &(dyn Fn() + Sync)) -> Result<Source> {
         match self {
-            DataSpec::Emoji32 => {
-                let classes: Vec<String> = EMOJI32_LABELS.lines().map(str::to_string).collect();
-                let p = Path::new("<bundled emoji32>");
-                let train = cifar::parse(&super::gunzip(EMOJI32_TRAIN, p)?, 1, p)?;
-                let test = cifar::parse(&super::gunzip(EMOJI32_TEST, p)?, 1, p)?;
-                Ok(Source {
-                    name: "emoji32".into(),
-                    train: RawSplit { items: train, classes: classes.clone() },
-                    test: Some(RawSplit { items: test, classes }),
-                })
+            DataSpec::Emoji32 => load_emoji32(),
+            DataSpec::FashionMnist => load_named_idx("fashion-mnist", Some(FASHION_DEBIAN)),
+            DataSpec::Mnist => load_named_idx("mnist", None),
+            DataSpec::Cifar10 => {
+                let train: Vec<String> = (1..=5).map(|i| format!("data_batch_{i}.bin")).collect();
+                load_named_cifar("cifar10", &train, "test_batch.bin", 1)
             }
-            DataSpec::FashionMnist | DataSpec::Mnist => {
-                let (name, mut dirs) = match self {
-                    DataSpec::FashionMnist => ("fashion-mnist", vec![PathBuf::from(FASHION_DEBIAN)]),
-                    _ => ("mnist", vec![]),
-                };
-                dirs.push(cache_dir(name));
-                let [ti, tl, vi, vl] = find_idx(name, &dirs, IDX_FILES)?;
-                let classes =
-                    if name == "mnist" { (0..10).map(|d| d.to_string()).collect() } else { named(&FASHION_CLASSES) };
-                Ok(Source {
-                    name: name.into(),
-                    train: RawSplit { items: idx::read(&ti, Some(&tl))?, classes: classes.clone() },
-                    test: Some(RawSplit { items: idx::read(&vi, Some(&vl))?, classes }),
-                })
-            }
-            DataSpec::Cifar10 | DataSpec::Cifar100 => {
-                let (name, train_files, test_file, lb): (&str, Vec<String>, &str, usize) = match self {
-                    DataSpec::Cifar10 => {
-                        ("cifar10", (1..=5).map(|i| format!("data_batch_{i}.bin")).collect(), "test_batch.bin", 1)
-                    }
-                    _ => ("cifar100", vec!["train.bin".into()], "test.bin", 2),
-                };
-                let dir = cache_dir(name);
-                let mut train = Vec::new();
-                for f in &train_files {
-                    let p = dir.join(f);
-                    if !p.exists() {
-                        return Err(Error::Invalid(format!(
-                            "{name} not found: {} is missing (add --download, or put the binary version's files in {})",
-                            p.display(),
-                            dir.display()
-                        )));
-                    }
-                    train.extend(cifar::read(&p, Some(lb))?);
-                }
-                let test = cifar::read(&dir.join(test_file), Some(lb))?;
-                let nclass = 1 + train.iter().filter_map(|i| i.label).max().unwrap_or(0) as usize;
-                let fine_names = std::fs::read_to_string(dir.join("fine_label_names.txt"))
-                    .ok()
-                    .map(|s| {
-                        s.lines().filter(|l| !l.trim().is_empty()).map(|l| l.trim().to_string()).collect::<Vec<_>>()
-                    })
-                    .filter(|n| n.len() >= nclass);
-                let classes = if lb == 1 {
-                    named(&CIFAR10_CLASSES)
-                } else {
-                    fine_names.unwrap_or_else(|| (0..nclass).map(|i| format!("class_{i}")).collect())
-                };
-                Ok(Source {
-                    name: name.into(),
-                    train: RawSplit { items: train, classes: classes.clone() },
-                    test: Some(RawSplit { items: test, classes }),
-                })
-            }
+            DataSpec::Cifar100 => load_named_cifar("cifar100", &["train.bin".into()], "test.bin", 2),
             DataSpec::Folder(dir) => {
                 Ok(Source { name: dir.display().to_string(), train: folder::read(dir, fit, progress)?, test: None })
             }
-            DataSpec::Cifar(files) => {
-                // Files named test* form the test split, the others the training split.
-                let (mut train, mut test) = (Vec::new(), Vec::new());
-                for f in files {
-                    let is_test = f.file_name().is_some_and(|n| n.to_string_lossy().starts_with("test"));
-                    let items = cifar::read(f, None)?;
-                    if is_test { test.extend(items) } else { train.extend(items) }
-                }
-                if train.is_empty() {
-                    return Err(Error::Invalid(
-                        "cifar: no training file given (files named test* form the test split)".into(),
-                    ));
-                }
-                let nclass = 1 + train.iter().chain(&test).filter_map(|i| i.label).max().unwrap_or(0) as usize;
-                let classes: Vec<String> = if nclass <= 10 {
-                    named(&CIFAR10_CLASSES[..nclass.max(1)])
-                } else {
-                    (0..nclass).map(|i| format!("class_{i}")).collect()
-                };
-                let test = (!test.is_empty()).then(|| RawSplit { items: test, classes: classes.clone() });
-                Ok(Source { name: "cifar".into(), train: RawSplit { items: train, classes }, test })
-            }
-            DataSpec::Parquet(files, cols) => {
-                let (mut train, mut test, mut names) = (Vec::new(), Vec::new(), None);
-                for f in files {
-                    let read = parquet::read(f, cols, fit, progress)?;
-                    names = names.or(read.class_names);
-                    if parquet::is_test_file(f) { test.extend(read.items) } else { train.extend(read.items) }
-                }
-                if train.is_empty() {
-                    return Err(Error::Invalid(
-                        "parquet: no training file given (files named test* or in a test/ folder form the test split)"
-                            .into(),
-                    ));
-                }
-                let nclass = 1 + train.iter().chain(&test).filter_map(|i| i.label).max().unwrap_or(0) as usize;
-                let classes = match names {
-                    Some(n) if n.len() >= nclass => n,
-                    _ => (0..nclass).map(|i| format!("class_{i}")).collect(),
-                };
-                let test = (!test.is_empty()).then(|| RawSplit { items: test, classes: classes.clone() });
-                Ok(Source { name: "parquet".into(), train: RawSplit { items: train, classes }, test })
-            }
+            DataSpec::Cifar(files) => load_cifar_files(files),
+            DataSpec::Parquet(files, cols) => load_parquet(files, cols, fit, progress),
             DataSpec::Idx(images, labels) => {
                 let items = idx::read(images, Some(labels))?;
-                let nclass = 1 + items.iter().filter_map(|i| i.label).max().unwrap_or(0) as usize;
-                Ok(Source {
-                    name: "idx".into(),
-                    train: RawSplit { items, classes: (0..nclass).map(|i| i.to_string()).collect() },
-                    test: None,
-                })
+                let classes = (0..class_count(&items, &[])).map(|i| i.to_string()).collect();
+                Ok(Source { name: "idx".into(), train: RawSplit { items, classes }, test: None })
             }
         }
     }
+}
+
+/// 1 + the largest label of `a` and `b` (1 when none is labelled).
+fn class_count(a: &[Item], b: &[Item]) -> usize {
+    1 + a.iter().chain(b).filter_map(|i| i.label).max().unwrap_or(0) as usize
+}
+
+/// class_0, class_1, ... for sets without class names.
+fn numbered(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("class_{i}")).collect()
+}
+
+/// A train and an optional test split sharing `classes`.
+fn source(name: &str, train: Vec<Item>, test: Vec<Item>, classes: Vec<String>) -> Source {
+    let test = (!test.is_empty()).then(|| RawSplit { items: test, classes: classes.clone() });
+    Source { name: name.into(), train: RawSplit { items: train, classes }, test }
+}
+
+/// The bundled emoji32 set.
+fn load_emoji32() -> Result<Source> {
+    let classes: Vec<String> = EMOJI32_LABELS.lines().map(str::to_string).collect();
+    let p = Path::new("<bundled emoji32>");
+    let train = cifar::parse(&super::gunzip(EMOJI32_TRAIN, p)?, 1, p)?;
+    let test = cifar::parse(&super::gunzip(EMOJI32_TEST, p)?, 1, p)?;
+    Ok(source("emoji32", train, test, classes))
+}
+
+/// MNIST or Fashion-MNIST from its IDX files (`first`, then the cache folder).
+fn load_named_idx(name: &str, first: Option<&str>) -> Result<Source> {
+    let mut dirs: Vec<PathBuf> = first.map(PathBuf::from).into_iter().collect();
+    dirs.push(cache_dir(name));
+    let [ti, tl, vi, vl] = find_idx(name, &dirs, IDX_FILES)?;
+    let classes = if name == "mnist" { (0..10).map(|d| d.to_string()).collect() } else { named(&FASHION_CLASSES) };
+    Ok(source(name, idx::read(&ti, Some(&tl))?, idx::read(&vi, Some(&vl))?, classes))
+}
+
+/// CIFAR-10 or -100 (binary version) from the cache folder; `label_bytes` 1 or 2 (coarse,
+/// fine: the fine label is used).
+fn load_named_cifar(name: &str, train_files: &[String], test_file: &str, label_bytes: usize) -> Result<Source> {
+    let dir = cache_dir(name);
+    let mut train = Vec::new();
+    for f in train_files {
+        let p = dir.join(f);
+        if !p.exists() {
+            return Err(Error::Invalid(format!(
+                "{name} not found: {} is missing (add --download, or put the binary version's files in {})",
+                p.display(),
+                dir.display()
+            )));
+        }
+        train.extend(cifar::read(&p, Some(label_bytes))?);
+    }
+    let test = cifar::read(&dir.join(test_file), Some(label_bytes))?;
+    let nclass = class_count(&train, &[]);
+    let classes = if label_bytes == 1 {
+        named(&CIFAR10_CLASSES)
+    } else {
+        std::fs::read_to_string(dir.join("fine_label_names.txt"))
+            .ok()
+            .map(|s| s.lines().filter(|l| !l.trim().is_empty()).map(|l| l.trim().to_string()).collect::<Vec<_>>())
+            .filter(|n| n.len() >= nclass)
+            .unwrap_or_else(|| numbered(nclass))
+    };
+    Ok(source(name, train, test, classes))
+}
+
+/// `cifar:FILE,..`: files named test* form the test split, the others the training split.
+fn load_cifar_files(files: &[PathBuf]) -> Result<Source> {
+    let (mut train, mut test) = (Vec::new(), Vec::new());
+    for f in files {
+        let is_test = f.file_name().is_some_and(|n| n.to_string_lossy().starts_with("test"));
+        let items = cifar::read(f, None)?;
+        if is_test { test.extend(items) } else { train.extend(items) }
+    }
+    if train.is_empty() {
+        return Err(Error::Invalid("cifar: no training file given (files named test* form the test split)".into()));
+    }
+    let nclass = class_count(&train, &test);
+    let classes = if nclass <= 10 { named(&CIFAR10_CLASSES[..nclass.max(1)]) } else { numbered(nclass) };
+    Ok(source("cifar", train, test, classes))
+}
+
+/// `parquet:FILE,..`: files named test* (or in a test/ folder) form the test split.
+fn load_parquet(
+    files: &[PathBuf],
+    cols: &parquet::Columns,
+    fit: Option<usize>,
+    progress: &(dyn Fn() + Sync),
+) -> Result<Source> {
+    let (mut train, mut test, mut names) = (Vec::new(), Vec::new(), None);
+    for f in files {
+        let read = parquet::read(f, cols, fit, progress)?;
+        names = names.or(read.class_names);
+        if parquet::is_test_file(f) { test.extend(read.items) } else { train.extend(read.items) }
+    }
+    if train.is_empty() {
+        return Err(Error::Invalid(
+            "parquet: no training file given (files named test* or in a test/ folder form the test split)".into(),
+        ));
+    }
+    let nclass = class_count(&train, &test);
+    let classes = match names {
+        Some(n) if n.len() >= nclass => n,
+        _ => numbered(nclass),
+    };
+    Ok(source("parquet", train, test, classes))
 }
