@@ -12,7 +12,7 @@
 #
 # Environment: OUT (runs/study), REPORT (docs/results), the model and budget below, LOG_EVERY, LIMIT
 # (prepare only the first N images of each split: a quick dry run), E32 / F28 / E64 (the
-# variants, as attention+position_embedding), SIDE32 (emoji32's side, for a dry run),
+# variants, as attention+position_embedding), PROBE28 (Fashion-MNIST's probe images per split), SIDE32 (emoji32's side, for a dry run),
 # REBENCH=1 (the bench part measures again what it measured before).
 #
 # Resumable part by part: a stage whose output exists is skipped, and training runs in chunks
@@ -30,6 +30,10 @@ OUT=${OUT:-runs/study}
 IGPT=${IGPT:-target/release/igpt}
 LAYERS=${LAYERS:-4} EMBD=${EMBD:-128} HEADS=${HEADS:-4} BATCH=${BATCH:-8}
 STEPS32=${STEPS32:-1500} STEPS28=${STEPS28:-1500} STEPS64=${STEPS64:-375}
+# Fashion-MNIST's probes see the first 10,000 images of each split (stratified): all of the
+# 6,000 val and 10,000 test images, a fifth of the training images (the features of all
+# 70,000 would take longer than training)
+PROBE28=${PROBE28:-10000}
 # emoji32's side (32; smaller only for a quick dry run)
 SIDE32=${SIDE32:-32}
 CHUNK_EVALS=${CHUNK_EVALS:-2}
@@ -54,9 +58,10 @@ prepare() {
   [ -f "$OUT/data/$name/prepare.json" ] || $IGPT prepare "$@" --out "$OUT/data/$name" $LIMIT_FLAG > /dev/null
 }
 
-# run DATASET DATA VARIANT STEPS: train (in chunks), test NLL, probes, samples
+# run DATASET DATA VARIANT STEPS [PROBE_LIMIT]: train (in chunks), test NLL, probes (on at
+# most PROBE_LIMIT images of each split), samples
 run() {
-  local dataset=$1 data=$OUT/data/$2 variant=$3 steps=$4
+  local dataset=$1 data=$OUT/data/$2 variant=$3 steps=$4 probe_limit=${5:+--limit $5}
   local dir=$OUT/$dataset/$variant
   mkdir -p "$dir"
   local train=(train --data "$data" --out "$dir/train" --n-layer "$LAYERS" --n-embd "$EMBD" --n-head "$HEADS"
@@ -79,7 +84,7 @@ run() {
   done
   local best=$dir/train/best
   [ -f "$dir/test.json" ] || { $IGPT eval --model "$best" --data "$data" --split test --json > "$dir/test.json.tmp" && mv "$dir/test.json.tmp" "$dir/test.json"; }
-  [ -f "$dir/probe/probe.json" ] || $IGPT probe --model "$best" --data "$data" --out "$dir/probe" --concat 3 > /dev/null
+  [ -f "$dir/probe/probe.json" ] || $IGPT probe --model "$best" --data "$data" --out "$dir/probe" --concat 3 $probe_limit > /dev/null
   [ -f "$dir/samples.json" ] || { $IGPT sample --model "$best" --num 16 --out "$dir/samples.png" --json > "$dir/samples.json.tmp" && mv "$dir/samples.json.tmp" "$dir/samples.json"; }
 }
 
@@ -122,7 +127,7 @@ for part in $PARTS; do
       for v in $E32; do run emoji32 emoji32 "$v" "$STEPS32"; done ;;
     fashion)
       prepare fashion28 --data fashion-mnist --size 28 --colors 16
-      for v in $F28; do run fashion-mnist fashion28 "$v" "$STEPS28"; done ;;
+      for v in $F28; do run fashion-mnist fashion28 "$v" "$STEPS28" "$PROBE28"; done ;;
     emoji64)
       prepare emoji64 --data "$PQ" --size 64 --colors 256
       for v in $E64; do run emoji64 emoji64 "$v" "$STEPS64"; done
@@ -131,7 +136,7 @@ for part in $PARTS; do
       run emoji64-at-32 emoji64-at-32 "$BEST32" "$STEPS32" ;;
     bench) bench_all ;;
     report)
-      budget="Budget: model $LAYERS layers x $EMBD wide x $HEADS heads, batch $BATCH, seed 0; emoji32 $STEPS32 steps (1,024 tokens an image), Fashion-MNIST $STEPS28 steps (784), emoji64 $STEPS64 steps (4,096): emoji32 and emoji64 see the same training tokens. Train and sampling tokens/s from \`igpt bench\` on the same shape (2 CPU cores)."
+      budget="Budget: model $LAYERS layers x $EMBD wide x $HEADS heads, batch $BATCH, seed 0; emoji32 $STEPS32 steps (1,024 tokens an image), Fashion-MNIST $STEPS28 steps (784; its probes on at most $PROBE28 images of each split), emoji64 $STEPS64 steps (4,096): emoji32 and emoji64 see the same training tokens. Train and sampling tokens/s from \`igpt bench\` on the same shape (2 CPU cores)."
       $IGPT study --runs "$OUT" --out "$REPORT" --budget "$budget" ;;
     *) echo "unknown part $part (emoji32 fashion emoji64 bench report)" >&2; exit 2 ;;
   esac
