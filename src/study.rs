@@ -211,6 +211,7 @@ pub fn write_report(runs: &[StudyRun], out: &Path, budget: &str) -> Result<()> {
     for ds in datasets {
         let rs: Vec<&StudyRun> = runs.iter().filter(|r| r.dataset == ds).collect();
         md += &table(ds, &rs);
+        md += &against_baseline(&rs);
         md += &charts(ds, &rs, out)?;
         for r in rs.iter().filter(|r| r.samples_png.is_some()) {
             let name = format!("samples_{ds}_{}.png", r.variant.replace('+', "_"));
@@ -279,6 +280,37 @@ fn charts(ds: &str, rs: &[&StudyRun], out: &Path) -> Result<String> {
         md += &format!("\n![{title}]({stem}_{ds}.png)\n");
     }
     Ok(md)
+}
+
+/// The paper's variant, the one every other is compared with.
+const BASELINE: &str = "dense+learned_1d";
+
+/// Each variant against the data set's dense+learned_1d run (markdown; empty without
+/// one): test bits/token and probe accuracy as differences, speeds and memory as ratios.
+fn against_baseline(rs: &[&StudyRun]) -> String {
+    let Some(base) = rs.iter().find(|r| r.variant == BASELINE) else { return String::new() };
+    let diff = |a: Option<f64>, b: Option<f64>, scale: f64, d: usize| {
+        a.zip(b).map_or("-".to_string(), |(a, b)| format!("{:+.d$}", scale * (a - b)))
+    };
+    let ratio = |a: Option<f64>, b: Option<f64>| a.zip(b).map_or("-".to_string(), |(a, b)| format!("{:.2}x", a / b));
+    let mut s = format!(
+        "\nAgainst {BASELINE} (the paper's): test bits/token and probe accuracy (points) as differences \
+         (negative bits are better), speeds and memory as ratios (above 1: faster, or more memory).\n\n\
+         | variant | test bits | probe test | concat test | train tok/s | sample tok/s | train peak MB |\n|---|---|---|---|---|---|---|\n"
+    );
+    for r in rs.iter().filter(|r| r.variant != BASELINE) {
+        s += &format!(
+            "| {} | {} | {} | {} | {} | {} | {} |\n",
+            r.variant,
+            diff(r.test_bits_per_token, base.test_bits_per_token, 1.0, 3),
+            diff(r.probe_best_test_acc, base.probe_best_test_acc, 100.0, 1),
+            diff(r.probe_concat_test_acc, base.probe_concat_test_acc, 100.0, 1),
+            ratio(r.bench_train_tokens_per_s, base.bench_train_tokens_per_s),
+            ratio(r.bench_sample_tokens_per_s, base.bench_sample_tokens_per_s),
+            ratio(r.bench_train_peak_rss_mb, base.bench_train_peak_rss_mb),
+        );
+    }
+    s
 }
 
 /// What the table's columns are.

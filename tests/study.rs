@@ -64,6 +64,13 @@ fn the_study_script_runs_resumes_and_reports() {
     assert_eq!(runs_json[1]["position_embedding"], "learned_2d");
     let md = std::fs::read_to_string(report.join("architectures.md")).unwrap();
     assert!(md.contains("| local_2d+learned_2d |") && md.contains("val_bits_emoji32.png"));
+    // the comparison with the paper's variant: the second row of local_2d+learned_2d
+    let row = md.lines().filter(|l| l.starts_with("| local_2d+learned_2d |")).nth(1).expect("a comparison row");
+    let bits = |i: usize| runs_json[i]["test_bits_per_token"].as_f64().unwrap();
+    let speed = |i: usize| runs_json[i]["bench_train_tokens_per_s"].as_f64().unwrap();
+    let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+    assert_eq!(cells[2], format!("{:+.3}", bits(1) - bits(0)), "{row}");
+    assert_eq!(cells[5], format!("{:.2}x", speed(1) / speed(0)), "{row}");
     for f in [
         "val_bits_emoji32.png",
         "val_bits_time_emoji32.png",
