@@ -140,18 +140,7 @@ fn resolve(a: &TrainArgs) -> Result<TrainConfig> {
         );
     }
     let mut c = match &a.config {
-        Some(p) => {
-            let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-            let mut v: serde_json::Value =
-                serde_json::from_str(&text).with_context(|| format!("{}: not JSON", p.display()))?;
-            // a run's train.json holds the configuration under "train"
-            if let Some(t) = v.get_mut("train").filter(|t| t.is_object()) {
-                v = t.take();
-            }
-            serde_json::from_value(v).with_context(|| {
-                format!("{}: not a valid train config (field names as in a run's train.json \"train\")", p.display())
-            })?
-        }
+        Some(p) => config_file(p)?,
         None => TrainConfig::default(),
     };
     macro_rules! set {
@@ -188,6 +177,41 @@ fn resolve(a: &TrainArgs) -> Result<TrainConfig> {
     if a.init.is_some() {
         c.init = a.init.clone();
     }
+    schedule_flags(a, &mut c);
+    if let Some(wd) = a.weight_decay {
+        c.adamw.weight_decay = wd;
+    }
+    let [e, at, r] = a.dropout.sites();
+    for (dst, p) in [(&mut c.embd_pdrop, e), (&mut c.attn_pdrop, at), (&mut c.resid_pdrop, r)] {
+        if p.is_some() {
+            *dst = p;
+        }
+    }
+    if let Some(o) = a.objective {
+        c.objective = match o {
+            ObjectiveArg::Gpt => Objective::Gpt,
+            ObjectiveArg::Bert => Objective::Bert,
+        };
+    }
+    c.hflip |= a.hflip;
+    Ok(c)
+}
+
+/// A --config file: a train config, or a run's train.json (the config under "train").
+fn config_file(p: &std::path::Path) -> Result<TrainConfig> {
+    let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+    let mut v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{}: not JSON", p.display()))?;
+    if let Some(t) = v.get_mut("train").filter(|t| t.is_object()) {
+        v = t.take();
+    }
+    serde_json::from_value(v).with_context(|| {
+        format!("{}: not a valid train config (field names as in a run's train.json \"train\")", p.display())
+    })
+}
+
+/// --steps, --epochs, --minutes (a length given on the command line replaces the file's,
+/// whichever kind it is) and --stop-after.
+fn schedule_flags(a: &TrainArgs, c: &mut TrainConfig) {
     if a.steps.is_some() {
         c.steps = a.steps;
     }
@@ -206,23 +230,6 @@ fn resolve(a: &TrainArgs) -> Result<TrainConfig> {
     if a.stop_after.is_some() {
         c.stop_after = a.stop_after;
     }
-    if let Some(wd) = a.weight_decay {
-        c.adamw.weight_decay = wd;
-    }
-    let [e, at, r] = a.dropout.sites();
-    for (dst, p) in [(&mut c.embd_pdrop, e), (&mut c.attn_pdrop, at), (&mut c.resid_pdrop, r)] {
-        if p.is_some() {
-            *dst = p;
-        }
-    }
-    if let Some(o) = a.objective {
-        c.objective = match o {
-            ObjectiveArg::Gpt => Objective::Gpt,
-            ObjectiveArg::Bert => Objective::Bert,
-        };
-    }
-    c.hflip |= a.hflip;
-    Ok(c)
 }
 
 /// The dropout flags of `train` and `finetune`.
