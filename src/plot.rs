@@ -241,9 +241,63 @@ impl Chart {
     }
 }
 
+/// Images side by side, `cols` to a row, each under its caption, with a title on top
+/// (a study's sample grids, one per variant): white background, text in DejaVu Sans.
+pub fn captioned_sheet(title: &str, cells: &[(String, RgbImage)], cols: usize) -> Result<RgbImage> {
+    const TITLE: usize = 36;
+    const CAPTION: usize = 24;
+    const GAP: usize = 12;
+    let cols = cols.clamp(1, cells.len().max(1));
+    let cw = cells.iter().map(|c| c.1.width).max().unwrap_or(1);
+    let ch = CAPTION + cells.iter().map(|c| c.1.height).max().unwrap_or(1);
+    let rows = cells.len().div_ceil(cols).max(1);
+    let (w, h) = (GAP + cols * (cw + GAP), TITLE + rows * (ch + GAP));
+    let origin = |i: usize| (GAP + (i % cols) * (cw + GAP), TITLE + (i / cols) * (ch + GAP));
+    let mut buf = vec![255u8; w * h * 3];
+    {
+        register_font();
+        let root = BitMapBackend::with_buffer(&mut buf, (w as u32, h as u32)).into_drawing_area();
+        let text = |s: &str, (x, y): (usize, usize), size: u32| {
+            root.draw(&Text::new(s.to_string(), (x as i32, y as i32), ("sans-serif", size).into_font().color(&BLACK)))
+                .map_err(plot_err)
+        };
+        text(title, (GAP, 8), 20)?;
+        for (i, (caption, _)) in cells.iter().enumerate() {
+            let (x, y) = origin(i);
+            text(caption, (x, y + 3), 15)?;
+        }
+        root.present().map_err(plot_err)?;
+    }
+    for (i, (_, img)) in cells.iter().enumerate() {
+        let (x0, y0) = origin(i);
+        for y in 0..img.height {
+            let dst = ((y0 + CAPTION + y) * w + x0) * 3;
+            buf[dst..dst + img.width * 3].copy_from_slice(&img.data[y * img.width * 3..(y + 1) * img.width * 3]);
+        }
+    }
+    Ok(RgbImage::new(w, h, buf))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each image lands under its caption at its place in the grid; the text is drawn.
+    #[test]
+    fn captioned_sheet_places_images_under_their_captions() {
+        let red = RgbImage::new(10, 8, [200, 0, 0].repeat(80));
+        let blue = RgbImage::new(10, 8, [0, 0, 200].repeat(80));
+        let sheet = captioned_sheet("Samples", &[("a".into(), red), ("b".into(), blue.clone()), ("c".into(), blue)], 2)
+            .unwrap();
+        assert_eq!((sheet.width, sheet.height), (12 + 2 * 22, 36 + 2 * (24 + 8 + 12)));
+        let px = |x: usize, y: usize| &sheet.data[(y * sheet.width + x) * 3..][..3];
+        assert_eq!(px(12, 36 + 24), &[200, 0, 0]); // first image, top left
+        assert_eq!(px(12 + 22 + 9, 36 + 24 + 7), &[0, 0, 200]); // second, bottom right corner
+        assert_eq!(px(12, 36 + 44 + 24), &[0, 0, 200]); // third: the next row
+        assert_eq!(px(12 + 22, 36 + 44 + 24), &[255, 255, 255]); // no fourth
+        let dark = sheet.data.chunks_exact(3).filter(|p| p.iter().all(|&v| v < 90)).count();
+        assert!(dark > 20, "{dark} text pixels");
+    }
 
     fn chart() -> Chart {
         Chart {

@@ -13,6 +13,7 @@ use crate::config::ImageGptConfig;
 use crate::error::{Error, Result};
 use crate::model::{ModelKind, ParamLayout};
 use crate::plot::{Chart, HLine, Series, Style};
+use crate::tokenizer::RgbImage;
 
 /// One variant on one data set, as far as it has run.
 #[derive(Clone, Debug, Serialize)]
@@ -213,12 +214,7 @@ pub fn write_report(runs: &[StudyRun], out: &Path, budget: &str) -> Result<()> {
         md += &table(ds, &rs);
         md += &against_baseline(&rs);
         md += &charts(ds, &rs, out)?;
-        for r in rs.iter().filter(|r| r.samples_png.is_some()) {
-            let name = format!("samples_{ds}_{}.png", r.variant.replace('+', "_"));
-            let src = r.samples_png.as_ref().expect("filtered");
-            std::fs::copy(src, out.join(&name)).map_err(|e| Error::io(src, e))?;
-            md += &format!("\n{} samples: ![{}]({name})\n", r.variant, r.variant);
-        }
+        md += &samples(ds, &rs, out)?;
     }
     crate::formats::write_atomic(&out.join("architectures.md"), md.as_bytes())
 }
@@ -280,6 +276,29 @@ fn charts(ds: &str, rs: &[&StudyRun], out: &Path) -> Result<String> {
         md += &format!("\n![{title}]({stem}_{ds}.png)\n");
     }
     Ok(md)
+}
+
+/// Every variant's sample grid, copied as samples_DS_VARIANT.png, and side by side under
+/// their names in samples_DS.png (grids wider than 300 pixels at half size); returns their
+/// markdown.
+fn samples(ds: &str, rs: &[&StudyRun], out: &Path) -> Result<String> {
+    let (mut cells, mut links) = (Vec::new(), Vec::new());
+    for r in rs {
+        let Some(src) = &r.samples_png else { continue };
+        let name = format!("samples_{ds}_{}.png", r.variant.replace('+', "_"));
+        std::fs::copy(src, out.join(&name)).map_err(|e| Error::io(src, e))?;
+        let img = RgbImage::open(src)?;
+        let img = if img.width > 300 { crate::viz::shrink(&img, 2) } else { img };
+        cells.push((r.variant.clone(), img));
+        links.push(format!("[{}]({name})", r.variant));
+    }
+    if cells.is_empty() {
+        return Ok(String::new());
+    }
+    let sheet = format!("samples_{ds}.png");
+    crate::plot::captioned_sheet(&format!("{ds}: samples of every variant (temperature 1)"), &cells, 4)?
+        .save_png(&out.join(&sheet))?;
+    Ok(format!("\n![samples, {ds}]({sheet})\n\nEach grid at full size: {}.\n", links.join(", ")))
 }
 
 /// The paper's variant, the one every other is compared with.

@@ -37,6 +37,17 @@ pub fn masked(img: &RgbImage, known: &[bool]) -> RgbImage {
     out
 }
 
+/// Every `f`-th pixel of every `f`-th row: a grid drawn at scale 2f with gaps of 2f pixels
+/// becomes exactly the same grid at scale f (nearest neighbour, no blending).
+pub fn shrink(img: &RgbImage, f: usize) -> RgbImage {
+    let f = f.max(1);
+    let (w, h) = (img.width.div_ceil(f), img.height.div_ceil(f));
+    let data = (0..h)
+        .flat_map(|y| (0..w).flat_map(move |x| img.data[((y * f) * img.width + x * f) * 3..][..3].to_vec()))
+        .collect();
+    RgbImage::new(w, h, data)
+}
+
 /// The largest grid side `save_grid` draws (PNG readers cope; memory stays under 1 GiB).
 pub const MAX_GRID_SIDE: usize = 16_384;
 
@@ -71,5 +82,11 @@ mod tests {
         assert_eq!(&g.data[(g.width + 5) * 3..][..3], &[0, 0, 255]); // second tile at (5, 1)
         assert_eq!(&g.data[(5 * g.width + 1) * 3..][..3], &[0, 0, 255]); // third tile at (1, 5)
         assert_eq!(&g.data[0..3], &[235, 235, 235]);
+        // at scale 3 every third pixel is the tile grid at scale 1 (with 1-pixel gaps: 0, 3, 6)
+        let small = shrink(&g, 3);
+        assert_eq!((small.width, small.height), (3, 3));
+        assert_eq!(&small.data[..3], &[235, 235, 235]);
+        assert_eq!(&small.data[(small.width + 1) * 3..][..3], &[255, 0, 0]);
+        assert_eq!(&small.data[(small.width + 2) * 3..][..3], &[0, 0, 255]);
     }
 }

@@ -76,6 +76,7 @@ fn the_study_script_runs_resumes_and_reports() {
         "val_bits_time_emoji32.png",
         "probe_emoji32.png",
         "samples_emoji32_dense_learned_1d.png",
+        "samples_emoji32.png",
     ] {
         assert!(report.join(f).exists(), "{f}");
     }
