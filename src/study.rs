@@ -216,7 +216,42 @@ pub fn write_report(runs: &[StudyRun], out: &Path, budget: &str) -> Result<()> {
         md += &charts(ds, &rs, out)?;
         md += &samples(ds, &rs, out)?;
     }
+    md += &resolution(runs);
     crate::formats::write_atomic(&out.join("architectures.md"), md.as_bytes())
+}
+
+/// The resolution question: the runs on emoji64's images at 64x64 and those at 32x32, in
+/// one table (markdown; empty until both sides have a run).
+fn resolution(runs: &[StudyRun]) -> String {
+    let side = |ds: &str| runs.iter().filter(|r| r.dataset == ds).collect::<Vec<_>>();
+    let (hi, lo) = (side("emoji64"), side("emoji64-at-32"));
+    if hi.is_empty() || lo.is_empty() {
+        return String::new();
+    }
+    let pct = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{:.1}", 100.0 * x));
+    let n = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{x:.0}"));
+    let mut s = "\n## Resolution: the same images at 64x64 and at 32x32\n\n\
+        The same images and the same training tokens (at 64x64: a quarter of the steps); bits/token \
+        are per pixel at each resolution and do not compare across them.\n\n\
+        | variant | side | probe val / test % | concat val / test % | pixels val / test % | wall-clock (s) | sample tok/s |\n\
+        |---|---|---|---|---|---|---|\n"
+        .to_string();
+    for r in hi.into_iter().chain(lo) {
+        s += &format!(
+            "| {} | {} | {} / {} | {} / {} | {} / {} | {} | {} |\n",
+            r.variant,
+            r.side.map_or("-".into(), |x| x.to_string()),
+            pct(r.probe_best_val_acc),
+            pct(r.probe_best_test_acc),
+            pct(r.probe_concat_val_acc),
+            pct(r.probe_concat_test_acc),
+            pct(r.pixels_val_acc),
+            pct(r.pixels_test_acc),
+            n(r.train_wall_clock_s),
+            n(r.bench_sample_tokens_per_s),
+        );
+    }
+    s
 }
 
 /// A data set's charts: validation bits/token against tokens and against time, probe
@@ -377,6 +412,59 @@ fn table(ds: &str, rs: &[&StudyRun]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn run(dataset: &str, variant: &str, side: usize, probe: f64) -> StudyRun {
+        StudyRun {
+            dataset: dataset.into(),
+            variant: variant.into(),
+            side: Some(side),
+            attention: None,
+            position_embedding: None,
+            parameters: None,
+            train_steps: None,
+            train_tokens: None,
+            train_wall_clock_s: None,
+            train_median_tokens_per_s: None,
+            best_val_bits_per_token: None,
+            test_bits_per_token: None,
+            bench_train_tokens_per_s: None,
+            bench_sample_tokens_per_s: None,
+            bench_sample_peak_rss_mb: None,
+            bench_train_peak_rss_mb: None,
+            probe_best_layer: None,
+            probe_best_val_acc: None,
+            probe_best_test_acc: Some(probe),
+            probe_concat_val_acc: None,
+            probe_concat_test_acc: None,
+            pixels_val_acc: None,
+            pixels_test_acc: None,
+            val_curve: vec![],
+            val_curve_seconds: vec![],
+            probe_layers: vec![],
+            samples_png: None,
+        }
+    }
+
+    /// The resolution table lists the emoji64 runs, then the emoji64-at-32 ones, once both
+    /// sides have a run.
+    #[test]
+    fn the_resolution_table_lists_both_sides() {
+        let a = run("emoji64", "local_2d+learned_2d", 64, 0.61);
+        let b = run("emoji64-at-32", "local_2d+learned_2d", 32, 0.57);
+        let c = run("emoji64", "dense+learned_1d", 64, 0.5);
+        let d = run("emoji32", "dense+learned_1d", 32, 0.4);
+        assert_eq!(resolution(&[a.clone(), c.clone(), d.clone()]), "");
+        let t = resolution(&[b, d, a, c]);
+        let rows: Vec<&str> = t.lines().filter(|l| l.starts_with("| ") && !l.starts_with("| variant")).collect();
+        assert_eq!(
+            rows,
+            [
+                "| local_2d+learned_2d | 64 | - / 61.0 | - / - | - / - | - | - |",
+                "| dense+learned_1d | 64 | - / 50.0 | - / - | - / - | - | - |",
+                "| local_2d+learned_2d | 32 | - / 57.0 | - / - | - / - | - | - |"
+            ]
+        );
+    }
 
     #[test]
     fn training_time_sums_the_chunks_of_a_resumed_run() {
