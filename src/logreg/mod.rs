@@ -187,36 +187,43 @@ mod tests {
 
     /// Strongly correlated features (a shared factor): with the covariance as
     /// preconditioner the fit reaches the plain fit's optimum (same objective value and
-    /// weights, to the tolerance) in a fraction of its steps.
+    /// weights, to the tolerance) in a fraction of its steps; with more features than rows
+    /// too (the dual form).
     #[test]
     fn the_preconditioned_fit_reaches_the_same_optimum_sooner() {
-        let (n, d, k, lambda) = (3000, 24, 3, 1e-4);
-        let mut rng = Rng::new(8);
-        let (mut x, mut y) = (Vec::with_capacity(n * d), Vec::with_capacity(n));
-        for i in 0..n {
-            let c = i % k;
-            let common = rng.normal();
-            for j in 0..d {
-                let signal = if j % k == c { 0.3 } else { 0.0 };
-                x.push((common * (1.0 + j as f64 / 4.0) + signal + 0.2 * rng.normal()) as f32);
+        for (n, d, lambda, dual) in [(3000, 24, 1e-4, false), (150, 300, 1e-3, true)] {
+            let k = 3;
+            let mut rng = Rng::new(8);
+            let (mut x, mut y) = (Vec::with_capacity(n * d), Vec::with_capacity(n));
+            for i in 0..n {
+                let c = i % k;
+                let common = rng.normal();
+                for j in 0..d {
+                    let signal = if j % k == c { 0.3 } else { 0.0 };
+                    x.push((common * (1.0 + j as f64 / 4.0) + signal + 0.2 * rng.normal()) as f32);
+                }
+                y.push(c as u16);
             }
-            y.push(c as u16);
+            let st = Standardizer::fit(&x, d);
+            st.apply(&mut x);
+            let stop = Stop { max_iter: 5000, tol: 1e-6 };
+            let cov = Covariance::of(&x, d);
+            assert_eq!(cov.is_dual(), dual);
+            let plain = fit_from(&x, &y, (d, k), lambda, stop, None, None);
+            let pre = fit_from(&x, &y, (d, k), lambda, stop, None, Some(&cov));
+            let (po, qo) = (plain.outcome, pre.outcome);
+            assert!(po.converged && qo.converged, "d {d}: {po:?} {qo:?}");
+            assert!(qo.iterations * 5 < po.iterations, "d {d}: {qo:?} vs {po:?}");
+            let value = |m: &LogReg| {
+                let mut theta = m.w.clone();
+                theta.extend_from_slice(&m.b);
+                objective(&theta, &mut vec![0f32; theta.len()], &x, &y, (d, k), lambda)
+            };
+            let (fp, fq) = (value(&plain.model), value(&pre.model));
+            // as good as the plain fit's (d 24: 1e-7 apart; d 300: 1.4e-6 lower, 18 steps to 157)
+            assert!(fq <= fp + 1e-7 && fp - fq < 1e-5, "d {d}: objective {fp} (plain) vs {fq} (preconditioned)");
+            let worst = plain.model.w.iter().zip(&pre.model.w).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(worst < 0.05, "d {d}: weights differ by {worst}");
         }
-        let st = Standardizer::fit(&x, d);
-        st.apply(&mut x);
-        let stop = Stop { max_iter: 5000, tol: 1e-6 };
-        let plain = fit_from(&x, &y, (d, k), lambda, stop, None, None);
-        let pre = fit_from(&x, &y, (d, k), lambda, stop, None, Some(&Covariance::of(&x, d)));
-        assert!(plain.outcome.converged && pre.outcome.converged, "{:?} {:?}", plain.outcome, pre.outcome);
-        assert!(pre.outcome.iterations * 5 < plain.outcome.iterations, "{:?} vs {:?}", pre.outcome, plain.outcome);
-        let value = |m: &LogReg| {
-            let mut theta = m.w.clone();
-            theta.extend_from_slice(&m.b);
-            objective(&theta, &mut vec![0f32; theta.len()], &x, &y, (d, k), lambda)
-        };
-        let (fp, fq) = (value(&plain.model), value(&pre.model));
-        assert!((fp - fq).abs() < 1e-6, "objective {fp} (plain) vs {fq} (preconditioned)");
-        let worst = plain.model.w.iter().zip(&pre.model.w).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-        assert!(worst < 0.05, "weights differ by {worst}");
     }
 }
