@@ -4,7 +4,7 @@
 use std::ops::Range;
 
 use super::act::{self, Activation};
-use super::attention::{self, AttnDims, DecodeState, Saved, SeqView};
+use super::attention::{self, AttnDims, DecodeState, Form, KvPrecision, Mask, Saved, SeqView};
 use super::dropout::Dropout;
 use super::embed::{self, Axis};
 use super::engine::Backend;
@@ -21,6 +21,19 @@ pub struct Cpu;
 
 impl Backend for Cpu {
     type Buf = Vec<f32>;
+    type Saved = Saved;
+    type Decode = Box<dyn DecodeState>;
+
+    fn decode_state(
+        &self,
+        spec: (Mask, Form),
+        batch: usize,
+        (nh, hs): (usize, usize),
+        positions: usize,
+        prec: KvPrecision,
+    ) -> Box<dyn DecodeState> {
+        attention::new_state(spec, batch, nh, hs, positions, prec)
+    }
 
     fn zeros(&self, n: usize) -> Result<Vec<f32>> {
         Ok(vec![0.0; n])
@@ -144,7 +157,7 @@ impl Backend for Cpu {
     }
     fn attend_cached(
         &self,
-        cache: &mut dyn DecodeState,
+        cache: &mut Box<dyn DecodeState>,
         out: &mut [f32],
         saved: &mut Saved,
         q: SeqView,

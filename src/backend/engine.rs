@@ -5,10 +5,12 @@
 //! Today the optimizer runs through it (AdamW's moments are engine buffers, and the update,
 //! weight decay, the gradient norm and clipping are engine operations), and the model
 //! reaches the kernels of its forward and training passes through it, on views of buffers
-//! (`ImageGpt::engine`). Still outside it: the model's parameters, gradients and
-//! activations are the CPU engine's buffers (`Vec<f32>`); the attention's saved state and
-//! sequence views, and decoding's KV-cache states (`attention::DecodeState`) and packed
-//! matrices, are host types. A model generic over the engine is the next step (issue #16).
+//! (`ImageGpt::engine`). The attention's saved state (`Saved`) and each layer's decoding
+//! state (`Decode`, held by a `KvCache<B>`) are the engine's types, and its sequence views
+//! (`attention::Seq`) are views of the engine's buffers. Still outside it: the model's
+//! parameters, gradients and activations are the CPU engine's buffers (`Vec<f32>`), and
+//! decoding's packed matrices are host types. A model generic over the engine is the next
+//! step (issue #16).
 //!
 //! Each kernel's shapes and backward math are documented at its CPU version in `backend/`
 //! (`norm`, `act`, `matmul`, `loss`, `attention`, `embed`, `rope`, `dropout`); a second
@@ -17,7 +19,7 @@
 use std::ops::Range;
 
 use super::act::Activation;
-use super::attention::{AttnDims, DecodeState, Saved, SeqView};
+use super::attention::{AttnDims, DecodeInfo, Form, KvPrecision, Mask, Seq};
 use super::dropout::Dropout;
 use super::embed::Axis;
 use super::matmul::WeightLayout;
@@ -30,6 +32,25 @@ use crate::error::Result;
 pub trait Backend: Clone + Send + Sync {
     /// A buffer of f32 in the engine's memory.
     type Buf: Send + Sync;
+
+    /// What an attention forward keeps for its backward (the CPU: each query row's
+    /// log-sum-exp), held by the model between the two passes.
+    type Saved: Default + Send + Sync;
+    /// One layer's decoding state: the keys and values so far (a ring of the rows a local
+    /// window reaches), or a linear attention's running sums.
+    type Decode: DecodeInfo + Clone + Send + Sync + std::fmt::Debug;
+
+    /// A decoding state for `batch` sequences of up to `positions` slots of a layer whose
+    /// attention has this mask and form and `heads` = (n_head, head size), its keys and
+    /// values kept in `prec`.
+    fn decode_state(
+        &self,
+        spec: (Mask, Form),
+        batch: usize,
+        heads: (usize, usize),
+        positions: usize,
+        prec: KvPrecision,
+    ) -> Self::Decode;
 
     /// A buffer of `n` zeros.
     fn zeros(&self, n: usize) -> Result<Self::Buf>;
@@ -169,12 +190,12 @@ pub trait Backend: Clone + Send + Sync {
     #[allow(clippy::too_many_arguments)]
     fn attend_cached(
         &self,
-        cache: &mut dyn DecodeState,
+        cache: &mut Self::Decode,
         out: Self::ViewMut<'_>,
-        saved: &mut Saved,
-        q: SeqView,
-        k: SeqView,
-        v: SeqView,
+        saved: &mut Self::Saved,
+        q: Seq<Self::View<'_>>,
+        k: Seq<Self::View<'_>>,
+        v: Seq<Self::View<'_>>,
         past: usize,
         d: AttnDims,
     );
@@ -186,10 +207,10 @@ pub trait Backend: Clone + Send + Sync {
     fn attention_forward(
         &self,
         out: Self::ViewMut<'_>,
-        saved: &mut Saved,
-        q: SeqView,
-        k: SeqView,
-        v: SeqView,
+        saved: &mut Self::Saved,
+        q: Seq<Self::View<'_>>,
+        k: Seq<Self::View<'_>>,
+        v: Seq<Self::View<'_>>,
         d: AttnDims,
     );
     /// dqkv (B, T, 3C) from dout, the forward's out and saved state.
@@ -199,10 +220,10 @@ pub trait Backend: Clone + Send + Sync {
         dqkv: Self::ViewMut<'_>,
         dout: Self::View<'_>,
         out: Self::View<'_>,
-        saved: &Saved,
-        q: SeqView,
-        k: SeqView,
-        v: SeqView,
+        saved: &Self::Saved,
+        q: Seq<Self::View<'_>>,
+        k: Seq<Self::View<'_>>,
+        v: Seq<Self::View<'_>>,
         d: AttnDims,
     );
 }

@@ -12,7 +12,7 @@
 
 use std::ops::Range;
 
-use crate::backend::attention::{self, AttnDims, DecodeState, SeqView};
+use crate::backend::attention::{self, AttnDims, SeqView};
 use crate::backend::dropout::Dropout;
 use crate::backend::profile::{Kernel, timed};
 use crate::backend::{Activation, Backend, Cpu, WeightLayout};
@@ -325,7 +325,7 @@ impl ImageGpt {
             if collect_hidden {
                 ws.hidden_states.push(ws.x[..n * c].to_vec());
             }
-            let kv = cache.as_mut().map(|c| (c.layers[l].as_mut(), pos0));
+            let kv = cache.as_mut().map(|c| (&mut c.layers[l], pos0));
             let cached = kv.is_some();
             let i = cfg.n_inner();
             let bufs = BlockBufs {
@@ -381,7 +381,7 @@ impl ImageGpt {
         b: usize,
         t: usize,
         bufs: BlockBufs,
-        kv: Option<(&mut (dyn DecodeState + 'static), usize)>,
+        kv: Option<(&mut <Cpu as Backend>::Decode, usize)>,
         causal: bool,
     ) {
         let cfg = &self.config;

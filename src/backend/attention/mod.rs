@@ -30,8 +30,8 @@ pub use backward::attention_backward;
 pub use forward::{attention_forward, attention_probs, attention_with_kv};
 pub use kv_blocks::{KvBlocks, KvPrecision};
 pub use mask::Mask;
-pub use state::{DecodeState, new_state};
-pub use view::{AttnDims, Form, Saved, SeqView};
+pub use state::{DecodeInfo, DecodeState, new_state};
+pub use view::{AttnDims, Form, Saved, Seq, SeqView};
 
 /// The attention of a full sequence: out (B, T, nh*hs) from q, k, v views, keeping what the
 /// backward needs in `saved`.

@@ -31,6 +31,22 @@ pub trait DecodeState: Send + Sync + std::fmt::Debug {
     fn clone_box(&self) -> Box<dyn DecodeState>;
 }
 
+/// What a KV cache reports of a layer's decoding state, whichever engine holds it.
+pub trait DecodeInfo {
+    /// Bytes held.
+    fn bytes(&self) -> usize;
+    fn precision(&self) -> KvPrecision;
+}
+
+impl DecodeInfo for Box<dyn DecodeState> {
+    fn bytes(&self) -> usize {
+        self.as_ref().bytes()
+    }
+    fn precision(&self) -> KvPrecision {
+        self.as_ref().precision()
+    }
+}
+
 impl Clone for Box<dyn DecodeState> {
     fn clone(&self) -> Self {
         self.clone_box()

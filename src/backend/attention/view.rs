@@ -4,15 +4,19 @@
 use super::mask::Mask;
 use crate::backend::dropout::Dropout;
 
-/// A (B, rows, cols) view into a flat buffer: element (b, r, c) is at
-/// `offset + b * batch_stride + r * row_stride + c`. Heads are column blocks of width hs.
+/// A (B, rows, cols) view into a flat buffer `data` (an engine's view of its buffer):
+/// element (b, r, c) is at `offset + b * batch_stride + r * row_stride + c`. Heads are
+/// column blocks of width hs.
 #[derive(Clone, Copy, Debug)]
-pub struct SeqView<'a> {
-    pub data: &'a [f32],
+pub struct Seq<D> {
+    pub data: D,
     pub offset: usize,
     pub batch_stride: usize,
     pub row_stride: usize,
 }
+
+/// A sequence view into host memory (the CPU engine's).
+pub type SeqView<'a> = Seq<&'a [f32]>;
 
 impl<'a> SeqView<'a> {
     /// `len` values of row `row` of batch `b` from column `col`.
