@@ -1,8 +1,10 @@
 //! The architecture study's report (`igpt study`, issue #15): reads the runs that
 //! `tools/architecture_study.sh` made under RUNS/<dataset>/<variant>/ and writes
-//! architectures.json (`{"runs": [...]}`), architectures.md (one table per data set) and the
-//! charts: validation bits/token against training tokens for every variant of a data set, and
-//! probe accuracy per layer per variant. A run still missing a stage has those cells empty.
+//! architectures.json (`{"runs": [...]}`), architectures.md (a table per data set, every
+//! variant against the paper's dense+learned_1d, and the resolution table) and the pictures:
+//! validation bits/token against training tokens and against training time for every variant
+//! of a data set, probe accuracy per layer per variant, and one sheet of every variant's
+//! samples. A run still missing a stage has those cells empty.
 
 use std::path::{Path, PathBuf};
 

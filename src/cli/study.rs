@@ -8,7 +8,7 @@ pub struct StudyArgs {
     /// The study's run folder (tools/architecture_study.sh's OUT, e.g. runs/study).
     #[arg(long)]
     runs: PathBuf,
-    /// Where architectures.md, architectures.json and the charts go.
+    /// Where architectures.md, architectures.json, the charts and the sample sheets go.
     #[arg(long, default_value = "docs/results")]
     out: PathBuf,
     /// The budget stated above the tables.
