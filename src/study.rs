@@ -46,6 +46,8 @@ pub struct StudyRun {
     pub probe_concat_test_acc: Option<f64>,
     pub pixels_val_acc: Option<f64>,
     pub pixels_test_acc: Option<f64>,
+    /// The probe's (train, val, test) images.
+    pub probe_images: Option<(u64, u64, u64)>,
     /// (training tokens, validation bits/token) at every evaluation.
     pub val_curve: Vec<(f64, f64)>,
     /// (training seconds, validation bits/token): the same evaluations against the clock.
@@ -118,6 +120,10 @@ pub fn read_run(dir: &Path, dataset: &str, variant: &str) -> StudyRun {
         probe_concat_test_acc: f(&probe, &["concat", "result", "test_acc"]),
         pixels_val_acc: f(&probe, &["baseline", "val_acc"]),
         pixels_test_acc: f(&probe, &["baseline", "test_acc"]),
+        probe_images: probe.as_ref().and_then(|p| {
+            let c = p["counts"].as_array()?;
+            Some((c.first()?.as_u64()?, c.get(1)?.as_u64()?, c.get(2)?.as_u64()?))
+        }),
         val_curve: curve,
         val_curve_seconds: std::mem::take(&mut time.val_curve),
         probe_layers,
@@ -214,6 +220,7 @@ pub fn write_report(runs: &[StudyRun], out: &Path, budget: &str) -> Result<()> {
     for ds in datasets {
         let rs: Vec<&StudyRun> = runs.iter().filter(|r| r.dataset == ds).collect();
         md += &table(ds, &rs);
+        md += &probe_noise(&rs);
         md += &against_baseline(&rs);
         md += &charts(ds, &rs, out)?;
         md += &samples(ds, &rs, out)?;
@@ -338,6 +345,23 @@ fn samples(ds: &str, rs: &[&StudyRun], out: &Path) -> Result<String> {
     Ok(format!("\n![samples, {ds}]({sheet})\n\nEach grid at full size: {}.\n", links.join(", ")))
 }
 
+/// How far apart two probe accuracies must be to mean something: the binomial standard
+/// error sqrt(p (1 - p) / n) of the val and test splits at the runs' median test accuracy.
+fn probe_noise(rs: &[&StudyRun]) -> String {
+    let Some((_, nv, nt)) = rs.iter().find_map(|r| r.probe_images) else { return String::new() };
+    let mut acc: Vec<f64> = rs.iter().filter_map(|r| r.probe_best_test_acc).collect();
+    acc.sort_by(f64::total_cmp);
+    let p = acc.get(acc.len() / 2).copied().unwrap_or(0.5);
+    let se = |n: u64| 100.0 * (p * (1.0 - p) / n.max(1) as f64).sqrt();
+    format!(
+        "\nProbe accuracies are on {nv} val and {nt} test images: at {:.0}% their standard errors are \
+         {:.1} and {:.1} points, so differences of a few points between variants are within the noise.\n",
+        100.0 * p,
+        se(nv),
+        se(nt)
+    )
+}
+
 /// The paper's variant, the one every other is compared with.
 const BASELINE: &str = "dense+learned_1d";
 
@@ -440,11 +464,23 @@ mod tests {
             probe_concat_test_acc: None,
             pixels_val_acc: None,
             pixels_test_acc: None,
+            probe_images: None,
             val_curve: vec![],
             val_curve_seconds: vec![],
             probe_layers: vec![],
             samples_png: None,
         }
+    }
+
+    /// At 60% on 400 test images the standard error is sqrt(0.24 / 400) = 2.45 points.
+    #[test]
+    fn probe_noise_is_the_binomial_standard_error() {
+        let mut a = run("emoji32", "dense+learned_1d", 32, 0.6);
+        a.probe_images = Some((1000, 100, 400));
+        let (b, c) = (run("emoji32", "x", 32, 0.5), run("emoji32", "y", 32, 0.7));
+        let s = probe_noise(&[&b, &a, &c]);
+        assert!(s.contains("100 val and 400 test images: at 60% their standard errors are 4.9 and 2.4 points"), "{s}");
+        assert_eq!(probe_noise(&[&b]), "");
     }
 
     /// The resolution table lists the emoji64 runs, then the emoji64-at-32 ones, once both
