@@ -237,8 +237,6 @@ fn resolution(runs: &[StudyRun]) -> String {
     if hi.is_empty() || lo.is_empty() {
         return String::new();
     }
-    let pct = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{:.1}", 100.0 * x));
-    let n = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{x:.0}"));
     let mut s = "\n## Resolution: the same images at 64x64 and at 32x32\n\n\
         The same images and the same training tokens (at 64x64: a quarter of the steps); bits/token \
         are per pixel at each resolution and do not compare across them.\n\n\
@@ -247,17 +245,12 @@ fn resolution(runs: &[StudyRun]) -> String {
         .to_string();
     for r in hi.into_iter().chain(lo) {
         s += &format!(
-            "| {} | {} | {} / {} | {} / {} | {} / {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} |\n",
             r.variant,
             r.side.map_or("-".into(), |x| x.to_string()),
-            pct(r.probe_best_val_acc),
-            pct(r.probe_best_test_acc),
-            pct(r.probe_concat_val_acc),
-            pct(r.probe_concat_test_acc),
-            pct(r.pixels_val_acc),
-            pct(r.pixels_test_acc),
-            n(r.train_wall_clock_s),
-            n(r.bench_sample_tokens_per_s),
+            probe_cells(r),
+            num(r.train_wall_clock_s, 0),
+            num(r.bench_sample_tokens_per_s, 0),
         );
     }
     s
@@ -401,35 +394,45 @@ bits/token of the best checkpoint; sampling tok/s and peak memory from `igpt ben
 a whole image); the linear probe's best layer, its val / test accuracy, the concatenation around it, \
 and the raw-pixel baseline. Missing cells (-) are stages not run yet.";
 
+/// A number with `d` decimals, or "-" for a stage not run yet.
+fn num(v: Option<f64>, d: usize) -> String {
+    v.map_or("-".to_string(), |x| format!("{x:.d$}"))
+}
+
+/// The probe's three cells: best layer, concatenation and raw pixels, val / test in %.
+fn probe_cells(r: &StudyRun) -> String {
+    let pct =
+        |a: Option<f64>, b: Option<f64>| format!("{} / {}", num(a.map(|x| 100.0 * x), 1), num(b.map(|x| 100.0 * x), 1));
+    [
+        pct(r.probe_best_val_acc, r.probe_best_test_acc),
+        pct(r.probe_concat_val_acc, r.probe_concat_test_acc),
+        pct(r.pixels_val_acc, r.pixels_test_acc),
+    ]
+    .join(" | ")
+}
+
 /// One data set's table (markdown).
 fn table(ds: &str, rs: &[&StudyRun]) -> String {
-    let n = |v: Option<f64>, d: usize| v.map_or("-".to_string(), |x| format!("{x:.d$}"));
-    let pct = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{:.1}", 100.0 * x));
     let mut s = format!(
         "\n## {ds}\n\n| variant | params | steps | tokens | wall-clock (s) | train tok/s run / bench | train peak MB | val bits | test bits | sample tok/s | sample peak MB | best layer | probe val / test % | concat val / test % | pixels val / test % |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     );
     for r in rs {
         s += &format!(
-            "| {} | {} | {} | {} | {} | {} / {} | {} | {} | {} | {} | {} | {} | {} / {} | {} / {} | {} / {} |\n",
+            "| {} | {} | {} | {} | {} | {} / {} | {} | {} | {} | {} | {} | {} | {} |\n",
             r.variant,
             r.parameters.map_or("-".into(), |p| p.to_string()),
             r.train_steps.map_or("-".into(), |p| p.to_string()),
             r.train_tokens.map_or("-".into(), |p| p.to_string()),
-            n(r.train_wall_clock_s, 0),
-            n(r.train_median_tokens_per_s, 0),
-            n(r.bench_train_tokens_per_s, 0),
-            n(r.bench_train_peak_rss_mb, 0),
-            n(r.best_val_bits_per_token, 3),
-            n(r.test_bits_per_token, 3),
-            n(r.bench_sample_tokens_per_s, 0),
-            n(r.bench_sample_peak_rss_mb, 0),
+            num(r.train_wall_clock_s, 0),
+            num(r.train_median_tokens_per_s, 0),
+            num(r.bench_train_tokens_per_s, 0),
+            num(r.bench_train_peak_rss_mb, 0),
+            num(r.best_val_bits_per_token, 3),
+            num(r.test_bits_per_token, 3),
+            num(r.bench_sample_tokens_per_s, 0),
+            num(r.bench_sample_peak_rss_mb, 0),
             r.probe_best_layer.map_or("-".into(), |p| p.to_string()),
-            pct(r.probe_best_val_acc),
-            pct(r.probe_best_test_acc),
-            pct(r.probe_concat_val_acc),
-            pct(r.probe_concat_test_acc),
-            pct(r.pixels_val_acc),
-            pct(r.pixels_test_acc),
+            probe_cells(r),
         );
     }
     s
