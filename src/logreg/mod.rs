@@ -134,7 +134,7 @@ pub fn fit_from(
     lambda: f64,
     stop: Stop,
     init: Option<&LogReg>,
-    cov: Option<&Covariance>,
+    cov: Option<&Covariance<'_>>,
 ) -> Fit {
     let mut theta = vec![0f32; d * k + k];
     if let Some(m) = init {

@@ -23,19 +23,19 @@ const RIDGE: f64 = 1e-6;
 /// The features' second moments, as the preconditioner needs them, of standardised
 /// features X (N, D): the covariance C = X^T X / N (D, D) when D <= N; for wider features
 /// (raw pixels: 12,288 at 64x64 against a few thousand images) the Gram matrix X X^T (N, N)
-/// and X itself, so that nothing of D x D is formed or factored.
+/// and X itself (borrowed), so that nothing of D x D is formed or factored.
 #[derive(Clone, Debug)]
-pub struct Covariance {
+pub struct Covariance<'a> {
     d: usize,
-    form: Moments,
+    form: Moments<'a>,
 }
 
 #[derive(Clone, Debug)]
-enum Moments {
+enum Moments<'a> {
     /// C (D, D), f64.
     Primal(Vec<f64>),
     /// X (N, D) and X X^T (N, N), f64.
-    Dual { n: usize, x: Vec<f32>, gram: Vec<f64> },
+    Dual { n: usize, x: &'a [f32], gram: Vec<f64> },
 }
 
 /// H0 for one lambda: (C + shift I)^-1 / c, by the Cholesky factor of C + shift I (primal)
@@ -94,9 +94,9 @@ fn cholesky_solve(l: &[f64], dim: usize, y: &mut [f64], k: usize) {
     }
 }
 
-impl Covariance {
+impl<'a> Covariance<'a> {
     /// Of standardised features x (N, D).
-    pub fn of(x: &[f32], d: usize) -> Self {
+    pub fn of(x: &'a [f32], d: usize) -> Self {
         let n = (x.len() / d).max(1);
         let form = if d <= n {
             let mut xtx = vec![0f32; d * d];
@@ -105,7 +105,7 @@ impl Covariance {
         } else {
             let mut xxt = vec![0f32; n * n];
             matmul_forward(&mut xxt, x, x, None, (n, d, n), WeightLayout::OutIn, false); // X X^T (N, N)
-            Moments::Dual { n, x: x[..n * d].to_vec(), gram: xxt.iter().map(|&v| v as f64).collect() }
+            Moments::Dual { n, x: &x[..n * d], gram: xxt.iter().map(|&v| v as f64).collect() }
         };
         Covariance { d, form }
     }
@@ -135,7 +135,7 @@ impl Covariance {
                 let (n, ns) = (*n, *n as f64 * shift);
                 let mut a = gram.clone();
                 (0..n).for_each(|i| a[i * n + i] += ns);
-                (cholesky(&a, n, ns), Some((&x[..], shift)))
+                (cholesky(&a, n, ns), Some((*x, shift)))
             }
         };
         Preconditioner { d, l, dual, inv_c: 1.0 / c }

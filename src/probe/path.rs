@@ -56,7 +56,7 @@ struct PathFit {
 struct Path<'a> {
     train: Split<'a>,
     val: Split<'a>,
-    cov: &'a Covariance,
+    cov: &'a Covariance<'a>,
     d: usize,
     k: usize,
     stop: Stop,
