@@ -12,7 +12,7 @@
 #
 # Environment: OUT (runs/study), REPORT (docs/results), the model and budget below, LOG_EVERY, LIMIT
 # (prepare only the first N images of each split: a quick dry run), E32 / F28 / E64 (the
-# variants, as attention+position_embedding), PROBE28 (Fashion-MNIST's probe images per split), SIDE32 (emoji32's side, for a dry run),
+# variants, as attention+position_embedding), BEST32 (those on emoji64's images at 32x32), PROBE28 (Fashion-MNIST's probe images per split), SIDE32 (emoji32's side, for a dry run),
 # REBENCH=1 (the bench part measures again what it measured before).
 #
 # Resumable part by part: a stage whose output exists is skipped, and training runs in chunks
@@ -116,8 +116,10 @@ LIST
 E32=${E32:-"dense+learned_1d dense+learned_2d dense+rope_2d local_2d+learned_2d local_2d+rope_2d linear+learned_1d linear+learned_2d"}
 F28=${F28:-"dense+learned_1d dense+learned_2d local_2d+learned_2d linear+learned_2d"}
 E64=${E64:-"dense+learned_1d local_2d+learned_2d linear+learned_2d"}
-# the resolution question: the best 32x32 variant on emoji64's images at 32x32
-BEST32=${BEST32:-local_2d+learned_2d}
+# the resolution question: emoji64's images at 32x32, with local_2d+learned_2d (the
+# architecture of a 64x64 run: the same model at both sizes) and local_2d+rope_2d (the best
+# variant on emoji32)
+BEST32=${BEST32:-"local_2d+learned_2d local_2d+rope_2d"}
 
 PQ="parquet:$EMOJI64/train.parquet,$EMOJI64/test.parquet"
 for part in $PARTS; do
@@ -131,9 +133,9 @@ for part in $PARTS; do
     emoji64)
       prepare emoji64 --data "$PQ" --size 64 --colors 256
       for v in $E64; do run emoji64 emoji64 "$v" "$STEPS64"; done
-      # the resolution question: the same images at 32x32, the best 32x32 variant
+      # the resolution question: the same images at 32x32
       prepare emoji64-at-32 --data "$PQ" --size 32 --colors 256
-      run emoji64-at-32 emoji64-at-32 "$BEST32" "$STEPS32" ;;
+      for v in $BEST32; do run emoji64-at-32 emoji64-at-32 "$v" "$STEPS32"; done ;;
     bench) bench_all ;;
     report)
       budget="Budget: model $LAYERS layers x $EMBD wide x $HEADS heads, batch $BATCH, seed 0; emoji32 $STEPS32 steps (1,024 tokens an image), Fashion-MNIST $STEPS28 steps (784; its probes on at most $PROBE28 images of each split), emoji64 $STEPS64 steps (4,096): emoji32 and emoji64 see the same training tokens. Train and sampling tokens/s from \`igpt bench\` on the same shape (2 CPU cores)."
