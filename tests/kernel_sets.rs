@@ -60,7 +60,7 @@ fn fingerprints() -> BTreeMap<&'static str, String> {
         ("decode_int8_cache", KvPrecision::Int8, WeightPrecision::F32),
     ] {
         let mut m = load_model(&common::fixture("small")).unwrap();
-        m.set_decode_weights(w);
+        m.set_decode_weights(w).unwrap();
         let mut cache = KvCache::with_precision(&m.config, b, kv);
         let mut all = Vec::new();
         // a 70-token prompt through the block-wise kernel, then 90 decoding steps

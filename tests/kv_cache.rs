@@ -53,9 +53,9 @@ fn f16_decode_weights_stay_close() {
     let worst = cached_vs_uncached(KvPrecision::F16, WeightPrecision::F16);
     assert!(worst > 1e-6 && worst <= 1e-2, "f16 weights and cache: logits differ by {worst}");
     let mut model = load_model(&fixture("small")).unwrap();
-    model.set_decode_weights(WeightPrecision::F16);
+    model.set_decode_weights(WeightPrecision::F16).unwrap();
     assert_eq!(model.decode_weights(), WeightPrecision::F16);
-    model.set_decode_weights(WeightPrecision::F32);
+    model.set_decode_weights(WeightPrecision::F32).unwrap();
     assert_eq!(model.decode_weights(), WeightPrecision::F32);
     assert!("bf16".parse::<WeightPrecision>().unwrap_err().contains("use f32, f32-unpacked or f16"));
 }
@@ -63,7 +63,7 @@ fn f16_decode_weights_stay_close() {
 /// Largest |cached - uncached| logit over a 100-token prefill and 40 single-token steps.
 fn cached_vs_uncached(prec: KvPrecision, weights: WeightPrecision) -> f32 {
     let mut model = load_model(&fixture("small")).unwrap();
-    model.set_decode_weights(weights);
+    model.set_decode_weights(weights).unwrap();
     let (_, ids) = Refs::load("small").i64("input_ids_full"); // (2, 1024)
     let (b, v, t_pre, steps) = (2, model.config.n_colors(), 100, 40);
     let rows = |upto: usize| -> Vec<u32> { (0..b).flat_map(|i| ids[i * 1024..i * 1024 + upto].to_vec()).collect() };

@@ -9,7 +9,7 @@ use super::dropout::Dropout;
 use super::embed::{self, Axis};
 use super::engine::Backend;
 use super::matmul::{self, WeightLayout};
-use super::matmul_f16::{self, PackElem, Packed};
+use super::matmul_f16::{PackAs, PackedMatrix};
 use super::optim::{self, AdamWStep};
 use super::rope::Rope;
 use super::{elem, loss, norm, pool};
@@ -23,6 +23,11 @@ impl Backend for Cpu {
     type Buf = Vec<f32>;
     type Saved = Saved;
     type Decode = Box<dyn DecodeState>;
+    type Packed = PackedMatrix;
+
+    fn enter<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        super::on_pool(f)
+    }
 
     fn decode_state(
         &self,
@@ -37,6 +42,10 @@ impl Backend for Cpu {
 
     fn zeros(&self, n: usize) -> Result<Vec<f32>> {
         Ok(vec![0.0; n])
+    }
+    fn resize(&self, buf: &mut Vec<f32>, n: usize) -> Result<()> {
+        buf.resize(n, 0.0);
+        Ok(())
     }
     fn upload(&self, host: &[f32]) -> Result<Vec<f32>> {
         Ok(host.to_vec())
@@ -72,6 +81,28 @@ impl Backend for Cpu {
 
     type View<'a> = &'a [f32];
     type ViewMut<'a> = &'a mut [f32];
+
+    fn view<'a>(&self, buf: &'a Vec<f32>, r: Range<usize>) -> &'a [f32] {
+        &buf[r]
+    }
+    fn view_mut<'a>(&self, buf: &'a mut Vec<f32>, r: Range<usize>) -> &'a mut [f32] {
+        &mut buf[r]
+    }
+    fn reborrow<'b>(&self, v: &'b mut &mut [f32]) -> &'b mut [f32] {
+        v
+    }
+    fn read<'b>(&self, v: &'b &mut [f32]) -> &'b [f32] {
+        v
+    }
+    fn to_host(&self, v: &[f32]) -> Vec<f32> {
+        v.to_vec()
+    }
+    fn copy(&self, dst: &mut [f32], src: &[f32]) {
+        dst.copy_from_slice(src)
+    }
+    fn fill(&self, dst: &mut [f32], value: f32) {
+        dst.fill(value)
+    }
 
     fn rmsnorm_forward(&self, out: &mut [f32], rstd: &mut [f32], inp: &[f32], w: &[f32], eps: f64) {
         norm::rmsnorm_forward(out, rstd, inp, w, eps)
@@ -144,16 +175,29 @@ impl Backend for Cpu {
     fn rope(&self, rope: &Rope, qkv: &mut [f32], t: usize, pos0: usize, inverse: bool) {
         rope.apply(qkv, t, pos0, inverse)
     }
-    fn matmul_packed<E: PackElem>(
+    fn pack(&self, w: &[f32], (k, n): (usize, usize), layout: WeightLayout, elem: PackAs) -> Result<PackedMatrix> {
+        Ok(match layout {
+            WeightLayout::InOut => PackedMatrix::pack(w, k, n, elem),
+            WeightLayout::OutIn => {
+                // w is (n, k) (nn.Linear): packed as its (k, n) transpose
+                let wt: Vec<f32> = (0..k * n).map(|i| w[(i % n) * k + i / n]).collect();
+                PackedMatrix::pack(&wt, k, n, elem)
+            }
+        })
+    }
+    fn packed_bytes(&self, w: &PackedMatrix) -> usize {
+        w.bytes()
+    }
+    fn matmul_packed(
         &self,
         out: &mut [f32],
         inp: &[f32],
-        w: &Packed<E>,
+        w: &PackedMatrix,
         bias: Option<&[f32]>,
         m: usize,
         accumulate: bool,
     ) {
-        matmul_f16::matmul_packed(out, inp, w, bias, m, accumulate)
+        w.product(out, inp, bias, m, accumulate)
     }
     fn attend_cached(
         &self,
@@ -170,6 +214,18 @@ impl Backend for Cpu {
     }
     fn mean_over_positions(&self, x: &[f32], b: usize, t: usize, c: usize) -> Vec<f32> {
         pool::mean_over_positions(x, b, t, c)
+    }
+    fn mean_over_positions_backward(&self, dx: &mut [f32], dmean: &[f32], b: usize, t: usize, c: usize) {
+        pool::mean_over_positions_backward(dx, dmean, b, t, c)
+    }
+    fn attention_probs(&self, saved: &Saved, q: SeqView, k: SeqView, d: AttnDims) -> Vec<f32> {
+        let mut probs = Vec::with_capacity(d.b * d.nh * d.t * d.tk);
+        for b in 0..d.b {
+            for h in 0..d.nh {
+                probs.extend(attention::probs(q, k, saved, d, b, h));
+            }
+        }
+        probs
     }
     fn attention_forward(&self, out: &mut [f32], saved: &mut Saved, q: SeqView, k: SeqView, v: SeqView, d: AttnDims) {
         attention::forward(out, saved, q, k, v, d)

@@ -2,15 +2,15 @@
 //! engine's memory and the operations on them, so that the code above is written once and
 //! a CUDA engine can sit beside the CPU one.
 //!
-//! Today the optimizer runs through it (AdamW's moments are engine buffers, and the update,
-//! weight decay, the gradient norm and clipping are engine operations), and the model
-//! reaches the kernels of its forward and training passes through it, on views of buffers
-//! (`ImageGpt::engine`). The attention's saved state (`Saved`) and each layer's decoding
-//! state (`Decode`, held by a `KvCache<B>`) are the engine's types, and its sequence views
-//! (`attention::Seq`) are views of the engine's buffers. Still outside it: the model's
-//! parameters, gradients and activations are the CPU engine's buffers (`Vec<f32>`), and
-//! decoding's packed matrices are host types. A model generic over the engine is the next
-//! step (issue #16).
+//! The model is written once against it: `ImageGpt<B>` keeps its parameters in a buffer of
+//! engine `B`, a `Workspace<B>` and `TrainActs<B>` hold the activations, gradients are an
+//! engine buffer in the parameters' layout, and AdamW's moments, its update, the gradient
+//! norm and clipping are engine buffers and operations. The attention's saved state
+//! (`Saved`), each layer's decoding state (`Decode`, held by a `KvCache<B>`) and decoding's
+//! packed matrices (`Packed`) are the engine's types, and its sequence views
+//! (`attention::Seq`) are views of the engine's buffers. What crosses to the host: token
+//! ids and loss weights (host slices the engine reads), `download` (logits to sample from,
+//! hidden states to probe) and `upload` (parameters loaded from a file).
 //!
 //! Each kernel's shapes and backward math are documented at its CPU version in `backend/`
 //! (`norm`, `act`, `matmul`, `loss`, `attention`, `embed`, `rope`, `dropout`); a second
@@ -23,15 +23,15 @@ use super::attention::{AttnDims, DecodeInfo, Form, KvPrecision, Mask, Seq};
 use super::dropout::Dropout;
 use super::embed::Axis;
 use super::matmul::WeightLayout;
-use super::matmul_f16::{PackElem, Packed};
+use super::matmul_f16::PackAs;
 use super::optim::AdamWStep;
 use super::rope::Rope;
 use crate::error::Result;
 
 /// A compute engine: owns buffers of f32 and runs operations on them.
-pub trait Backend: Clone + Send + Sync {
-    /// A buffer of f32 in the engine's memory.
-    type Buf: Send + Sync;
+pub trait Backend: Clone + Send + Sync + std::fmt::Debug + 'static {
+    /// A buffer of f32 in the engine's memory (`Default`: an empty one).
+    type Buf: Default + Clone + Send + Sync + std::fmt::Debug;
 
     /// What an attention forward keeps for its backward (the CPU: each query row's
     /// log-sum-exp), held by the model between the two passes.
@@ -52,8 +52,20 @@ pub trait Backend: Clone + Send + Sync {
         prec: KvPrecision,
     ) -> Self::Decode;
 
+    /// A matrix packed for decoding's products (the CPU: 32-column panels of f32 or f16).
+    type Packed: Clone + Send + Sync + std::fmt::Debug;
+
+    /// Runs `f`, a whole pass of kernels, where the engine runs them best (the CPU: on a
+    /// thread of its pool, so that each kernel forks from inside it).
+    fn enter<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        f()
+    }
+
     /// A buffer of `n` zeros.
     fn zeros(&self, n: usize) -> Result<Self::Buf>;
+    /// Makes `buf` hold `n` values: the first min(n, old size) are kept, new ones are zero
+    /// (as `Vec::resize`).
+    fn resize(&self, buf: &mut Self::Buf, n: usize) -> Result<()>;
     /// A copy of host data in the engine's memory.
     fn upload(&self, host: &[f32]) -> Result<Self::Buf>;
     /// A host copy of `buf[r]`.
@@ -88,6 +100,31 @@ pub trait Backend: Clone + Send + Sync {
     type ViewMut<'a>
     where
         Self: 'a;
+
+    /// The view of `buf[r]`.
+    fn view<'a>(&self, buf: &'a Self::Buf, r: Range<usize>) -> Self::View<'a>;
+    /// The writable view of `buf[r]`.
+    fn view_mut<'a>(&self, buf: &'a mut Self::Buf, r: Range<usize>) -> Self::ViewMut<'a>;
+    /// The view of all of `buf`.
+    fn whole<'a>(&self, buf: &'a Self::Buf) -> Self::View<'a> {
+        self.view(buf, 0..self.size(buf))
+    }
+    /// The writable view of all of `buf`.
+    fn whole_mut<'a>(&self, buf: &'a mut Self::Buf) -> Self::ViewMut<'a> {
+        let n = self.size(buf);
+        self.view_mut(buf, 0..n)
+    }
+    /// A shorter-lived writable view of the same values (what `&mut *v` does to a slice).
+    fn reborrow<'b>(&self, v: &'b mut Self::ViewMut<'_>) -> Self::ViewMut<'b>;
+    /// A read-only view of the values of a writable one.
+    fn read<'b>(&self, v: &'b Self::ViewMut<'_>) -> Self::View<'b>;
+    /// A host copy of the values of a view.
+    fn to_host(&self, v: Self::View<'_>) -> Vec<f32>;
+
+    /// dst = src (the same length).
+    fn copy(&self, dst: Self::ViewMut<'_>, src: Self::View<'_>);
+    /// dst = value.
+    fn fill(&self, dst: Self::ViewMut<'_>, value: f32);
 
     /// out (N, C) = x / rms(x) * w, rstd (N) = 1 / rms(x).
     fn rmsnorm_forward(
@@ -175,12 +212,18 @@ pub trait Backend: Clone + Send + Sync {
     /// rope_2d: rotates q and k of qkv (B, T, 3C) for slots pos0..pos0+T (`inverse`: the
     /// transpose).
     fn rope(&self, rope: &Rope, qkv: Self::ViewMut<'_>, t: usize, pos0: usize, inverse: bool);
-    /// Decoding's matrix product against a weight packed for it (f32 or f16 panels).
-    fn matmul_packed<E: PackElem>(
+    /// W packed for decoding's products: the (k, n) matrix `w` (`WeightLayout::InOut`; or
+    /// its (n, k) transpose, `OutIn`), its values as `elem`.
+    fn pack(&self, w: Self::View<'_>, kn: (usize, usize), layout: WeightLayout, elem: PackAs) -> Result<Self::Packed>;
+    /// Bytes a packed matrix holds.
+    fn packed_bytes(&self, w: &Self::Packed) -> usize;
+    /// Decoding's matrix product out (m, n) (+)= inp (m, k) @ W (+ bias) against a weight
+    /// packed for it.
+    fn matmul_packed(
         &self,
         out: Self::ViewMut<'_>,
         inp: Self::View<'_>,
-        w: &Packed<E>,
+        w: &Self::Packed,
         bias: Option<Self::View<'_>>,
         m: usize,
         accumulate: bool,
@@ -202,6 +245,9 @@ pub trait Backend: Clone + Send + Sync {
     /// The mean over positions of x (B, T, C): (B, C) on the host (probe features, the
     /// classifier's pooling).
     fn mean_over_positions(&self, x: Self::View<'_>, b: usize, t: usize, c: usize) -> Vec<f32>;
+    /// The backward of the mean over positions: dx (B, T, C) += dmean (B, C) / T at every
+    /// position.
+    fn mean_over_positions_backward(&self, dx: Self::ViewMut<'_>, dmean: Self::View<'_>, b: usize, t: usize, c: usize);
     /// Attention of q, k, v (views of qkv) into out (B, T, C), keeping what its backward needs.
     #[allow(clippy::too_many_arguments)]
     fn attention_forward(
@@ -213,6 +259,15 @@ pub trait Backend: Clone + Send + Sync {
         v: Seq<Self::View<'_>>,
         d: AttnDims,
     );
+    /// The attention probabilities (B, nh, T, Tk) of the last `attention_forward` (HF's
+    /// `output_attentions`, for inspection), on the host.
+    fn attention_probs(
+        &self,
+        saved: &Self::Saved,
+        q: Seq<Self::View<'_>>,
+        k: Seq<Self::View<'_>>,
+        d: AttnDims,
+    ) -> Vec<f32>;
     /// dqkv (B, T, 3C) from dout, the forward's out and saved state.
     #[allow(clippy::too_many_arguments)]
     fn attention_backward(

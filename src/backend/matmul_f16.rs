@@ -4,8 +4,6 @@
 //! ((n/32, k, 32), one 64-byte line per row of a panel) it is read front to back, while each
 //! panel's (m, 32) accumulators stay in registers for the whole of k.
 
-use std::collections::BTreeMap;
-
 use rayon::prelude::*;
 
 use super::elem::{Elem, to_f16};
@@ -68,11 +66,45 @@ impl<E: PackElem> Packed<E> {
     }
 }
 
-/// A model's packed copies for decoding steps, by the offset of their matrix in its parameters.
+/// The values a packed matrix holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PackAs {
+    /// The f32 values as they are (the same products as the unpacked matrix).
+    F32,
+    /// IEEE half (half the bytes to read; products move by about 1e-3).
+    F16,
+}
+
+/// The CPU engine's packed matrix: f32 or f16 panels.
 #[derive(Clone, Debug)]
-pub enum DecodeMatrices {
-    F32(BTreeMap<usize, PackedF32>),
-    F16(BTreeMap<usize, PackedF16>),
+pub enum PackedMatrix {
+    F32(PackedF32),
+    F16(PackedF16),
+}
+
+impl PackedMatrix {
+    /// Packs a row-major (k, n) matrix (HF Conv1D layout) as `elem`.
+    pub fn pack(w: &[f32], k: usize, n: usize, elem: PackAs) -> Self {
+        match elem {
+            PackAs::F32 => PackedMatrix::F32(Packed::pack(w, k, n)),
+            PackAs::F16 => PackedMatrix::F16(Packed::pack(w, k, n)),
+        }
+    }
+
+    pub fn bytes(&self) -> usize {
+        match self {
+            PackedMatrix::F32(p) => p.bytes(),
+            PackedMatrix::F16(p) => p.bytes(),
+        }
+    }
+
+    /// out (m, n) (+)= inp (m, k) @ W (+ bias): [`matmul_packed`] on either element.
+    pub fn product(&self, out: &mut [f32], inp: &[f32], bias: Option<&[f32]>, m: usize, accumulate: bool) {
+        match self {
+            PackedMatrix::F32(p) => matmul_packed(out, inp, p, bias, m, accumulate),
+            PackedMatrix::F16(p) => matmul_packed(out, inp, p, bias, m, accumulate),
+        }
+    }
 }
 
 /// out (m, n) = inp (m, k) @ W + bias, or out += ... when `accumulate`. Each output

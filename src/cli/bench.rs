@@ -245,7 +245,7 @@ fn sample(mut a: BenchArgs) -> Result<()> {
     a.batch = Some(batch);
     super::init_threads(a.threads);
     let mut model = random_model(&a)?;
-    model.set_decode_weights(a.weights);
+    model.set_decode_weights(a.weights)?;
     let t = a.side * a.side;
     let mut sampler = Sampler::new(2, Sampling::default());
     let mut ws = Workspace::new();

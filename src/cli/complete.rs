@@ -55,7 +55,7 @@ pub fn run(a: CompleteArgs) -> Result<()> {
     }
     super::init_threads(a.s.threads);
     let (mut model, proc) = open_causal(&a.model)?;
-    model.set_decode_weights(a.s.weights);
+    model.set_decode_weights(a.s.weights)?;
     let (h, w) = proc.hw();
     let n = h * w;
     let originals: Vec<Vec<u32>> = match &a.data {

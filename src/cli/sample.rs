@@ -155,7 +155,7 @@ pub fn run(a: SampleArgs) -> Result<()> {
     }
     super::init_threads(a.s.threads);
     let (mut model, proc) = open_causal(&a.model)?;
-    model.set_decode_weights(a.s.weights);
+    model.set_decode_weights(a.s.weights)?;
     let (h, w) = proc.hw();
     let n = model.config.n_positions;
     let mut sampler = Sampler::new(a.s.seed, a.s.sampling());

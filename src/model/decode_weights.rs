@@ -9,8 +9,9 @@
 use std::collections::BTreeMap;
 use std::ops::Range;
 
-use crate::backend::matmul_f16::{DecodeMatrices, PackElem, Packed};
+use crate::backend::matmul_f16::PackAs;
 use crate::backend::{Backend, WeightLayout};
+use crate::error::Result;
 
 use super::gpt::ImageGpt;
 use super::params::ModelKind;
@@ -52,67 +53,70 @@ impl WeightPrecision {
     }
 }
 
-impl ImageGpt {
+/// A model's packed copies for decoding steps, by the offset of their matrix in its
+/// parameters.
+#[derive(Clone, Debug)]
+pub(crate) struct DecodeMatrices<P> {
+    precision: WeightPrecision,
+    by_offset: BTreeMap<usize, P>,
+}
+
+impl<B: Backend> ImageGpt<B> {
     /// Chooses the weights decoding steps read. F32 and F16 take a packed copy of the current
     /// block matrices and output head (4 or 2 bytes more memory per parameter); change the
     /// parameters afterwards (training) and the copy is stale: set the precision again.
-    pub fn set_decode_weights(&mut self, prec: WeightPrecision) {
+    pub fn set_decode_weights(&mut self, prec: WeightPrecision) -> Result<()> {
         self.decode_matrices = match prec {
             WeightPrecision::F32Unpacked => None,
-            WeightPrecision::F32 => Some(DecodeMatrices::F32(self.pack_matrices())),
-            WeightPrecision::F16 => Some(DecodeMatrices::F16(self.pack_matrices())),
+            WeightPrecision::F32 => {
+                Some(DecodeMatrices { precision: prec, by_offset: self.pack_matrices(PackAs::F32)? })
+            }
+            WeightPrecision::F16 => {
+                Some(DecodeMatrices { precision: prec, by_offset: self.pack_matrices(PackAs::F16)? })
+            }
         };
+        Ok(())
     }
 
-    /// Every block matrix and the output head packed as `E`, by offset in `params`.
-    fn pack_matrices<E: PackElem>(&self) -> BTreeMap<usize, Packed<E>> {
+    /// Every block matrix and the output head packed as `elem`, by offset in `params`.
+    fn pack_matrices(&self, elem: PackAs) -> Result<BTreeMap<usize, B::Packed>> {
         let (c, inner) = (self.config.n_embd, self.config.n_inner());
         let mut packed = BTreeMap::new();
         for lo in &self.layout.layers {
             for (w, k, n) in
                 [(&lo.c_attn_w, c, 3 * c), (&lo.c_proj_w, c, c), (&lo.c_fc_w, c, inner), (&lo.mlp_proj_w, inner, c)]
             {
-                packed.insert(w.start, Packed::pack(self.param(w), k, n));
+                packed.insert(w.start, self.be.pack(self.param(w), (k, n), WeightLayout::InOut, elem)?);
             }
         }
         if let (Some(head), ModelKind::CausalLm) = (&self.layout.head, self.kind) {
-            // lm_head is (V-1, C) (nn.Linear): packed transposed, as a (C, V-1) matrix
-            let (v, w) = (self.config.n_colors(), self.param(head));
-            let wt: Vec<f32> = (0..c * v).map(|i| w[(i % v) * c + i / v]).collect();
-            packed.insert(head.start, Packed::pack(&wt, c, v));
+            // lm_head is (V-1, C) (nn.Linear): packed as its (C, V-1) transpose
+            let v = self.config.n_colors();
+            packed.insert(head.start, self.be.pack(self.param(head), (c, v), WeightLayout::OutIn, elem)?);
         }
-        packed
+        Ok(packed)
     }
 
     pub fn decode_weights(&self) -> WeightPrecision {
-        match self.decode_matrices {
-            None => WeightPrecision::F32Unpacked,
-            Some(DecodeMatrices::F32(_)) => WeightPrecision::F32,
-            Some(DecodeMatrices::F16(_)) => WeightPrecision::F16,
-        }
+        self.decode_matrices.as_ref().map_or(WeightPrecision::F32Unpacked, |d| d.precision)
     }
 
     /// out (rows, n) (+)= inp (rows, k) @ W (+ bias) from the packed copy of the matrix at
     /// `w`, when there is one; false when there is none.
     pub(crate) fn packed_product(
         &self,
-        out: &mut [f32],
-        inp: &[f32],
+        out: B::ViewMut<'_>,
+        inp: B::View<'_>,
         w: &Range<usize>,
-        bias: Option<&[f32]>,
+        bias: Option<B::View<'_>>,
         rows: usize,
         accumulate: bool,
     ) -> bool {
-        match &self.decode_matrices {
-            Some(DecodeMatrices::F32(p)) => {
-                p.get(&w.start).map(|m| self.engine().matmul_packed(out, inp, m, bias, rows, accumulate))
-            }
-            Some(DecodeMatrices::F16(p)) => {
-                p.get(&w.start).map(|m| self.engine().matmul_packed(out, inp, m, bias, rows, accumulate))
-            }
-            None => None,
-        }
-        .is_some()
+        let Some(m) = self.decode_matrices.as_ref().and_then(|d| d.by_offset.get(&w.start)) else {
+            return false;
+        };
+        self.be.matmul_packed(out, inp, m, bias, rows, accumulate);
+        true
     }
 
     /// out (N, n) (+)= inp (N, k) @ W + bias for a block's Conv1D weight `w` and bias `b`:
@@ -121,16 +125,16 @@ impl ImageGpt {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn dense(
         &self,
-        out: &mut [f32],
-        inp: &[f32],
+        mut out: B::ViewMut<'_>,
+        inp: B::View<'_>,
         (w, b): (&Range<usize>, &Range<usize>),
         dims: (usize, usize, usize),
         t: usize,
         accumulate: bool,
     ) {
         let bias = Some(self.param(b));
-        if t != 1 || !self.packed_product(out, inp, w, bias, dims.0, accumulate) {
-            self.engine().matmul_forward(out, inp, self.param(w), bias, dims, WeightLayout::InOut, accumulate)
+        if t != 1 || !self.packed_product(self.be.reborrow(&mut out), inp, w, bias, dims.0, accumulate) {
+            self.be.matmul_forward(out, inp, self.param(w), bias, dims, WeightLayout::InOut, accumulate)
         }
     }
 }

@@ -12,7 +12,7 @@ use crate::config::PositionEmbedding;
 use super::gpt::ImageGpt;
 use super::params::PositionTables;
 
-impl ImageGpt {
+impl<B: Backend> ImageGpt<B> {
     /// The attention mask of this model for the objective.
     pub fn attention_mask(&self, causal: bool) -> Mask {
         self.config.attention_mask(causal)
@@ -29,8 +29,8 @@ impl ImageGpt {
     }
 
     /// x (B*T, C) = s_i wte[tokens_i] + the position rows of slots pos0..pos0+T.
-    pub(crate) fn embed(&self, x: &mut [f32], tokens: &[u32], token_scale: Option<&[f32]>, t: usize, pos0: usize) {
-        let tables: Vec<(&[f32], Axis)> =
+    pub(crate) fn embed(&self, x: B::ViewMut<'_>, tokens: &[u32], token_scale: Option<&[f32]>, t: usize, pos0: usize) {
+        let tables: Vec<(B::View<'_>, Axis)> =
             self.position_tables().into_iter().map(|(r, a)| (self.param(&r), a)).collect();
         let (wte, c) = (self.param(&self.layout.wte), self.config.n_embd);
         self.engine().embed_forward(x, tokens, wte, token_scale, &tables, t, pos0, c);
@@ -39,8 +39,8 @@ impl ImageGpt {
     /// Adds the embedding's gradients (token rows, position tables) for dx (B*T, C).
     pub(crate) fn embed_backward(
         &self,
-        grads: &mut [f32],
-        dx: &[f32],
+        grads: B::ViewMut<'_>,
+        dx: B::View<'_>,
         tokens: &[u32],
         token_scale: Option<&[f32]>,
         t: usize,
@@ -52,7 +52,7 @@ impl ImageGpt {
 
     /// rope_2d: rotates q and k of qkv (B, T, 3C) for slots pos0..pos0+T (`inverse`: the
     /// transpose, for their gradients); other position options leave qkv as it is.
-    pub(crate) fn rotate_qk(&self, qkv: &mut [f32], t: usize, pos0: usize, inverse: bool) {
+    pub(crate) fn rotate_qk(&self, qkv: B::ViewMut<'_>, t: usize, pos0: usize, inverse: bool) {
         let cfg = &self.config;
         if cfg.position_embedding == PositionEmbedding::Rope2d {
             let rope = Rope { nh: cfg.n_head, hs: cfg.head_dim(), width: cfg.width(), theta: cfg.rope_theta };

@@ -148,7 +148,7 @@ impl Task for Pretrain {
         model: &ImageGpt,
         _head: &[f32],
         acts: &mut TrainActs,
-        grads: &mut [f32],
+        grads: &mut Vec<f32>,
         _dhead: &mut [f32],
         state: &mut TrainState,
         cfg: &TrainConfig,

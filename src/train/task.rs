@@ -67,7 +67,7 @@ pub trait Task {
         model: &ImageGpt,
         head: &[f32],
         acts: &mut TrainActs,
-        grads: &mut [f32],
+        grads: &mut Vec<f32>,
         dhead: &mut [f32],
         state: &mut TrainState,
         cfg: &TrainConfig,
