@@ -11,6 +11,8 @@ pub mod attention;
 pub(crate) mod avx2;
 pub(crate) mod avx512;
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod device;
 pub mod dropout;
 pub mod elem;

@@ -1,0 +1,367 @@
+// The CUDA engine's kernels (issue #16), compiled at run time by NVRTC (`cuda/module.rs`)
+// with --fmad=false, so that a product and a sum are rounded as the CPU's separate
+// operations are, and the CPU's explicit fused multiply-adds are fmaf here.
+//
+// Each kernel is the twin of the CPU kernel of the same name in `backend/` (the shapes and
+// the backward math are documented there); comments say where the GPU's order of
+// summation differs. Shape alphabet: N = B*T rows, C = n_embd, V colours.
+
+typedef long long i64;
+typedef unsigned long long u64;
+
+// ---- elementwise -------------------------------------------------------------------
+
+extern "C" __global__ void fill_f32(float* x, float v, i64 n) {
+    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) x[i] = v;
+}
+
+// x += y
+extern "C" __global__ void add_inplace(float* x, const float* y, i64 n) {
+    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) x[i] += y[i];
+}
+
+// x *= f
+extern "C" __global__ void scale_f32(float* x, float f, i64 n) {
+    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) x[i] *= f;
+}
+
+// ---- reductions ----------------------------------------------------------------------
+
+__device__ double warp_sum_f64(double v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ float warp_max_f32(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+// The sum over a block of 256 threads (thread 0 gets it; every thread must call).
+__device__ double block_sum_f64(double v) {
+    __shared__ double part[8];
+    v = warp_sum_f64(v);
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    if (lane == 0) part[warp] = v;
+    __syncthreads();
+    double s = 0.0;
+    if (threadIdx.x == 0)
+        for (int w = 0; w < (int)(blockDim.x >> 5); w++) s += part[w];
+    __syncthreads();
+    return s;
+}
+
+// partial[block] = the sum of squares of this block's grid-stride share of x (f64). The
+// host adds the partials in block order: deterministic for a given grid (the CPU sums in
+// chunks of 65,536 instead, so the last bits differ).
+extern "C" __global__ void sum_squares_partial(const float* x, i64 n, double* partial) {
+    double s = 0.0;
+    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x)
+        s += (double)x[i] * (double)x[i];
+    s = block_sum_f64(s);
+    if (threadIdx.x == 0) partial[blockIdx.x] = s;
+}
+
+// ---- AdamW (optim.rs) ----------------------------------------------------------------
+
+extern "C" __global__ void adamw(float* p, const float* g, float* m, float* v, i64 n, float b1, float b2,
+                                 float eps, float bc2_sqrt, float step_size) {
+    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
+        float gi = g[i];
+        m[i] += (gi - m[i]) * (1.0f - b1);
+        v[i] = v[i] * b2 + (1.0f - b2) * gi * gi;
+        float denom = sqrtf(v[i]) / bc2_sqrt + eps;
+        p[i] -= step_size * m[i] / denom;
+    }
+}
+
+// ---- RMS norm (norm.rs) --------------------------------------------------------------
+
+// One warp per row: out = x * rstd * w, rstd = 1 / sqrt(mean(x^2) + eps) (sum in f64).
+extern "C" __global__ void rmsnorm_forward(float* out, float* rstd, const float* inp, const float* w, i64 n, int c,
+                                           double eps) {
+    i64 row = blockIdx.x * (i64)(blockDim.x >> 5) + (threadIdx.x >> 5);
+    int lane = threadIdx.x & 31;
+    if (row >= n) return;
+    const float* x = inp + row * c;
+    double ss = 0.0;
+    for (int j = lane; j < c; j += 32) ss += (double)x[j] * (double)x[j];
+    ss = warp_sum_f64(ss);
+    ss = __shfl_sync(0xffffffffu, ss, 0);
+    float rs = (float)(1.0 / sqrt(ss / c + eps));
+    if (lane == 0) rstd[row] = rs;
+    float* o = out + row * c;
+    for (int j = lane; j < c; j += 32) o[j] = x[j] * rs * w[j];
+}
+
+// One warp per row: dinp += r w dy - x k, k = (sum_j (dy_j w_j) x_j) r^3 / C.
+extern "C" __global__ void rmsnorm_backward_dx(float* dinp, const float* dout, const float* inp, const float* rstd,
+                                               const float* w, i64 n, int c) {
+    i64 row = blockIdx.x * (i64)(blockDim.x >> 5) + (threadIdx.x >> 5);
+    int lane = threadIdx.x & 31;
+    if (row >= n) return;
+    const float* x = inp + row * c;
+    const float* dy = dout + row * c;
+    float r = rstd[row];
+    double dot = 0.0;
+    for (int j = lane; j < c; j += 32) dot += (double)(dy[j] * w[j]) * (double)x[j];
+    dot = warp_sum_f64(dot);
+    dot = __shfl_sync(0xffffffffu, dot, 0);
+    double r64 = (double)r;
+    float k = (float)(dot * (r64 * r64 * r64) / c);
+    float* dx = dinp + row * c;
+    for (int j = lane; j < c; j += 32) dx[j] += r * w[j] * dy[j] - x[j] * k;
+}
+
+// dw[j] += sum over rows of dy x r (f64), one thread per column.
+extern "C" __global__ void rmsnorm_backward_dw(float* dw, const float* dout, const float* inp, const float* rstd,
+                                               i64 n, int c) {
+    int j = blockIdx.x * blockDim.x + threadIdx.x;
+    if (j >= c) return;
+    double acc = 0.0;
+    for (i64 row = 0; row < n; row++) acc += (double)(dout[row * c + j] * inp[row * c + j] * rstd[row]);
+    dw[j] += (float)acc;
+}
+
+// ---- activations (act.rs, math.rs) ---------------------------------------------------
+
+// math.rs's exp, operation for operation (its fused multiply-adds are fmaf).
+__device__ float exp_cpu(float x) {
+    bool tiny = x < -60.0f;
+    x = fminf(fmaxf(x, -87.0f), 88.0f);
+    float t = fmaf(x, 1.44269504088896341f, 12582912.0f);
+    float nn = t - 12582912.0f;
+    float r = fmaf(-nn, -2.121944400e-4f, fmaf(-nn, 0.693359375f, x));
+    float p = 1.9875691e-4f;
+    p = fmaf(p, r, 1.3981999e-3f);
+    p = fmaf(p, r, 8.333452e-3f);
+    p = fmaf(p, r, 4.1665796e-2f);
+    p = fmaf(p, r, 1.6666665e-1f);
+    p = fmaf(p, r, 5e-1f);
+    float y = fmaf(p * r, r, r + 1.0f);
+    int ni = __float_as_int(t) - 0x4B400000;
+    float res = y * __int_as_float((ni + 127) << 23);
+    return tiny ? 0.0f : res;
+}
+
+// act: 0 quick_gelu, 1 gelu_tanh, 2 relu (backend::Activation's order)
+__device__ float act_apply(int act, float x) {
+    if (act == 0) return x / (1.0f + exp_cpu(-1.702f * x));
+    if (act == 1) {
+        float u = 0.7978846f * (x + 0.044715f * x * x * x);
+        return 0.5f * x * (2.0f - 2.0f / (exp_cpu(2.0f * u) + 1.0f));
+    }
+    return fmaxf(x, 0.0f);
+}
+
+__device__ float act_derivative(int act, float x) {
+    if (act == 0) {
+        float s = 1.0f / (1.0f + exp_cpu(-1.702f * x));
+        return s + 1.702f * x * s * (1.0f - s);
+    }
+    if (act == 1) {
+        float u = 0.7978846f * (x + 0.044715f * x * x * x);
+        float t = 1.0f - 2.0f / (exp_cpu(2.0f * u) + 1.0f);
+        return 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * 0.7978846f * (1.0f + 3.0f * 0.044715f * x * x);
+    }
+    return x > 0.0f ? 1.0f : 0.0f;
+}
+
+extern "C" __global__ void act_forward(int act, float* out, const float* inp, i64 n) {
+    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x)
+        out[i] = act_apply(act, inp[i]);
+}
+
+extern "C" __global__ void act_inplace(int act, float* x, i64 n) {
+    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x)
+        x[i] = act_apply(act, x[i]);
+}
+
+// dinp = act'(inp) dout (relu: dout where inp > 0)
+extern "C" __global__ void act_backward(int act, float* dinp, const float* dout, const float* inp, i64 n) {
+    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
+        float x = inp[i];
+        dinp[i] = act == 2 ? (x > 0.0f ? dout[i] : 0.0f) : dout[i] * act_derivative(act, x);
+    }
+}
+
+// ---- bias gradient (matmul.rs) -------------------------------------------------------
+
+// db[j] += sum over the m rows of dy[., j], one thread per column, in row order (f32, as
+// the CPU; the CPU adds chunks of 64 rows, so the last bits differ).
+extern "C" __global__ void bias_backward(float* db, const float* dy, i64 m, int n) {
+    int j = blockIdx.x * blockDim.x + threadIdx.x;
+    if (j >= n) return;
+    float acc = 0.0f;
+    for (i64 r = 0; r < m; r++) acc += dy[r * n + j];
+    db[j] += acc;
+}
+
+// ---- dropout (dropout.rs) ------------------------------------------------------------
+
+__device__ u64 mix64(u64 z) {
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+// x[i] *= scale where the hash of (key, i) clears the threshold, else 0: the CPU's mask.
+extern "C" __global__ void dropout(float* x, i64 n, u64 key, unsigned int threshold, float scale) {
+    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
+        u64 h = mix64(key + (u64)i * 0x9e3779b97f4a7c15ull);
+        x[i] *= (unsigned int)(h >> 32) >= threshold ? scale : 0.0f;
+    }
+}
+
+// ---- cross-entropy (loss.rs) ---------------------------------------------------------
+
+// One block of 256 threads per row: loss[row] = -ln p(target) w; the row becomes the
+// gradient w (softmax - onehot). z sums in f64 (the CPU sums in order; the last bits of z
+// differ).
+extern "C" __global__ void cross_entropy_fused(float* logits, const unsigned int* targets, const float* weights,
+                                               double* loss, int v) {
+    __shared__ float smax[8];
+    __shared__ float bmax;
+    __shared__ double bz;
+    i64 row = blockIdx.x;
+    float* x = logits + row * v;
+    float w = weights[row];
+    if (w == 0.0f) {
+        for (int j = threadIdx.x; j < v; j += blockDim.x) x[j] = 0.0f;
+        if (threadIdx.x == 0) loss[row] = 0.0;
+        return;
+    }
+    float mx = -__int_as_float(0x7f800000);  // -inf
+    for (int j = threadIdx.x; j < v; j += blockDim.x) mx = fmaxf(mx, x[j]);
+    mx = warp_max_f32(mx);
+    if ((threadIdx.x & 31) == 0) smax[threadIdx.x >> 5] = mx;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        float m = smax[0];
+        for (int k = 1; k < (int)(blockDim.x >> 5); k++) m = fmaxf(m, smax[k]);
+        bmax = m;
+    }
+    __syncthreads();
+    mx = bmax;
+    double z = 0.0;
+    for (int j = threadIdx.x; j < v; j += blockDim.x) {
+        double e = exp((double)(x[j] - mx));
+        z += e;
+        x[j] = (float)e;
+    }
+    z = block_sum_f64(z);
+    if (threadIdx.x == 0) bz = z;
+    __syncthreads();
+    z = bz;
+    unsigned int tg = targets[row];
+    double target_p = (double)x[tg] / z;
+    __syncthreads();
+    float inv = (float)(1.0 / z);
+    for (int j = threadIdx.x; j < v; j += blockDim.x) x[j] *= inv * w;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        x[tg] -= w;
+        loss[row] = -log(target_p) * (double)w;
+    }
+}
+
+// ---- embeddings (embed.rs) -----------------------------------------------------------
+
+// axis: 0 slot (p), 1 row (p / width), 2 column (p % width)
+__device__ i64 axis_of(int axis, int width, i64 p) {
+    return axis == 0 ? p : (axis == 1 ? p / width : p % width);
+}
+
+// out (N, C) = s_i wte[tokens_i] + the rows of up to two position tables (table1 may be
+// null) for slots pos0 + i % t. One thread per element.
+extern "C" __global__ void embed_forward(float* out, const unsigned int* tokens, const float* wte,
+                                         const float* scale, const float* table0, int axis0,
+                                         const float* table1, int axis1, int width, i64 n, int t, i64 pos0,
+                                         int c) {
+    for (i64 e = blockIdx.x * (i64)blockDim.x + threadIdx.x; e < n * c; e += (i64)gridDim.x * blockDim.x) {
+        i64 i = e / c;
+        int j = (int)(e % c);
+        i64 pos = pos0 + i % t;
+        float s = scale ? scale[i] : 1.0f;
+        float te = wte[(i64)tokens[i] * c + j];
+        float o = s == 1.0f ? te : s * te;
+        if (table0) o += table0[axis_of(axis0, width, pos) * c + j];
+        if (table1) o += table1[axis_of(axis1, width, pos) * c + j];
+        out[e] = o;
+    }
+}
+
+// The token rows' gradient: dwte[tokens_i] += s_i dout_i, by atomic adds (their order
+// varies from run to run: the last bits of a colour seen many times differ).
+extern "C" __global__ void embed_backward_tokens(float* dwte, const float* dout, const unsigned int* tokens,
+                                                 const float* scale, i64 n, int c) {
+    for (i64 e = blockIdx.x * (i64)blockDim.x + threadIdx.x; e < n * c; e += (i64)gridDim.x * blockDim.x) {
+        i64 i = e / c;
+        float s = scale ? scale[i] : 1.0f;
+        if (s != 0.0f) atomicAdd(&dwte[(i64)tokens[i] * c + (e % c)], s * dout[e]);
+    }
+}
+
+// A position table's gradient: dtable[r, j] += the sum of dout over the rows i whose slot
+// i % t the table reads at r (positions from 0), in row order. One thread per (r, j).
+extern "C" __global__ void embed_backward_table(float* dtable, int rows, int axis, int width, const float* dout,
+                                                i64 n, int t, int c) {
+    i64 e = blockIdx.x * (i64)blockDim.x + threadIdx.x;
+    if (e >= (i64)rows * c) return;
+    i64 r = e / c;
+    int j = (int)(e % c);
+    float acc = 0.0f;
+    for (i64 i = 0; i < n; i++)
+        if (axis_of(axis, width, i % t) == r) acc += dout[i * c + j];
+    dtable[e] += acc;
+}
+
+// ---- rope_2d (rope.rs) ---------------------------------------------------------------
+
+// Rotates q and k of qkv (N, 3C) for slots pos0 + i % t: in each head, the first hs/2
+// values by the row's angles and the rest by the column's, as pairs (j, j + hs/4) of each
+// half; angle a theta^(-j/m), m = hs/4; sign -1 rotates back. One thread per (row, q|k,
+// head, half, pair).
+extern "C" __global__ void rope(float* qkv, i64 n, int t, i64 pos0, int nh, int hs, int width, double theta,
+                                double sign) {
+    int m = hs / 4;
+    int c = nh * hs;
+    i64 per_row = 2LL * nh * 2 * m;
+    for (i64 e = blockIdx.x * (i64)blockDim.x + threadIdx.x; e < n * per_row; e += (i64)gridDim.x * blockDim.x) {
+        i64 i = e / per_row;
+        int rest = (int)(e % per_row);
+        int j = rest % m;
+        int half = (rest / m) % 2;
+        int head = (rest / (2 * m)) % nh;
+        int part = rest / (2 * m * nh);
+        i64 p = pos0 + i % t;
+        i64 a = half == 0 ? p / width : p % width;
+        double phi = (double)a * pow(theta, -(double)j / (double)m);
+        float cs = (float)cos(phi), sn = (float)(sign * sin(phi));
+        float* u = qkv + i * 3 * c + part * c + head * hs + half * 2 * m;
+        float x0 = u[j], y0 = u[j + m];
+        u[j] = x0 * cs - y0 * sn;
+        u[j + m] = y0 * cs + x0 * sn;
+    }
+}
+
+// ---- pooling (pool.rs) ---------------------------------------------------------------
+
+// out (B, C) = the mean over t of x (B, T, C) (f64 sums, in order). One thread per (b, j).
+extern "C" __global__ void mean_over_positions(float* out, const float* x, int b, int t, int c) {
+    int e = blockIdx.x * blockDim.x + threadIdx.x;
+    if (e >= b * c) return;
+    int bi = e / c, j = e % c;
+    double acc = 0.0;
+    for (int r = 0; r < t; r++) acc += (double)x[((i64)bi * t + r) * c + j];
+    out[e] = (float)(acc / t);
+}
+
+// dx (B, T, C) += dmean (B, C) / T at every position.
+extern "C" __global__ void mean_over_positions_backward(float* dx, const float* dmean, int b, int t, int c) {
+    i64 n = (i64)b * t * c;
+    for (i64 e = blockIdx.x * (i64)blockDim.x + threadIdx.x; e < n; e += (i64)gridDim.x * blockDim.x) {
+        i64 bi = e / ((i64)t * c);
+        dx[e] += dmean[bi * c + e % c] / (float)t;
+    }
+}
