@@ -48,6 +48,9 @@ pub fn compile(arch: &'static str) -> Result<Ptx> {
             CompileError::CompileError { log, .. } => log.to_string_lossy().into_owned(),
             other => other.to_string(),
         };
-        Error::Device { device: "cuda".into(), msg: format!("NVRTC could not compile igpt's kernels for {arch}:\n{why}") }
+        Error::Device {
+            device: "cuda".into(),
+            msg: format!("NVRTC could not compile igpt's kernels for {arch}:\n{why}"),
+        }
     })
 }
