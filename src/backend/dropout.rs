@@ -42,6 +42,13 @@ impl Dropout {
         Dropout { key: mix(self.key ^ mix(id.wrapping_add(0x9e37_79b9_7f4a_7c15))), ..self }
     }
 
+    /// The mask's parts, for an engine that computes it elsewhere: (key, threshold, scale);
+    /// element i is kept, times scale, when the high half of the hash of (key, i) is at
+    /// least the threshold ([`Dropout::factor`]).
+    pub fn parts(&self) -> (u64, u32, f32) {
+        (self.key, self.threshold, self.scale)
+    }
+
     /// The factor of element i: 0 (dropped) or 1 / (1 - p).
     #[inline(always)]
     pub fn factor(&self, i: u64) -> f32 {

@@ -224,6 +224,15 @@ impl<B: Backend> ImageGpt<B> {
         Ok(ImageGpt { config, kind, layout, params, act, be, decode_matrices: None })
     }
 
+    /// The same model in engine `be` (its parameters copied there; decoding's packed
+    /// matrices are not: set them again with [`ImageGpt::set_decode_weights`]).
+    pub fn to_engine<E: Backend>(&self, be: E) -> Result<ImageGpt<E>> {
+        let host = self.be.download(&self.params, 0..self.be.size(&self.params))?;
+        let params = be.upload(&host)?;
+        let (config, layout) = (self.config.clone(), self.layout.clone());
+        Ok(ImageGpt { config, kind: self.kind, layout, params, act: self.act, be, decode_matrices: None })
+    }
+
     /// The engine this model's buffers live in and its kernels run on.
     pub fn engine(&self) -> &B {
         &self.be

@@ -78,6 +78,11 @@ impl Saved {
         Self::default()
     }
 
+    /// What a forward of another engine kept: the log-sum-exp of every query row (B, nh, T).
+    pub fn from_lse(lse: Vec<f32>) -> Self {
+        Saved { lse }
+    }
+
     /// Room for a call of sizes `d`.
     pub(crate) fn sized(&mut self, d: &AttnDims) -> &mut [f32] {
         let n = d.b * d.nh * d.t;

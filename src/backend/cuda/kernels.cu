@@ -365,3 +365,241 @@ extern "C" __global__ void mean_over_positions_backward(float* dx, const float* 
         dx[e] += dmean[bi * c + e % c] / (float)t;
     }
 }
+
+// ---- softmax attention (attention/forward.rs, backward.rs, mask.rs) -------------------
+//
+// One warp per (batch row, head, query row) for the forward and dq, one per key row for dk
+// and dv: each lane holds the elements lane, lane + 32, ... of a head's vector (hs <= 128),
+// and a dot product is a warp sum. The softmax is online over the visible keys in order
+// (the CPU's is block-wise, so the last bits differ); exp is math.rs's.
+//
+// A sequence view is (base, offset, batch stride, row stride), as attention::Seq; element
+// j of head h of row r of batch row b is base[offset + b bs + r rs + h hs + j].
+// Masks (attention::Mask): kind 0 causal, 1 full, 2 local_2d (rows, cols, width, causal).
+// Query row r of a call with tk keys is slot tk - t + r.
+
+#define MAXV 4
+
+struct Mask {
+    int kind, rows, cols, width, causal;
+};
+
+__device__ bool visible(Mask m, i64 p, i64 s) {
+    if (m.kind == 0) return s <= p;
+    if (m.kind == 1) return true;
+    i64 rp = p / m.width, cp = p % m.width, rs = s / m.width, cs = s % m.width;
+    i64 dc = cp > cs ? cp - cs : cs - cp;
+    if (dc > m.cols) return false;
+    if (m.causal) return s <= p && rp - rs <= m.rows;
+    i64 dr = rp > rs ? rp - rs : rs - rp;
+    return dr <= m.rows;
+}
+
+// The keys [lo, hi) that query slot p may see, of the first `tk` (attention::Mask::key_span).
+__device__ void key_span(Mask m, i64 p, i64 tk, i64* lo, i64* hi) {
+    if (m.kind == 0) { *lo = 0; *hi = p + 1 < tk ? p + 1 : tk; return; }
+    if (m.kind == 1) { *lo = 0; *hi = tk; return; }
+    i64 r = p / m.width;
+    i64 a = (r > m.rows ? r - m.rows : 0) * m.width;
+    i64 e = m.causal ? p + 1 : (r + m.rows + 1) * m.width;
+    *lo = a < tk ? a : tk;
+    *hi = e < tk ? e : tk;
+}
+
+// The query slots [lo, hi) of the first t that may see key slot s (Mask::query_span).
+__device__ void query_span(Mask m, i64 s, i64 t, i64* lo, i64* hi) {
+    if (m.kind == 0) { *lo = s < t ? s : t; *hi = t; return; }
+    if (m.kind == 1) { *lo = 0; *hi = t; return; }
+    i64 r = s / m.width;
+    i64 a = m.causal ? s : (r > m.rows ? r - m.rows : 0) * m.width;
+    i64 e = (r + m.rows + 1) * m.width;
+    *lo = a < t ? a : t;
+    *hi = e < t ? e : t;
+}
+
+__device__ float warp_allsum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+// Loads this lane's share of a head's vector.
+__device__ void load_head(float* dst, const float* src, int hs, int lane) {
+    for (int i = 0; i < MAXV; i++) {
+        int j = lane + 32 * i;
+        dst[i] = j < hs ? src[j] : 0.0f;
+    }
+}
+
+__device__ float dot_head(const float* a, const float* src, int hs, int lane) {
+    float s = 0.0f;
+    for (int i = 0; i < MAXV; i++) {
+        int j = lane + 32 * i;
+        if (j < hs) s += a[i] * src[j];
+    }
+    return warp_allsum(s);
+}
+
+// The dropout factor of probability (b, h, query slot p, key slot s): the CPU's element
+// ((b nh + h) tk + p) tk + s of the call's mask (attention::AttnDims::dropout).
+__device__ float drop_factor(int has, u64 key, unsigned int threshold, float scale, i64 index) {
+    if (!has) return 1.0f;
+    u64 hsh = mix64(key + (u64)index * 0x9e3779b97f4a7c15ull);
+    return (unsigned int)(hsh >> 32) >= threshold ? scale : 0.0f;
+}
+
+// out (B, T, nh hs) = softmax(q k^T scale, masked) v, with dropout of the probabilities;
+// lse (B, nh, T) = max + ln(sum exp) of each query row's scaled scores (rows that see no
+// key: out 0, lse -inf as the CPU's).
+extern "C" __global__ void attention_forward(float* out, float* lse, const float* q, i64 q_off, i64 q_bs, i64 q_rs,
+                                             const float* k, i64 k_off, i64 k_bs, i64 k_rs, const float* v, i64 v_off,
+                                             i64 v_bs, i64 v_rs, int b, int t, int tk, int nh, int hs, Mask mask,
+                                             float scale, int drop, u64 drop_key, unsigned int drop_threshold,
+                                             float drop_scale) {
+    i64 w = blockIdx.x * (i64)(blockDim.x >> 5) + (threadIdx.x >> 5);
+    int lane = threadIdx.x & 31;
+    if (w >= (i64)b * nh * t) return;
+    int r = (int)(w % t), h = (int)((w / t) % nh), bi = (int)(w / ((i64)t * nh));
+    i64 p = (i64)tk - t + r;
+    float qr[MAXV], acc[MAXV];
+    load_head(qr, q + q_off + bi * q_bs + r * q_rs + h * hs, hs, lane);
+    for (int i = 0; i < MAXV; i++) acc[i] = 0.0f;
+    float m = -__int_as_float(0x7f800000), l = 0.0f;
+    i64 lo, hi;
+    key_span(mask, p, tk, &lo, &hi);
+    for (i64 s = lo; s < hi; s++) {
+        if (!visible(mask, p, s)) continue;
+        float sc = dot_head(qr, k + k_off + bi * k_bs + s * k_rs + h * hs, hs, lane) * scale;
+        float m_new = fmaxf(m, sc);
+        float corr = exp_cpu(m - m_new), e = exp_cpu(sc - m_new);
+        l = l * corr + e;
+        float f = e * drop_factor(drop, drop_key, drop_threshold, drop_scale, (((i64)bi * nh + h) * tk + p) * tk + s);
+        const float* vs = v + v_off + bi * v_bs + s * v_rs + h * hs;
+        for (int i = 0; i < MAXV; i++) {
+            int j = lane + 32 * i;
+            if (j < hs) acc[i] = acc[i] * corr + f * vs[j];
+        }
+        m = m_new;
+    }
+    float inv = l > 0.0f ? 1.0f / l : 0.0f;
+    float* o = out + ((i64)bi * t + r) * nh * hs + h * hs;
+    for (int i = 0; i < MAXV; i++) {
+        int j = lane + 32 * i;
+        if (j < hs) o[j] = acc[i] * inv;
+    }
+    if (lane == 0) lse[((i64)bi * nh + h) * t + r] = l > 0.0f ? m + logf(l) : m;
+}
+
+// delta (B, nh, T) = the sum over a head of dout * out (the backward's D).
+extern "C" __global__ void attention_backward_delta(float* delta, const float* dout, const float* out, int b, int t,
+                                                    int nh, int hs) {
+    i64 w = blockIdx.x * (i64)(blockDim.x >> 5) + (threadIdx.x >> 5);
+    int lane = threadIdx.x & 31;
+    if (w >= (i64)b * nh * t) return;
+    int r = (int)(w % t), h = (int)((w / t) % nh), bi = (int)(w / ((i64)t * nh));
+    i64 at = ((i64)bi * t + r) * nh * hs + h * hs;
+    float s = 0.0f;
+    for (int j = lane; j < hs; j += 32) s += dout[at + j] * out[at + j];
+    s = warp_allsum(s);
+    if (lane == 0) delta[((i64)bi * nh + h) * t + r] = s;
+}
+
+// dq of each query row (written into dqkv (B, T, 3C), part 0): dq = scale sum_s dS_rs k_s,
+// dS = P (dP - D), P = exp(q.k scale - lse), dP = (dout . v_s) x the dropout factor.
+// Training calls only (tk = t).
+extern "C" __global__ void attention_backward_dq(float* dqkv, const float* dout, const float* lse, const float* delta,
+                                                 const float* qkv, int b, int t, int nh, int hs, Mask mask,
+                                                 float scale, int drop, u64 drop_key, unsigned int drop_threshold,
+                                                 float drop_scale) {
+    i64 w = blockIdx.x * (i64)(blockDim.x >> 5) + (threadIdx.x >> 5);
+    int lane = threadIdx.x & 31;
+    if (w >= (i64)b * nh * t) return;
+    int r = (int)(w % t), h = (int)((w / t) % nh), bi = (int)(w / ((i64)t * nh));
+    i64 c = (i64)nh * hs, row3 = 3 * c;
+    const float* base = qkv + (i64)bi * t * row3;
+    float qr[MAXV], dor[MAXV], dq[MAXV];
+    load_head(qr, base + r * row3 + h * hs, hs, lane);
+    load_head(dor, dout + ((i64)bi * t + r) * c + h * hs, hs, lane);
+    for (int i = 0; i < MAXV; i++) dq[i] = 0.0f;
+    i64 bh = (i64)bi * nh + h;
+    float l = lse[bh * t + r], dd = delta[bh * t + r];
+    i64 lo, hi;
+    key_span(mask, r, t, &lo, &hi);
+    for (i64 s = lo; s < hi; s++) {
+        if (!visible(mask, r, s)) continue;
+        const float* ks = base + s * row3 + c + h * hs;
+        float pr = exp_cpu(dot_head(qr, ks, hs, lane) * scale - l);
+        float f = drop_factor(drop, drop_key, drop_threshold, drop_scale, (bh * t + r) * t + s);
+        float dp = dot_head(dor, base + s * row3 + 2 * c + h * hs, hs, lane) * f;
+        float ds = pr * (dp - dd);
+        for (int i = 0; i < MAXV; i++) {
+            int j = lane + 32 * i;
+            if (j < hs) dq[i] += ds * ks[j];
+        }
+    }
+    float* o = dqkv + ((i64)bi * t + r) * row3 + h * hs;
+    for (int i = 0; i < MAXV; i++) {
+        int j = lane + 32 * i;
+        if (j < hs) o[j] = dq[i] * scale;
+    }
+}
+
+// dk and dv of each key row (parts 1 and 2 of dqkv): dv = sum_r P~_rs dout_r, dk = scale
+// sum_r dS_rs q_r over the query rows that see key s.
+extern "C" __global__ void attention_backward_dkdv(float* dqkv, const float* dout, const float* lse,
+                                                   const float* delta, const float* qkv, int b, int t, int nh, int hs,
+                                                   Mask mask, float scale, int drop, u64 drop_key,
+                                                   unsigned int drop_threshold, float drop_scale) {
+    i64 w = blockIdx.x * (i64)(blockDim.x >> 5) + (threadIdx.x >> 5);
+    int lane = threadIdx.x & 31;
+    if (w >= (i64)b * nh * t) return;
+    int s = (int)(w % t), h = (int)((w / t) % nh), bi = (int)(w / ((i64)t * nh));
+    i64 c = (i64)nh * hs, row3 = 3 * c;
+    const float* base = qkv + (i64)bi * t * row3;
+    float ks[MAXV], vs[MAXV], dk[MAXV], dv[MAXV];
+    load_head(ks, base + s * row3 + c + h * hs, hs, lane);
+    load_head(vs, base + s * row3 + 2 * c + h * hs, hs, lane);
+    for (int i = 0; i < MAXV; i++) dk[i] = dv[i] = 0.0f;
+    i64 bh = (i64)bi * nh + h;
+    i64 lo, hi;
+    query_span(mask, s, t, &lo, &hi);
+    for (i64 r = lo; r < hi; r++) {
+        if (!visible(mask, r, s)) continue;
+        const float* qr = base + r * row3 + h * hs;
+        const float* dor = dout + ((i64)bi * t + r) * c + h * hs;
+        float pr = exp_cpu(dot_head(ks, qr, hs, lane) * scale - lse[bh * t + r]);
+        float f = drop_factor(drop, drop_key, drop_threshold, drop_scale, (bh * t + r) * t + s);
+        float ds = pr * (dot_head(vs, dor, hs, lane) * f - delta[bh * t + r]);
+        for (int i = 0; i < MAXV; i++) {
+            int j = lane + 32 * i;
+            if (j < hs) {
+                dv[i] += pr * f * dor[j];
+                dk[i] += ds * qr[j];
+            }
+        }
+    }
+    float* o = dqkv + ((i64)bi * t + s) * row3 + h * hs;
+    for (int i = 0; i < MAXV; i++) {
+        int j = lane + 32 * i;
+        if (j < hs) {
+            o[c + j] = dk[i] * scale;
+            o[2 * c + j] = dv[i];
+        }
+    }
+}
+
+// A decoding step's new keys (or values) join the cache: cache (B, Tmax, C) rows past..past+t
+// = rows 0..t of the sequence view src (the k or v part of qkv).
+extern "C" __global__ void kv_append(float* cache, const float* src, i64 s_off, i64 s_bs, i64 s_rs, int b, int t,
+                                     int tmax, i64 past, int c) {
+    i64 n = (i64)b * t * c;
+    for (i64 e = blockIdx.x * (i64)blockDim.x + threadIdx.x; e < n; e += (i64)gridDim.x * blockDim.x) {
+        i64 j = e % c, r = (e / c) % t, bi = e / ((i64)c * t);
+        cache[(bi * tmax + past + r) * c + j] = src[s_off + bi * s_bs + r * s_rs + j];
+    }
+}
+
+// out (m, n) += bias (n) on every row.
+extern "C" __global__ void add_bias(float* out, const float* bias, i64 m, int n) {
+    for (i64 e = blockIdx.x * (i64)blockDim.x + threadIdx.x; e < m * n; e += (i64)gridDim.x * blockDim.x)
+        out[e] += bias[e % n];
+}

@@ -31,6 +31,12 @@ pub const KERNELS: &[&str] = &[
     "rope",
     "mean_over_positions",
     "mean_over_positions_backward",
+    "attention_forward",
+    "attention_backward_delta",
+    "attention_backward_dq",
+    "attention_backward_dkdv",
+    "kv_append",
+    "add_bias",
 ];
 
 /// `SOURCE` compiled to PTX for `arch` (`compute_90` for an H100 or H200; a `compute_`
