@@ -25,6 +25,10 @@ impl Backend for Cpu {
     type Decode = Box<dyn DecodeState>;
     type Packed = PackedMatrix;
 
+    fn name(&self) -> String {
+        super::isa::active().name().to_string()
+    }
+
     fn enter<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
         super::on_pool(f)
     }

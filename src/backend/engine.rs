@@ -55,6 +55,14 @@ pub trait Backend: Clone + Send + Sync + std::fmt::Debug + 'static {
     /// A matrix packed for decoding's products (the CPU: 32-column panels of f32 or f16).
     type Packed: Clone + Send + Sync + std::fmt::Debug;
 
+    /// The engine in words (the CPU: its kernel set; a GPU: its device and name).
+    fn name(&self) -> String;
+    /// Waits for every operation queued so far (a GPU's are asynchronous; the CPU's are
+    /// done when they return) and reports a failure recorded meanwhile.
+    fn synchronize(&self) -> Result<()> {
+        Ok(())
+    }
+
     /// Runs `f`, a whole pass of kernels, where the engine runs them best (the CPU: on a
     /// thread of its pool, so that each kernel forks from inside it).
     fn enter<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {

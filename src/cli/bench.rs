@@ -6,6 +6,7 @@ use std::time::Instant;
 use anyhow::Result;
 use clap::{Args, Subcommand};
 use igpt::ImageGptConfig;
+use igpt::backend::Backend;
 use igpt::model::{ImageGpt, KvCache, Logits, ModelKind, Workspace};
 use igpt::rng::Rng;
 use igpt::sample::{Sampler, Sampling};
@@ -107,23 +108,23 @@ pub struct BenchArgs {
 
 pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
-        BenchCommand::Forward(a) => a.device.check("bench forward").and_then(|_| forward(a)),
-        BenchCommand::Train(a) => a.device.check("bench train").and_then(|_| train(a)),
-        BenchCommand::Sample(a) => a.device.check("bench sample").and_then(|_| sample(a)),
+        BenchCommand::Forward(a) => on_engine!(a.device.engine("bench forward")?, forward(a)),
+        BenchCommand::Train(a) => on_engine!(a.device.engine("bench train")?, train(a)),
+        BenchCommand::Sample(a) => on_engine!(a.device.engine("bench sample")?, sample(a)),
         BenchCommand::Palette(a) => palette(a),
     }
 }
 
-/// The benchmark model: GPT-2 initialisation of the requested shape.
-fn random_model(a: &BenchArgs) -> Result<ImageGpt> {
+/// The benchmark model: GPT-2 initialisation of the requested shape, in engine `be`.
+fn random_model<B: Backend>(be: B, a: &BenchArgs) -> Result<ImageGpt<B>> {
     let mut cfg = ImageGptConfig::with_shape(a.n_layer, a.n_embd, a.n_head).with_image(a.side, a.colors);
     (cfg.attention, cfg.position_embedding, cfg.rope_theta) = (a.attention, a.position_embedding, a.rope_theta);
     (cfg.local_rows, cfg.local_cols) = (a.local_rows, a.local_cols);
-    Ok(ImageGpt::init_random(cfg, ModelKind::CausalLm, 0)?)
+    Ok(ImageGpt::init_random(cfg, ModelKind::CausalLm, 0)?.to_engine(be)?)
 }
 
 /// Runs `warmup` untimed then `steps` timed calls of `step` (profiling only the timed ones)
-/// and returns the median seconds per call.
+/// and returns the median seconds per call (each call waits for the engine to finish).
 fn median_step(a: &BenchArgs, mut step: impl FnMut() -> Result<()>) -> Result<f64> {
     let mut times = Vec::new();
     for i in 0..a.warmup + a.steps.max(1) {
@@ -145,49 +146,49 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn forward(mut a: BenchArgs) -> Result<()> {
+fn forward<B: Backend>(be: B, mut a: BenchArgs) -> Result<()> {
     a.batch = Some(a.batch.unwrap_or(4));
     let batch = a.batch.unwrap_or(4);
     super::init_threads(a.threads);
-    let model = random_model(&a)?;
+    let model = random_model(be, &a)?;
     let t = a.side * a.side;
     let mut rng = Rng::new(1);
     let sos = model.config.sos_token();
     let tokens: Vec<u32> = (0..batch)
         .flat_map(|_| std::iter::once(sos).chain((1..t).map(|_| rng.below(a.colors as u64) as u32)).collect::<Vec<_>>())
         .collect();
-    let mut ws = Workspace::new();
+    let mut ws = Workspace::<B>::new();
     let step_s = median_step(&a, || {
         model.forward(&mut ws, &tokens, batch, t, Logits::All, false)?;
         std::hint::black_box(&ws.logits);
-        Ok(())
+        Ok(model.be.synchronize()?)
     })?;
     let tok_s = (batch * t) as f64 / step_s;
-    report("forward", &a, tok_s, step_s)
+    report("forward", &model.be, &a, tok_s, step_s)
 }
 
 /// Like torch_ref.py `train`: GPT loss, backward, AdamW (lr 1e-3, betas 0.9/0.95), median step.
-fn train(mut a: BenchArgs) -> Result<()> {
+fn train<B: Backend>(be: B, mut a: BenchArgs) -> Result<()> {
     use igpt::model::train_graph::{Objective, TrainActs};
     use igpt::train::optim::{AdamW, AdamWConfig};
     let batch = a.batch.unwrap_or(4);
     a.batch = Some(batch);
     super::init_threads(a.threads);
-    let mut model = random_model(&a)?;
+    let mut model = random_model(be.clone(), &a)?;
     let t = a.side * a.side;
     let mut rng = Rng::new(1);
     let tokens: Vec<u32> = (0..batch * t).map(|_| rng.below(a.colors as u64) as u32).collect();
-    let mut opt = AdamW::new(AdamWConfig::default(), &model.layout);
-    let mut acts = TrainActs::new();
-    let mut grads = vec![0f32; model.params.len()];
+    let mut opt = AdamW::on(be.clone(), AdamWConfig::default(), &model.layout)?;
+    let mut acts = TrainActs::<B>::new();
+    let mut grads = be.zeros(be.size(&model.params))?;
     let step_s = median_step(&a, || {
-        grads.fill(0.0);
+        be.fill(be.whole_mut(&mut grads), 0.0);
         let loss = model.forward_backward(&mut acts, &mut grads, &tokens, batch, t, Objective::Gpt, None)?;
         opt.update(&mut model.params, &grads, 1e-3);
         std::hint::black_box(loss);
-        Ok(())
+        Ok(be.synchronize()?)
     })?;
-    report("train", &a, (batch * t) as f64 / step_s, step_s)
+    report("train", &be, &a, (batch * t) as f64 / step_s, step_s)
 }
 
 /// Like sklearn_kmeans.py: fit on (a sample of) all emoji32 training pixels; inertia per
@@ -240,21 +241,21 @@ fn palette(a: PaletteArgs) -> Result<()> {
 }
 
 /// Like torch_ref.py `sample`: a 32-token warm-up, then one timed run of full images.
-fn sample(mut a: BenchArgs) -> Result<()> {
+fn sample<B: Backend>(be: B, mut a: BenchArgs) -> Result<()> {
     let batch = a.batch.unwrap_or(8);
     a.batch = Some(batch);
     super::init_threads(a.threads);
-    let mut model = random_model(&a)?;
+    let mut model = random_model(be.clone(), &a)?;
     model.set_decode_weights(a.weights)?;
     let t = a.side * a.side;
     let mut sampler = Sampler::new(2, Sampling::default());
-    let mut ws = Workspace::new();
+    let mut ws = Workspace::<B>::new();
     if a.attention == igpt::config::AttentionKind::Linear && a.kv_cache != igpt::model::KvPrecision::F32 {
         anyhow::bail!(
             "--kv-cache does not apply to --attention linear (its decoding state S, z is f32 and constant in size); use --kv-cache f32"
         );
     }
-    let mut cache = KvCache::with_precision(&model.config, batch, a.kv_cache);
+    let mut cache = KvCache::on(&be, &model.config, batch, a.kv_cache);
     let v = model.config.n_colors();
     let mut dt = 0.0;
     for (round, n) in [32.min(t), t].into_iter().enumerate() {
@@ -267,8 +268,9 @@ fn sample(mut a: BenchArgs) -> Result<()> {
         let t0 = Instant::now();
         for _ in 0..n {
             model.forward_cached(&mut ws, &mut cache, &tok, 1, Logits::Last)?;
+            let logits = be.download(&ws.logits, 0..batch * v)?;
             for (r, x) in tok.iter_mut().enumerate() {
-                *x = sampler.sample(&ws.logits[r * v..(r + 1) * v]);
+                *x = sampler.sample(&logits[r * v..(r + 1) * v]);
             }
             if cache.len() == t {
                 break;
@@ -276,17 +278,17 @@ fn sample(mut a: BenchArgs) -> Result<()> {
         }
         dt = t0.elapsed().as_secs_f64();
     }
-    report("sample", &a, (batch * t) as f64 / dt, dt)
+    report("sample", &be, &a, (batch * t) as f64 / dt, dt)
 }
 
-fn report(mode: &str, a: &BenchArgs, tok_s: f64, step_s: f64) -> Result<()> {
+fn report<B: Backend>(mode: &str, be: &B, a: &BenchArgs, tok_s: f64, step_s: f64) -> Result<()> {
     let rss = super::peak_rss_mb();
     let prof = igpt::backend::profile::report();
     let profile: serde_json::Map<String, serde_json::Value> =
         prof.iter().map(|(n, s, _)| (n.to_string(), json!(s))).collect();
     if a.json {
         return super::print_json(&json!({
-            "mode": mode, "kernels": igpt::backend::isa::active().name(), "tok_s": tok_s, "step_s": step_s, "peak_rss_mb": rss,
+            "mode": mode, "kernels": be.name(), "tok_s": tok_s, "step_s": step_s, "peak_rss_mb": rss,
             "n_embd": a.n_embd, "n_layer": a.n_layer, "n_head": a.n_head, "side": a.side,
             "colors": a.colors, "batch": a.batch.unwrap_or(0), "threads": a.threads, "steps": a.steps,
             "kv_cache": format!("{:?}", a.kv_cache).to_lowercase(),
@@ -298,7 +300,7 @@ fn report(mode: &str, a: &BenchArgs, tok_s: f64, step_s: f64) -> Result<()> {
     }
     println!(
         "RESULT {mode} kernels={} attention={} pos={} E={} L={} H={} T={} V={} B={} tok_s={tok_s:.1} step_s={step_s:.4} peak_rss_mb={rss:.0}",
-        igpt::backend::isa::active(),
+        be.name(),
         a.attention.name(),
         a.position_embedding.name(),
         a.n_embd,

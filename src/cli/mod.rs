@@ -1,6 +1,18 @@
 //! One module per subcommand; each has an `Args` struct (its doc comments are the help)
 //! and a `run` function.
 
+/// Calls the function `$f`, generic over the engine, with the engine `$engine` (an
+/// [`Engine`]) first and then the other arguments.
+macro_rules! on_engine {
+    ($engine:expr, $f:ident($($arg:expr),* $(,)?)) => {
+        match $engine {
+            $crate::cli::Engine::Cpu(be) => $f(be, $($arg),*),
+            #[cfg(feature = "cuda")]
+            $crate::cli::Engine::Cuda(be) => $f(be, $($arg),*),
+        }
+    };
+}
+
 pub mod bench;
 pub mod complete;
 pub mod convert;
@@ -35,6 +47,29 @@ impl DeviceArgs {
     pub fn check(&self, command: &str) -> Result<()> {
         Ok(self.device.check(command)?)
     }
+
+    /// The engine of `--device`, started, for a command that runs on every engine.
+    pub fn engine(&self, command: &str) -> Result<Engine> {
+        match self.device {
+            igpt::backend::Device::Cpu => Ok(Engine::Cpu(igpt::backend::Cpu)),
+            #[cfg(feature = "cuda")]
+            igpt::backend::Device::Cuda(n) => {
+                Ok(Engine::Cuda(igpt::backend::cuda::Cuda::new(n).with_context(|| format!("`{command}`"))?))
+            }
+            #[cfg(not(feature = "cuda"))]
+            igpt::backend::Device::Cuda(_) => {
+                self.check(command)?;
+                anyhow::bail!("{}: not an engine of this build", self.device)
+            }
+        }
+    }
+}
+
+/// A started engine (`--device`).
+pub enum Engine {
+    Cpu(igpt::backend::Cpu),
+    #[cfg(feature = "cuda")]
+    Cuda(igpt::backend::cuda::Cuda),
 }
 
 /// Loads a model directory with a readable error.

@@ -76,8 +76,13 @@ pub(super) fn forward(
     if !supported(be, &d) {
         return;
     }
-    let rows = d.b * d.nh * d.t;
-    if be.resize(&mut saved.lse, rows).is_err() {
+    let (rows, c) = (d.b * d.nh * d.t, d.nh * d.hs);
+    assert!(out.len >= d.b * d.t * c, "attention_forward: an output of {} x {} x {c}", d.b, d.t);
+    for (x, n) in [(&q, d.t), (&k, d.tk), (&v, d.tk)] {
+        let reach = x.offset + (d.b - 1) * x.batch_stride + (n - 1) * x.row_stride + c;
+        assert!(x.data.len >= reach, "attention_forward: a sequence view reaching {reach} of {}", x.data.len);
+    }
+    if !be.resize_quietly(&mut saved.lse, rows) {
         return;
     }
     let lse = be.view_mut(&mut saved.lse, 0..rows).ptr;
@@ -96,18 +101,25 @@ pub(super) fn backward(
     dqkv: DViewMut<'_>,
     (dout, out): (DView<'_>, DView<'_>),
     saved: &CudaSaved,
-    q: Seq<DView<'_>>,
+    (q, k, v): (Seq<DView<'_>>, Seq<DView<'_>>, Seq<DView<'_>>),
     d: AttnDims,
 ) {
     if !supported(be, &d) {
         return;
     }
     let c = d.nh * d.hs;
-    assert!(q.offset == 0 && q.row_stride == 3 * c && q.batch_stride == d.t * 3 * c && d.tk == d.t, "qkv layout");
+    let parts = |x: &Seq<DView<'_>>, at| {
+        x.data.ptr == q.data.ptr && x.offset == at && x.row_stride == 3 * c && x.batch_stride == d.t * 3 * c
+    };
+    assert!(
+        parts(&q, 0) && parts(&k, c) && parts(&v, 2 * c) && d.tk == d.t,
+        "attention_backward: q, k, v of one qkv buffer"
+    );
     let rows = d.b * d.nh * d.t;
+    assert!(be.size(&saved.lse) >= rows && dqkv.len >= d.b * d.t * 3 * c && q.data.len >= d.b * d.t * 3 * c);
     // D (B, nh, T) = rowsum(dout * out), in a scratch of this call
-    let Ok(mut delta) = be.zeros(rows) else { return };
-    let dp = be.view_mut(&mut delta, 0..rows).ptr;
+    let Some(delta) = be.scratch::<f32>(rows) else { return };
+    let dp = be.addr(&delta);
     launch!(be, "attention_backward_delta", warps(rows);
         dp, dout.ptr, out.ptr, d.b as i32, d.t as i32, d.nh as i32, d.hs as i32);
     let lse = saved.lse.ptr(be.stream(), 0);
@@ -125,7 +137,7 @@ pub(super) fn backward(
 pub(super) fn probs(be: &Cuda, saved: &CudaSaved, q: Seq<DView<'_>>, k: Seq<DView<'_>>, d: AttnDims) -> Vec<f32> {
     let (hq, hk) = (be.to_host(q.data), be.to_host(k.data));
     let rows = d.b * d.nh * d.t;
-    let lse = be.download(&saved.lse, 0..rows).unwrap_or_else(|_| vec![0.0; rows]);
+    let lse = be.fetch(saved.lse.ptr(be.stream(), 0), rows).unwrap_or_else(|| vec![0.0; rows]);
     let host = |s: &Seq<DView<'_>>, data| Seq {
         data,
         offset: s.offset,
@@ -194,6 +206,14 @@ impl CudaKv {
             return;
         }
         let (b, t, tmax, c) = (self.batch as i32, d.t as i32, self.positions as i32, self.c as i32);
+        for src in [&k, &v] {
+            let reach = src.offset + (self.batch - 1) * src.batch_stride + (d.t - 1) * src.row_stride + self.c;
+            assert!(
+                d.b == self.batch && src.data.len >= reach,
+                "attend_cached: new keys and values of {} rows",
+                self.batch
+            );
+        }
         for (cache, src) in [(&mut self.k, &k), (&mut self.v, &v)] {
             let dst = cache.ptr(be.stream(), 0);
             launch!(be, "kv_append", super::engine::elems(self.batch * d.t * self.c);

@@ -49,6 +49,16 @@ impl Cuda {
             msg: format!("{what}: {e} (run with --device cpu)"),
         };
         crate::backend::device::gpu_info(ordinal)?;
+        // cudarc stops the process where a library it needs does not load: ask first
+        if let Some(lib) = crate::backend::device::libraries().into_iter().find(|l| l.found.is_none()) {
+            return Err(Error::Device {
+                device: device.clone(),
+                msg: format!(
+                    "lib{}.so does not load: put the CUDA libraries on LD_LIBRARY_PATH (pip's nvidia-* packages ship them), or run with --device cpu",
+                    lib.name
+                ),
+            });
+        }
         let ctx = CudaContext::new(ordinal).map_err(|e| fail("opening the GPU", &e))?;
         // one stream: every operation is ordered, so cudarc's events between streams are not needed
         // SAFETY: no buffer of this context is used on another stream.
@@ -63,6 +73,8 @@ impl Cuda {
         }
         let stream = ctx.default_stream();
         let blas = CudaBlas::new(stream.clone()).map_err(|e| fail("starting cuBLAS", &e))?;
+        let name = ctx.name().map_err(|e| fail("reading its name", &e))?;
+        let device = format!("{device} ({name})");
         let inner = Inner { device, stream, blas, funcs, error: Mutex::new(None) };
         Ok(Cuda { inner: Arc::new(inner) })
     }
@@ -93,39 +105,68 @@ impl Cuda {
     }
 
     pub(super) fn error(&self, msg: String) -> Error {
-        let advice = if msg.contains("OUT_OF_MEMORY") {
-            " (the GPU's memory is full: give a smaller --batch, or --precision bf16)"
-        } else {
-            ""
-        };
+        let advice =
+            if msg.contains("OUT_OF_MEMORY") { " (the GPU's memory is full: give a smaller --batch)" } else { "" };
         Error::Device { device: self.inner.device.clone(), msg: format!("{msg}{advice}") }
     }
 
-    /// `n` zeros in device memory.
-    pub(super) fn alloc(&self, n: usize) -> Result<CudaSlice<f32>> {
-        self.check()?;
-        self.inner.stream.alloc_zeros::<f32>(n.max(1)).map_err(|e| self.error(format!("allocating {n} values: {e}")))
+    /// Makes this engine's context current on the calling thread (cudarc's launches and
+    /// allocations do it themselves; the raw copies and cuBLAS calls need it).
+    pub(super) fn bind(&self) {
+        self.note(self.inner.stream.context().bind_to_thread(), "binding the GPU's context");
     }
 
-    /// A host copy of `n` values at device address `ptr`.
-    pub(super) fn read_back<T: Default + Clone>(&self, ptr: u64, n: usize) -> Result<Vec<T>> {
+    /// `n` zeros in device memory (at least one value, so that an empty buffer has an
+    /// address), or None with the failure recorded: for the operations that return nothing.
+    pub(super) fn scratch<T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(
+        &self,
+        n: usize,
+    ) -> Option<CudaSlice<T>> {
+        let r = self.inner.stream.alloc_zeros::<T>(n.max(1));
+        self.note(r.as_ref().map(|_| ()), "allocating on the GPU");
+        r.ok()
+    }
+
+    /// `n` zeros in device memory, or the first failure recorded before or now.
+    pub(super) fn alloc(&self, n: usize) -> Result<CudaSlice<f32>> {
+        let s = self.scratch::<f32>(n);
+        self.check()?;
+        s.ok_or_else(|| self.error(format!("allocating {n} values")))
+    }
+
+    /// A host copy of `n` values at device address `ptr`, or None with the failure recorded
+    /// (for the operations that return nothing or a value: they leave the error for the
+    /// next `Result`).
+    pub(super) fn fetch<T: Default + Clone>(&self, ptr: u64, n: usize) -> Option<Vec<T>> {
         let mut host = vec![T::default(); n];
         if n > 0 {
+            self.bind();
             // SAFETY: ptr addresses n values of T of a live buffer (a view's); the copy is
             // synchronised before `host` is read.
             let r = unsafe { cudarc::driver::result::memcpy_dtoh_async(&mut host, ptr, self.stream().cu_stream()) };
             self.note(r, "copying to the host");
             self.note(self.stream().synchronize(), "waiting for the GPU");
         }
+        let failed = self.inner.error.lock().unwrap_or_else(|p| p.into_inner()).is_some();
+        (!failed).then_some(host)
+    }
+
+    /// A host copy of `n` values at device address `ptr`, or the first failure so far.
+    pub(super) fn read_back<T: Default + Clone>(&self, ptr: u64, n: usize) -> Result<Vec<T>> {
+        let host = self.fetch(ptr, n);
         self.check()?;
-        Ok(host)
+        host.ok_or_else(|| self.error("copying to the host".into()))
     }
 
     /// A new buffer holding `host`.
     pub(super) fn buf_of(&self, host: &[f32]) -> Result<CudaBuf> {
+        let mut buf = CudaBuf { data: Some(self.alloc(host.len())?), len: host.len() };
+        if !host.is_empty() {
+            let r = self.inner.stream.memcpy_htod(host, buf.data.as_mut().expect("allocated"));
+            self.note(r, "copying to the GPU");
+        }
         self.check()?;
-        let data = self.inner.stream.clone_htod(host).map_err(|e| self.error(format!("copying to the GPU: {e}")))?;
-        Ok(CudaBuf { data: Some(data), len: host.len() })
+        Ok(buf)
     }
 
     /// The device address of a cudarc buffer.
@@ -133,23 +174,41 @@ impl Cuda {
         DevicePtr::device_ptr(s, self.stream()).0
     }
 
-    /// u32 host values (token ids) in device memory, for one call.
-    pub(super) fn ids(&self, host: &[u32]) -> Option<CudaSlice<u32>> {
-        let r = self.inner.stream.clone_htod(host);
-        self.note(r.as_ref().map(|_| ()), "copying token ids to the GPU");
-        r.ok()
+    /// Host values in device memory for one call (token ids, loss weights), or None with the
+    /// failure recorded.
+    pub(super) fn staged<T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(
+        &self,
+        host: &[T],
+    ) -> Option<CudaSlice<T>> {
+        let mut dst = self.scratch::<T>(host.len())?;
+        if !host.is_empty() {
+            let r = self.inner.stream.memcpy_htod(host, &mut dst);
+            self.note(r, "copying to the GPU");
+        }
+        Some(dst)
     }
 
-    /// f32 host values in device memory, for one call.
-    pub(super) fn floats(&self, host: &[f32]) -> Option<CudaSlice<f32>> {
-        let r = self.inner.stream.clone_htod(host);
-        self.note(r.as_ref().map(|_| ()), "copying to the GPU");
-        r.ok()
+    /// `Backend::resize` with a failure recorded instead of returned (for the operations
+    /// that return nothing): false when it failed.
+    pub(super) fn resize_quietly(&self, buf: &mut CudaBuf, n: usize) -> bool {
+        if n > buf.capacity() {
+            let Some(data) = self.scratch::<f32>(n) else { return false };
+            let mut grown = CudaBuf { data: Some(data), len: n };
+            let keep = buf.len.min(n);
+            self.copy_raw(grown.ptr(self.stream(), 0), buf.ptr(self.stream(), 0), keep);
+            std::mem::swap(buf, &mut grown);
+        } else if n > buf.len {
+            let (at, extra) = (buf.ptr(self.stream(), buf.len), n - buf.len);
+            launch!(self, "fill_f32", elems(extra); at, 0.0f32, extra as i64);
+        }
+        buf.len = n;
+        true
     }
 
     /// dst = src, `n` values between device addresses.
     pub(super) fn copy_raw(&self, dst: u64, src: u64, n: usize) {
         if n > 0 {
+            self.bind();
             // SAFETY: both address n f32 of live buffers (views'), queued on the one stream.
             let r = unsafe { cudarc::driver::result::memcpy_dtod_async(dst, src, n * 4, self.stream().cu_stream()) };
             self.note(r, "copying on the GPU");

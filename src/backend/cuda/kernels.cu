@@ -113,14 +113,26 @@ extern "C" __global__ void rmsnorm_backward_dx(float* dinp, const float* dout, c
     for (int j = lane; j < c; j += 32) dx[j] += r * w[j] * dy[j] - x[j] * k;
 }
 
-// dw[j] += sum over rows of dy x r (f64), one thread per column.
-extern "C" __global__ void rmsnorm_backward_dw(float* dw, const float* dout, const float* inp, const float* rstd,
-                                               i64 n, int c) {
-    int j = blockIdx.x * blockDim.x + threadIdx.x;
-    if (j >= c) return;
-    double acc = 0.0;
-    for (i64 row = 0; row < n; row++) acc += (double)(dout[row * c + j] * inp[row * c + j] * rstd[row]);
-    dw[j] += (float)acc;
+// dw[j] += sum over rows of dy x r, in two passes summed as the CPU sums them (so the
+// result is the CPU's to the bit): partial[chunk, j] = the f64 sum over the chunk's 64 rows,
+// then dw[j] += (float)(the partials added in chunk order).
+extern "C" __global__ void rmsnorm_backward_dw_partial(double* partial, const float* dout, const float* inp,
+                                                       const float* rstd, i64 n, int c) {
+    i64 chunks = (n + 63) / 64;
+    for (i64 e = blockIdx.x * (i64)blockDim.x + threadIdx.x; e < chunks * c; e += (i64)gridDim.x * blockDim.x) {
+        i64 ch = e / c, j = e % c, end = (ch + 1) * 64 < n ? (ch + 1) * 64 : n;
+        double acc = 0.0;
+        for (i64 row = ch * 64; row < end; row++) acc += (double)(dout[row * c + j] * inp[row * c + j] * rstd[row]);
+        partial[e] = acc;
+    }
+}
+
+extern "C" __global__ void rmsnorm_backward_dw_finish(float* dw, const double* partial, i64 chunks, int c) {
+    for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < c; j += gridDim.x * blockDim.x) {
+        double s = 0.0;
+        for (i64 ch = 0; ch < chunks; ch++) s += partial[ch * c + j];
+        dw[j] += (float)s;
+    }
 }
 
 // ---- activations (act.rs, math.rs) ---------------------------------------------------
@@ -187,14 +199,25 @@ extern "C" __global__ void act_backward(int act, float* dinp, const float* dout,
 
 // ---- bias gradient (matmul.rs) -------------------------------------------------------
 
-// db[j] += sum over the m rows of dy[., j], one thread per column, in row order (f32, as
-// the CPU; the CPU adds chunks of 64 rows, so the last bits differ).
-extern "C" __global__ void bias_backward(float* db, const float* dy, i64 m, int n) {
-    int j = blockIdx.x * blockDim.x + threadIdx.x;
-    if (j >= n) return;
-    float acc = 0.0f;
-    for (i64 r = 0; r < m; r++) acc += dy[r * n + j];
-    db[j] += acc;
+// db[j] += sum over the m rows of dy[., j], in f32 and in the CPU's order (to the bit):
+// partial[chunk, j] = the sum over the chunk's 64 rows, then db[j] += the partials added in
+// chunk order.
+extern "C" __global__ void bias_backward_partial(float* partial, const float* dy, i64 m, int n) {
+    i64 chunks = (m + 63) / 64;
+    for (i64 e = blockIdx.x * (i64)blockDim.x + threadIdx.x; e < chunks * n; e += (i64)gridDim.x * blockDim.x) {
+        i64 ch = e / n, j = e % n, end = (ch + 1) * 64 < m ? (ch + 1) * 64 : m;
+        float acc = 0.0f;
+        for (i64 r = ch * 64; r < end; r++) acc += dy[r * n + j];
+        partial[e] = acc;
+    }
+}
+
+extern "C" __global__ void bias_backward_finish(float* db, const float* partial, i64 chunks, int n) {
+    for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < n; j += gridDim.x * blockDim.x) {
+        float s = 0.0f;
+        for (i64 ch = 0; ch < chunks; ch++) s += partial[ch * n + j];
+        db[j] += s;
+    }
 }
 
 // ---- dropout (dropout.rs) ------------------------------------------------------------
@@ -302,18 +325,25 @@ extern "C" __global__ void embed_backward_tokens(float* dwte, const float* dout,
     }
 }
 
-// A position table's gradient: dtable[r, j] += the sum of dout over the rows i whose slot
-// i % t the table reads at r (positions from 0), in row order. One thread per (r, j).
+// A position table's gradient: dtable[r, j] += dout of every row i whose slot i % t the
+// table reads at r (positions from 0), added one by one in row order as the CPU adds them.
+// One thread per (r, j); it visits only the slots of r: slot r, row r's `width` slots, or
+// column r's slots r, r + width, ...
 extern "C" __global__ void embed_backward_table(float* dtable, int rows, int axis, int width, const float* dout,
                                                 i64 n, int t, int c) {
-    i64 e = blockIdx.x * (i64)blockDim.x + threadIdx.x;
-    if (e >= (i64)rows * c) return;
-    i64 r = e / c;
-    int j = (int)(e % c);
-    float acc = 0.0f;
-    for (i64 i = 0; i < n; i++)
-        if (axis_of(axis, width, i % t) == r) acc += dout[i * c + j];
-    dtable[e] += acc;
+    i64 batches = n / t;
+    for (i64 e = blockIdx.x * (i64)blockDim.x + threadIdx.x; e < (i64)rows * c; e += (i64)gridDim.x * blockDim.x) {
+        i64 r = e / c;
+        int j = (int)(e % c);
+        i64 p0 = axis == 1 ? r * width : r;
+        i64 p1 = axis == 0 ? r + 1 : (axis == 1 ? (r + 1) * width : t);
+        i64 step = axis == 2 ? width : 1;
+        if (p1 > t) p1 = t;
+        float acc = dtable[e];
+        for (i64 bi = 0; bi < batches; bi++)
+            for (i64 p = p0; p < p1; p += step) acc += dout[(bi * t + p) * c + j];
+        dtable[e] = acc;
+    }
 }
 
 // ---- rope_2d (rope.rs) ---------------------------------------------------------------
@@ -349,12 +379,12 @@ extern "C" __global__ void rope(float* qkv, i64 n, int t, i64 pos0, int nh, int 
 
 // out (B, C) = the mean over t of x (B, T, C) (f64 sums, in order). One thread per (b, j).
 extern "C" __global__ void mean_over_positions(float* out, const float* x, int b, int t, int c) {
-    int e = blockIdx.x * blockDim.x + threadIdx.x;
-    if (e >= b * c) return;
-    int bi = e / c, j = e % c;
-    double acc = 0.0;
-    for (int r = 0; r < t; r++) acc += (double)x[((i64)bi * t + r) * c + j];
-    out[e] = (float)(acc / t);
+    for (int e = blockIdx.x * blockDim.x + threadIdx.x; e < b * c; e += gridDim.x * blockDim.x) {
+        int bi = e / c, j = e % c;
+        double acc = 0.0;
+        for (int r = 0; r < t; r++) acc += (double)x[((i64)bi * t + r) * c + j];
+        out[e] = (float)(acc / t);
+    }
 }
 
 // dx (B, T, C) += dmean (B, C) / T at every position.

@@ -78,6 +78,7 @@ impl Cuda {
             return;
         }
         let alpha = 1.0f32;
+        self.bind();
         // SAFETY: a, b, c address live device buffers of the shapes the caller states; the
         // handle is bound to this engine's stream.
         let r = unsafe {
@@ -119,27 +120,26 @@ impl Backend for Cuda {
         CudaKv::new(self, spec, batch, heads, positions, prec)
     }
 
+    fn name(&self) -> String {
+        self.inner.device.clone()
+    }
+    fn synchronize(&self) -> Result<()> {
+        self.note(self.stream().synchronize(), "waiting for the GPU");
+        self.check()
+    }
+
     fn zeros(&self, n: usize) -> Result<CudaBuf> {
         Ok(CudaBuf { data: Some(self.alloc(n)?), len: n })
     }
     fn resize(&self, buf: &mut CudaBuf, n: usize) -> Result<()> {
-        if n > buf.capacity() {
-            let mut grown = CudaBuf { data: Some(self.alloc(n)?), len: n };
-            let keep = buf.len.min(n);
-            self.copy_raw(grown.ptr(self.stream(), 0), buf.ptr(self.stream(), 0), keep);
-            std::mem::swap(buf, &mut grown);
-        } else if n > buf.len {
-            let (at, extra) = (buf.ptr(self.stream(), buf.len), n - buf.len);
-            launch!(self, "fill_f32", elems(extra); at, 0.0f32, extra as i64);
-        }
-        buf.len = n;
+        self.resize_quietly(buf, n);
         self.check()
     }
     fn upload(&self, host: &[f32]) -> Result<CudaBuf> {
         self.buf_of(host)
     }
     fn download(&self, buf: &CudaBuf, r: Range<usize>) -> Result<Vec<f32>> {
-        assert!(r.end <= buf.len, "download: {r:?} of a buffer of {}", buf.len);
+        assert!(r.start <= r.end && r.end <= buf.len, "download: {r:?} of a buffer of {}", buf.len);
         self.read_back(buf.ptr(self.stream(), r.start), r.len())
     }
     fn size(&self, buf: &CudaBuf) -> usize {
@@ -164,15 +164,12 @@ impl Backend for Cuda {
     }
     fn sum_squares(&self, x: &CudaBuf) -> f64 {
         let parts = elems(x.len).grid_dim.0.min(1024);
-        let Ok(partial) = self.inner.stream.alloc_zeros::<f64>(parts as usize) else {
-            self.note(Err::<(), _>("no memory for a reduction"), "sum_squares");
-            return f64::NAN;
-        };
+        let Some(partial) = self.scratch::<f64>(parts as usize) else { return f64::NAN };
         let cfg = cudarc::driver::LaunchConfig { grid_dim: (parts, 1, 1), ..elems(x.len) };
         let (xp, pp) = (x.ptr(self.stream(), 0), self.addr(&partial));
         launch!(self, "sum_squares_partial", cfg; xp, x.len as i64, pp);
         // the partials in block order: deterministic
-        self.read_back::<f64>(pp, parts as usize).map_or(f64::NAN, |p| p.iter().sum())
+        self.fetch::<f64>(pp, parts as usize).map_or(f64::NAN, |p| p.iter().sum())
     }
 
     type View<'a> = DView<'a>;
@@ -193,10 +190,7 @@ impl Backend for Cuda {
         DView::new(v.ptr, v.len)
     }
     fn to_host(&self, v: DView<'_>) -> Vec<f32> {
-        self.read_back(v.ptr, v.len).unwrap_or_else(|e| {
-            self.note(Err::<(), _>(e), "to_host");
-            vec![0.0; v.len]
-        })
+        self.fetch(v.ptr, v.len).unwrap_or_else(|| vec![0.0; v.len])
     }
     fn copy(&self, dst: DViewMut<'_>, src: DView<'_>) {
         assert_eq!(dst.len, src.len, "copy between views of different lengths");
@@ -221,7 +215,11 @@ impl Backend for Cuda {
     ) {
         let (n, c) = (rstd.len, w.len);
         launch!(self, "rmsnorm_backward_dx", warps(n); dinp.ptr, dout.ptr, inp.ptr, rstd.ptr, w.ptr, n as i64, c as i32);
-        launch!(self, "rmsnorm_backward_dw", elems(c); dw.ptr, dout.ptr, inp.ptr, rstd.ptr, n as i64, c as i32);
+        let chunks = n.div_ceil(64);
+        let Some(partial) = self.scratch::<f64>(chunks * c) else { return };
+        let pp = self.addr(&partial);
+        launch!(self, "rmsnorm_backward_dw_partial", elems(chunks * c); pp, dout.ptr, inp.ptr, rstd.ptr, n as i64, c as i32);
+        launch!(self, "rmsnorm_backward_dw_finish", elems(c); dw.ptr, pp, chunks as i64, c as i32);
     }
     fn act_forward(&self, act: Activation, out: DViewMut<'_>, inp: DView<'_>) {
         launch!(self, "act_forward", elems(inp.len); act_code(act), out.ptr, inp.ptr, inp.len as i64);
@@ -242,20 +240,31 @@ impl Backend for Cuda {
         layout: WeightLayout,
         accumulate: bool,
     ) {
-        let (m, _, n) = mkn;
+        let (m, k, n) = mkn;
+        assert!(out.len >= m * n && inp.len >= m * k && w.len >= k * n, "matmul_forward: views of {mkn:?}");
+        assert!(bias.is_none_or(|b| b.len == n), "matmul_forward: a bias of {n}");
         self.gemm(out.ptr, inp.ptr, w.ptr, mkn, layout, if accumulate { 1.0 } else { 0.0 });
         if let Some(b) = bias {
             launch!(self, "add_bias", elems(m * n); out.ptr, b.ptr, m as i64, n as i32);
         }
     }
     fn matmul_backward_weight(&self, dw: DViewMut<'_>, x: DView<'_>, dy: DView<'_>, (m, k, n): (usize, usize, usize)) {
+        assert!(
+            dw.len >= k * n && x.len >= m * k && dy.len >= m * n,
+            "matmul_backward_weight: views of {:?}",
+            (m, k, n)
+        );
         // dW^T (n, k) += dy^T (n, m) x (m, k), column-major
         let ops = (cublasOperation_t::CUBLAS_OP_N, cublasOperation_t::CUBLAS_OP_T);
         self.sgemm(ops, (n, k, m), (dy.ptr, n), (x.ptr, k), (dw.ptr, n), 1.0);
     }
     fn bias_backward(&self, db: DViewMut<'_>, dy: DView<'_>, n: usize) {
         let m = dy.len / n.max(1);
-        launch!(self, "bias_backward", elems(n); db.ptr, dy.ptr, m as i64, n as i32);
+        let chunks = m.div_ceil(64);
+        let Some(partial) = self.scratch::<f32>(chunks * n) else { return };
+        let pp = self.addr(&partial);
+        launch!(self, "bias_backward_partial", elems(chunks * n); pp, dy.ptr, m as i64, n as i32);
+        launch!(self, "bias_backward_finish", elems(n); db.ptr, pp, chunks as i64, n as i32);
     }
     fn add_inplace(&self, x: DViewMut<'_>, y: DView<'_>) {
         launch!(self, "add_inplace", elems(x.len); x.ptr, y.ptr, x.len as i64);
@@ -266,15 +275,18 @@ impl Backend for Cuda {
     }
     fn cross_entropy_fused(&self, logits: DViewMut<'_>, targets: &[u32], weights: &[f32], v: usize) -> f64 {
         let n = targets.len();
-        let (Some(tg), Some(wt), Ok(loss)) =
-            (self.ids(targets), self.floats(weights), self.inner.stream.alloc_zeros::<f64>(n.max(1)))
+        assert!(weights.len() == n && logits.len >= n * v, "cross_entropy_fused: {n} rows of {v}");
+        if n == 0 {
+            return 0.0;
+        }
+        let (Some(tg), Some(wt), Some(loss)) = (self.staged(targets), self.staged(weights), self.scratch::<f64>(n))
         else {
             return f64::NAN;
         };
         let (tp, wp, lp) = (self.addr(&tg), self.addr(&wt), self.addr(&loss));
         launch!(self, "cross_entropy_fused", blocks(n); logits.ptr, tp, wp, lp, v as i32);
         // the rows' losses summed on the host in row order, as the CPU
-        self.read_back::<f64>(lp, n).map_or(f64::NAN, |l| l.iter().sum())
+        self.fetch::<f64>(lp, n).map_or(f64::NAN, |l| l.iter().sum())
     }
     fn embed_forward(
         &self,
@@ -288,8 +300,12 @@ impl Backend for Cuda {
         c: usize,
     ) {
         assert!(tables.len() <= 2, "at most two position tables");
-        let Some(tok) = self.ids(tokens) else { return };
-        let scale = token_scale.and_then(|s| self.floats(s));
+        assert!(out.len >= tokens.len() * c, "embed_forward: an output of {} rows", tokens.len());
+        if tokens.is_empty() {
+            return;
+        }
+        let Some(tok) = self.staged(tokens) else { return };
+        let scale = token_scale.and_then(|s| self.staged(s));
         let (tp, sp) = (self.addr(&tok), scale.as_ref().map_or(0, |x| self.addr(x)));
         let table =
             |i: usize| tables.get(i).map_or((0u64, 0i32, 0i32), |(v, a)| (v.ptr, axis_code(*a).0, axis_code(*a).1));
@@ -310,8 +326,12 @@ impl Backend for Cuda {
         t: usize,
         c: usize,
     ) {
-        let Some(tok) = self.ids(tokens) else { return };
-        let scale = token_scale.and_then(|s| self.floats(s));
+        assert!(dout.len >= tokens.len() * c, "embed_backward: a gradient of {} rows", tokens.len());
+        if tokens.is_empty() {
+            return;
+        }
+        let Some(tok) = self.staged(tokens) else { return };
+        let scale = token_scale.and_then(|s| self.staged(s));
         let (tp, sp) = (self.addr(&tok), scale.as_ref().map_or(0, |x| self.addr(x)));
         let (n, g) = (tokens.len(), DView::new(grads.ptr, grads.len));
         launch!(self, "embed_backward_tokens", elems(n * c); g.at(wte.start), dout.ptr, tp, sp, n as i64, c as i32);
@@ -324,6 +344,7 @@ impl Backend for Cuda {
     }
     fn rope(&self, rope: &Rope, qkv: DViewMut<'_>, t: usize, pos0: usize, inverse: bool) {
         let c = rope.nh * rope.hs;
+        assert!(rope.hs.is_multiple_of(4) && qkv.len.is_multiple_of(3 * c), "rope: qkv rows of 3 x {c}, heads of 4k");
         let n = qkv.len / (3 * c);
         let work = n * 2 * rope.nh * 2 * (rope.hs / 4);
         let sign = if inverse { -1.0f64 } else { 1.0 };
@@ -369,15 +390,11 @@ impl Backend for Cuda {
         cache.attend(self, out, saved, (q, k, v), past, d)
     }
     fn mean_over_positions(&self, x: DView<'_>, b: usize, t: usize, c: usize) -> Vec<f32> {
-        let Ok(mut out) = self.zeros(b * c) else { return vec![0.0; b * c] };
-        let op = out.ptr(self.stream(), 0);
+        assert!(x.len >= b * t * c, "mean_over_positions: a view of {b} x {t} x {c}");
+        let Some(out) = self.scratch::<f32>(b * c) else { return vec![0.0; b * c] };
+        let op = self.addr(&out);
         launch!(self, "mean_over_positions", elems(b * c); op, x.ptr, b as i32, t as i32, c as i32);
-        let r = self.download(&out, 0..b * c);
-        out.len = 0;
-        r.unwrap_or_else(|e| {
-            self.note(Err::<(), _>(e), "mean_over_positions");
-            vec![0.0; b * c]
-        })
+        self.fetch(op, b * c).unwrap_or_else(|| vec![0.0; b * c])
     }
     fn mean_over_positions_backward(&self, dx: DViewMut<'_>, dmean: DView<'_>, b: usize, t: usize, c: usize) {
         launch!(self, "mean_over_positions_backward", elems(b * t * c); dx.ptr, dmean.ptr, b as i32, t as i32, c as i32);
@@ -403,10 +420,10 @@ impl Backend for Cuda {
         out: DView<'_>,
         saved: &CudaSaved,
         q: Seq<DView<'_>>,
-        _k: Seq<DView<'_>>,
-        _v: Seq<DView<'_>>,
+        k: Seq<DView<'_>>,
+        v: Seq<DView<'_>>,
         d: AttnDims,
     ) {
-        super::attention::backward(self, dqkv, (dout, out), saved, q, d)
+        super::attention::backward(self, dqkv, (dout, out), saved, (q, k, v), d)
     }
 }
