@@ -7,7 +7,9 @@
 #   tools/gpu_check.sh run     there (CUDA, PyTorch, no Rust): finds the NVIDIA libraries,
 #                              runs the kernel compile check, every parity test (kernels
 #                              first: the first failure names the kernel and by how much),
-#                              then prints the GPU's facts; under 8 minutes
+#                              then the benchmarks against PyTorch on the same GPU
+#                              (iGPT-S shape, f32 without TF32): one RESULT line each;
+#                              under 8 minutes
 #
 # The device call, from this checkout:  run(command="bash tools/gpu_check.sh run",
 #                                            carry=["target/gpu"], timeout_s=540)
@@ -26,9 +28,10 @@ build() {
     strip -o "$OUT/$t" "$exe"
   done
   strip -o "$OUT/igpt" target/release/igpt
+  cp ../shared/bench/torch_ref.py "$OUT/"
   ls -la "$OUT"
   du -sh "$OUT"
-  for f in "$OUT"/*; do echo "$f needs glibc $(objdump -T "$f" | grep -o "GLIBC_[0-9.]*" | sort -V | tail -1)"; done
+  for f in "$OUT"/cuda_kernels "$OUT"/cuda_parity "$OUT"/igpt; do echo "$f needs glibc $(objdump -T "$f" | grep -o "GLIBC_[0-9.]*" | sort -V | tail -1)"; done
 }
 
 run() {
@@ -46,7 +49,21 @@ run() {
   for t in every_kernel_matches_the_cpu fixture_models_match_the_cpu the_fine_tuning_step_matches_the_cpu; do
     timeout 240 "$OUT/cuda_parity" --exact "$t" --nocapture --test-threads 1 || { rc=1; echo "FAILED: $t"; }
   done
+  bench || rc=1
   return $rc
+}
+
+# iGPT-S (E=512, 24 layers, 8 heads, 32x32, 512 colours): training at batch 32, sampling at
+# batch 64, igpt then PyTorch (eager + SDPA; transformers' generate for sampling)
+bench() {
+  echo "== benchmarks"
+  local py=/opt/torch/.venv/bin/python3 shape="--n-embd 512 --n-layer 24 --n-head 8 --side 32 --colors 512"
+  [ -x "$py" ] || py=python3
+  timeout 150 "$OUT/igpt" bench train --device cuda $shape --batch 32 --steps 3 --warmup 1 || echo "igpt bench train failed"
+  timeout 100 "$py" "$OUT/torch_ref.py" train --device cuda --no-tf32 $shape --batch 32 --steps 3 --warmup 1 || true
+  timeout 100 "$OUT/igpt" bench sample --device cuda $shape --batch 64 || echo "igpt bench sample failed"
+  timeout 100 "$py" "$OUT/torch_ref.py" sample --device cuda --no-tf32 $shape --batch 64 || true
+  timeout 100 "$py" "$OUT/torch_ref.py" hf-generate --device cuda --no-tf32 $shape --batch 64 || true
 }
 
 case "${1:-}" in
