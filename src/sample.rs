@@ -6,6 +6,7 @@
 //! igpt complete --model DIR --images a.png --out grid.png  # keep the top half, sample the rest
 //! ```
 
+use crate::backend::Backend;
 use crate::backend::loss::argmax;
 use crate::error::{Error, Result};
 use crate::model::{ImageGpt, KvCache, KvPrecision, Logits, ModelKind, Workspace};
@@ -129,8 +130,8 @@ impl Prompt {
 /// Generates full images (B, n_positions) for a prompt: prefill [SOS] + the common known
 /// prefix in one pass, then one cached step per pixel, forcing known pixels. `progress` is
 /// called after each step with (pixels done, pixels total).
-pub fn generate(
-    model: &ImageGpt,
+pub fn generate<B: Backend>(
+    model: &ImageGpt<B>,
     prompt: &Prompt,
     sampler: &mut Sampler,
     mut progress: impl FnMut(usize, usize),
@@ -153,8 +154,9 @@ pub fn generate(
     if let Some(row) = prompt.known.iter().find(|r| r.len() != n) {
         return Err(Error::Invalid(format!("prompt has {} pixels, the model {} (n_positions)", row.len(), n)));
     }
-    let mut cache = KvCache::with_precision(&model.config, b, sampler.sampling.kv_cache);
-    let mut ws = Workspace::new();
+    let be = &model.be;
+    let mut cache = KvCache::on(be, &model.config, b, sampler.sampling.kv_cache);
+    let mut ws = Workspace::<B>::new();
     let mut out: Vec<Vec<u32>> = vec![Vec::with_capacity(n); b];
     // Prefill: [SOS] + the common known prefix, minus the last pixel (it never needs to be fed).
     let pre = prompt.common_prefix().min(n - 1);
@@ -173,10 +175,11 @@ pub fn generate(
     // Each step: choose pixel i of every row from the logits at position i, then feed it.
     for i in pre..n {
         let mut next = Vec::with_capacity(b);
+        let logits = be.download(&ws.logits, 0..b * v)?;
         for (r, o) in out.iter_mut().enumerate() {
             let tok = match prompt.known[r][i] {
                 Some(t) => t,
-                None => sampler.sample(&ws.logits[r * v..(r + 1) * v]),
+                None => sampler.sample(&logits[r * v..(r + 1) * v]),
             };
             o.push(tok);
             next.push(tok);

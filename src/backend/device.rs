@@ -1,10 +1,10 @@
 //! Where a command runs: `--device cpu|cuda[:N]`, and what this machine and build offer.
 //!
-//! The CPU engine is the whole engine today. `cuda[:N]` names the N-th NVIDIA GPU (0 first);
-//! a build has the CUDA backend only with the cargo feature `cuda`, which loads the NVIDIA
-//! libraries (`libcuda`, `libnvrtc`, `libcublas`, `libcublasLt`) at run time, so it builds
-//! and runs on machines without them. [`Device::check`] refuses a device a command cannot
-//! use, with what to change.
+//! `cuda[:N]` names the N-th NVIDIA GPU (0 first); a build has the CUDA engine
+//! (`backend::cuda`) only with the cargo feature `cuda`, which loads the NVIDIA libraries
+//! (`libcuda`, `libnvrtc`, `libcublas`, `libcublasLt`) at run time, so it builds and runs on
+//! machines without them. `bench`, `sample` and `complete` run on it; [`Device::check`]
+//! refuses a device a command cannot use, with what to change.
 
 use std::fmt;
 use std::str::FromStr;
@@ -165,8 +165,8 @@ fn no_cuda_build(dev: Device) -> Error {
 
 impl Device {
     /// Refuses a device that `command` cannot run on here, naming what to change: a GPU
-    /// needs a build with the `cuda` feature and a driver, and the CUDA engine (issue #16)
-    /// does not run any command yet.
+    /// needs a build with the `cuda` feature and a driver, and the commands that call this
+    /// do not run on the CUDA engine yet (issue #16).
     pub fn check(self, command: &str) -> Result<()> {
         let Device::Cuda(n) = self else { return Ok(()) };
         let gpu = gpu_info(n)?;

@@ -2,10 +2,10 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use igpt::sample::{Prompt, Sampler, generate};
+use igpt::sample::{Prompt, Sampler};
 use igpt::tokenizer::RgbImage;
 
-use super::sample::{SamplingArgs, open_causal, pixel_bar};
+use super::sample::{SamplingArgs, generate_all, open_causal, pixel_bar};
 
 #[derive(Args)]
 pub struct CompleteArgs {
@@ -46,7 +46,7 @@ pub struct CompleteArgs {
 }
 
 pub fn run(a: CompleteArgs) -> Result<()> {
-    a.s.device.check("complete")?;
+    let engine = a.s.device.engine("complete")?;
     a.s.validate()?;
     for (flag, n) in [("--count", a.count), ("--samples", a.samples)] {
         if n == 0 || n > super::sample::MAX_IMAGES {
@@ -54,8 +54,7 @@ pub fn run(a: CompleteArgs) -> Result<()> {
         }
     }
     super::init_threads(a.s.threads);
-    let (mut model, proc) = open_causal(&a.model)?;
-    model.set_decode_weights(a.s.weights)?;
+    let (model, proc) = open_causal(&a.model)?;
     let (h, w) = proc.hw();
     let n = h * w;
     let originals: Vec<Vec<u32>> = match &a.data {
@@ -85,15 +84,8 @@ pub fn run(a: CompleteArgs) -> Result<()> {
         .collect();
     let mut sampler = Sampler::new(a.s.seed, a.s.sampling());
     let bar = pixel_bar((rows.len() * n) as u64, "complete");
-    let mut done_rows = 0;
-    let mut completions: Vec<Vec<u32>> = Vec::with_capacity(rows.len());
-    for chunk in rows.chunks(a.s.batch.max(1)) {
-        let prompt = Prompt { known: chunk.to_vec() };
-        let b = chunk.len();
-        completions
-            .extend(generate(&model, &prompt, &mut sampler, |i, _| bar.set_position((done_rows * n + b * i) as u64))?);
-        done_rows += b;
-    }
+    let prompts: Vec<Prompt> = rows.chunks(a.s.batch.max(1)).map(|c| Prompt { known: c.to_vec() }).collect();
+    let completions = with_model!(engine, model, generate_all(a.s.weights, &prompts, &mut sampler, &bar))?;
     bar.finish_and_clear();
     let k = a.samples.max(1);
     let mut tiles = Vec::new();

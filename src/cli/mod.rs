@@ -13,6 +13,19 @@ macro_rules! on_engine {
     };
 }
 
+/// Calls `$f` with `$model` (an `ImageGpt` on the CPU) in the engine `$engine` (an
+/// [`Engine`]: the CPU's model itself, else a copy in the GPU's memory) and the other
+/// arguments.
+macro_rules! with_model {
+    ($engine:expr, $model:expr, $f:ident($($arg:expr),* $(,)?)) => {
+        match $engine {
+            $crate::cli::Engine::Cpu(_) => $f($model, $($arg),*),
+            #[cfg(feature = "cuda")]
+            $crate::cli::Engine::Cuda(be) => $f($model.to_engine(be)?, $($arg),*),
+        }
+    };
+}
+
 pub mod bench;
 pub mod complete;
 pub mod convert;

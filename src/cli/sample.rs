@@ -2,7 +2,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use igpt::model::ModelKind;
+use igpt::model::{ImageGpt, ModelKind};
 use igpt::sample::{Prompt, Sampler, Sampling, generate};
 use igpt::tokenizer::{ImageProcessorConfig, RgbImage};
 use serde_json::json;
@@ -148,27 +148,21 @@ pub fn open_causal(dir: &std::path::Path) -> Result<(igpt::model::ImageGpt, Imag
 }
 
 pub fn run(a: SampleArgs) -> Result<()> {
-    a.s.device.check("sample")?;
+    let engine = a.s.device.engine("sample")?;
     a.s.validate()?;
     if a.num == 0 || a.num > MAX_IMAGES {
         bail!("--num {}: give 1 to {MAX_IMAGES} images", a.num);
     }
     super::init_threads(a.s.threads);
-    let (mut model, proc) = open_causal(&a.model)?;
-    model.set_decode_weights(a.s.weights)?;
+    let (model, proc) = open_causal(&a.model)?;
     let (h, w) = proc.hw();
     let n = model.config.n_positions;
     let mut sampler = Sampler::new(a.s.seed, a.s.sampling());
     let bar = pixel_bar((a.num * n) as u64, "sample");
-    let mut images: Vec<Vec<u32>> = Vec::with_capacity(a.num);
     let t0 = std::time::Instant::now();
-    while images.len() < a.num {
-        let b = a.s.batch.max(1).min(a.num - images.len());
-        let done = images.len();
-        let batch =
-            generate(&model, &Prompt::empty(b, n), &mut sampler, |i, _| bar.set_position((done * n + b * i) as u64))?;
-        images.extend(batch);
-    }
+    let prompts: Vec<Prompt> =
+        (0..a.num).step_by(a.s.batch.max(1)).map(|i| Prompt::empty(a.s.batch.max(1).min(a.num - i), n)).collect();
+    let images = with_model!(engine, model, generate_all(a.s.weights, &prompts, &mut sampler, &bar))?;
     bar.finish_and_clear();
     let secs = t0.elapsed().as_secs_f64();
     let tiles: Vec<RgbImage> = images.iter().map(|t| RgbImage::new(w, h, proc.decode(t))).collect();
@@ -191,4 +185,23 @@ pub fn run(a: SampleArgs) -> Result<()> {
     }
     println!("{} images in {:.1} s ({:.0} tokens/s) -> {}", a.num, secs, rate, a.out.display());
     Ok(())
+}
+
+/// Every prompt's images, batch by batch, on the model's engine (its decoding weights set
+/// to `weights` first), with the bar counting pixels.
+pub fn generate_all<B: igpt::backend::Backend>(
+    mut model: ImageGpt<B>,
+    weights: igpt::model::WeightPrecision,
+    prompts: &[Prompt],
+    sampler: &mut Sampler,
+    bar: &indicatif::ProgressBar,
+) -> Result<Vec<Vec<u32>>> {
+    model.set_decode_weights(weights)?;
+    let n = model.config.n_positions;
+    let mut images: Vec<Vec<u32>> = Vec::new();
+    for prompt in prompts {
+        let (done, b) = (images.len(), prompt.known.len());
+        images.extend(generate(&model, prompt, sampler, |i, _| bar.set_position((done * n + b * i) as u64))?);
+    }
+    Ok(images)
 }
