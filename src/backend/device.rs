@@ -3,8 +3,8 @@
 //! `cuda[:N]` names the N-th NVIDIA GPU (0 first); a build has the CUDA engine
 //! (`backend::cuda`) only with the cargo feature `cuda`, which loads the NVIDIA libraries
 //! (`libcuda`, `libnvrtc`, `libcublas`, `libcublasLt`) at run time, so it builds and runs on
-//! machines without them. `bench`, `sample` and `complete` run on it; [`Device::check`]
-//! refuses a device a command cannot use, with what to change.
+//! machines without them. `bench`, `sample`, `complete`, `eval` and `probe` (its features)
+//! run on it; [`Device::check`] refuses a device a command cannot use, with what to change.
 
 use std::fmt;
 use std::str::FromStr;

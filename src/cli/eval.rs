@@ -2,6 +2,8 @@ use std::path::PathBuf;
 
 use anyhow::{Result, bail};
 use clap::Args;
+use igpt::ImageGptConfig;
+use igpt::backend::Backend;
 use igpt::model::{ImageGpt, Logits, ModelKind, Workspace, cross_entropy};
 use igpt::tokenizer::ImageProcessorConfig;
 use serde_json::json;
@@ -51,7 +53,7 @@ fn metric_of(bert: bool) -> (&'static str, &'static str) {
 }
 
 pub fn run(a: EvalArgs) -> Result<()> {
-    a.device.check("eval")?;
+    let engine = a.device.engine("eval")?;
     if a.batch == 0 || a.batch > 4096 {
         bail!("--batch {}: give 1 to 4096 images per pass", a.batch);
     }
@@ -82,8 +84,9 @@ pub fn run(a: EvalArgs) -> Result<()> {
         );
     }
     let items = images(&a, &proc)?;
-    let nlls = score(&model, &items, &a)?;
-    report(&a, &model, &items, &nlls)
+    let config = model.config.clone();
+    let nlls = with_model!(engine, model, score(&items, &a))?;
+    report(&a, &config, &items, &nlls)
 }
 
 /// (name, tokens) of every image to score: a prepared split or the images given.
@@ -105,10 +108,10 @@ fn images(a: &EvalArgs, proc: &ImageProcessorConfig) -> Result<Vec<(String, Vec<
 
 /// Each image's mean NLL (nats/token): of every pixel given the ones before it (GPT), or
 /// of its masked pixels given the others (BERT; NaN where none was masked).
-fn score(model: &ImageGpt, items: &[(String, Vec<u32>)], a: &EvalArgs) -> Result<Vec<f64>> {
+fn score<B: Backend>(model: ImageGpt<B>, items: &[(String, Vec<u32>)], a: &EvalArgs) -> Result<Vec<f64>> {
     let (t, v, sos) = (model.config.n_positions, model.config.n_colors(), model.config.sos_token());
     let bert = !model.config.is_causal();
-    let mut ws = Workspace::new();
+    let mut ws = Workspace::<B>::new();
     let mut nlls = Vec::with_capacity(items.len());
     let bar = indicatif::ProgressBar::new(items.len() as u64).with_style(indicatif::ProgressStyle::with_template(
         "eval {bar:30} {pos}/{len} images [{elapsed_precise}<{eta_precise}, {per_sec}]",
@@ -129,8 +132,9 @@ fn score(model: &ImageGpt, items: &[(String, Vec<u32>)], a: &EvalArgs) -> Result
             model.forward(&mut ws, &inputs, b, t, Logits::All, false)?;
             None
         };
+        let logits = model.be.download(&ws.logits, 0..b * t * v)?;
         for (i, tg) in targets.chunks(t).enumerate() {
-            let (nll, rows) = cross_entropy(&ws.logits[i * t * v..(i + 1) * t * v], tg, v);
+            let (nll, rows) = cross_entropy(&logits[i * t * v..(i + 1) * t * v], tg, v);
             nlls.push(match &masked {
                 // the mean over this image's masked pixels
                 Some(m) => {
@@ -148,14 +152,14 @@ fn score(model: &ImageGpt, items: &[(String, Vec<u32>)], a: &EvalArgs) -> Result
 }
 
 /// Prints the per-image and mean scores (text or --json).
-fn report(a: &EvalArgs, model: &ImageGpt, items: &[(String, Vec<u32>)], nlls: &[f64]) -> Result<()> {
-    let bert = !model.config.is_causal();
+fn report(a: &EvalArgs, config: &ImageGptConfig, items: &[(String, Vec<u32>)], nlls: &[f64]) -> Result<()> {
+    let bert = !config.is_causal();
     // images with no masked pixel (BERT, a small --mask-prob) have no score
     let scored: Vec<f64> = nlls.iter().copied().filter(|x| x.is_finite()).collect();
     let mean = scored.iter().sum::<f64>() / scored.len().max(1) as f64;
     let bits = mean / std::f64::consts::LN_2;
     let (metric, what) = metric_of(bert);
-    let objective = model.config.objective.name();
+    let objective = config.objective.name();
     if a.json {
         let per_image: Vec<_> = items
             .iter()

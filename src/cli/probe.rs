@@ -93,7 +93,7 @@ pub fn parse_layers(s: &str) -> Result<Option<Vec<usize>>> {
 }
 
 pub fn run(a: ProbeArgs) -> Result<()> {
-    a.device.check("probe")?;
+    let engine = a.device.engine("probe")?;
     if a.limit == Some(0) {
         anyhow::bail!("--limit 0: give at least 1 image");
     }
@@ -113,7 +113,7 @@ pub fn run(a: ProbeArgs) -> Result<()> {
         limit: a.limit,
     };
     let mut bar = Bar::new();
-    let r = run_probe(&model, &a.data, &opts, &a.out, &mut bar)
+    let r = with_model!(engine, model, probe_on(&a.data, &opts, &a.out, &mut bar))
         .with_context(|| format!("probing {} on {}", a.model.display(), a.data.display()))?;
     drop(bar);
     if a.json {
@@ -156,4 +156,15 @@ pub fn run(a: ProbeArgs) -> Result<()> {
     }
     println!("features {:.1} s, fits {:.1} s -> {}/probe.json, probe.png", r.feature_s, r.fit_s, a.out.display());
     Ok(())
+}
+
+/// The probe of `model`, on its engine (the features; the fits run on the CPU).
+fn probe_on<B: igpt::backend::Backend>(
+    model: igpt::model::ImageGpt<B>,
+    data: &std::path::Path,
+    opts: &ProbeOptions,
+    out: &std::path::Path,
+    bar: &mut Bar,
+) -> igpt::Result<igpt::probe::ProbeReport> {
+    run_probe(&model, data, opts, out, bar)
 }

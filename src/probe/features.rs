@@ -5,14 +5,15 @@ use std::path::Path;
 
 use safetensors::Dtype;
 
+use crate::backend::Backend;
 use crate::data::tokens::TokenFile;
 use crate::error::{Error, Result};
 use crate::model::{ImageGpt, Logits, Workspace};
 use crate::tokenizer::ImageProcessorConfig;
 
 /// Pooled features of every layer for every image of a split: feats[l] is (N, C).
-pub fn layer_features(
-    model: &ImageGpt,
+pub fn layer_features<B: Backend>(
+    model: &ImageGpt<B>,
     data: &TokenFile,
     layers: &[usize],
     batch: usize,
@@ -27,7 +28,7 @@ pub fn layer_features(
         )));
     }
     let mut feats: Vec<Vec<f32>> = layers.iter().map(|_| Vec::with_capacity(data.count * c)).collect();
-    let mut ws = Workspace::new();
+    let mut ws = Workspace::<B>::new();
     let mut tokens = vec![0u32; batch * t];
     for start in (0..data.count).step_by(batch.max(1)) {
         let b = batch.min(data.count - start);

@@ -126,8 +126,8 @@ fn side_by_side(f: &[Vec<f32>], idx: &[usize], n: usize, c: usize) -> Vec<f32> {
 /// Probes the layers of `model` on the prepared data in `data_dir` (and the raw-pixel
 /// baseline, and with `concat` > 1 the concatenation around the best layer), writing
 /// probe.json, probe.png and probe.svg into `out`.
-pub fn run_probe(
-    model: &ImageGpt,
+pub fn run_probe<B: crate::backend::Backend>(
+    model: &ImageGpt<B>,
     data_dir: &Path,
     o: &ProbeOptions,
     out: &Path,
