@@ -98,6 +98,9 @@ impl Backend for Cpu {
     fn read<'b>(&self, v: &'b &mut [f32]) -> &'b [f32] {
         v
     }
+    fn view_len(&self, v: &[f32]) -> usize {
+        v.len()
+    }
     fn to_host(&self, v: &[f32]) -> Vec<f32> {
         v.to_vec()
     }
@@ -188,9 +191,6 @@ impl Backend for Cpu {
                 PackedMatrix::pack(&wt, k, n, elem)
             }
         })
-    }
-    fn packed_bytes(&self, w: &PackedMatrix) -> usize {
-        w.bytes()
     }
     fn matmul_packed(
         &self,

@@ -126,6 +126,8 @@ pub trait Backend: Clone + Send + Sync + std::fmt::Debug + 'static {
     fn reborrow<'b>(&self, v: &'b mut Self::ViewMut<'_>) -> Self::ViewMut<'b>;
     /// A read-only view of the values of a writable one.
     fn read<'b>(&self, v: &'b Self::ViewMut<'_>) -> Self::View<'b>;
+    /// The number of values a view shows.
+    fn view_len(&self, v: Self::View<'_>) -> usize;
     /// A host copy of the values of a view.
     fn to_host(&self, v: Self::View<'_>) -> Vec<f32>;
 
@@ -223,8 +225,6 @@ pub trait Backend: Clone + Send + Sync + std::fmt::Debug + 'static {
     /// W packed for decoding's products: the (k, n) matrix `w` (`WeightLayout::InOut`; or
     /// its (n, k) transpose, `OutIn`), its values as `elem`.
     fn pack(&self, w: Self::View<'_>, kn: (usize, usize), layout: WeightLayout, elem: PackAs) -> Result<Self::Packed>;
-    /// Bytes a packed matrix holds.
-    fn packed_bytes(&self, w: &Self::Packed) -> usize;
     /// Decoding's matrix product out (m, n) (+)= inp (m, k) @ W (+ bias) against a weight
     /// packed for it.
     fn matmul_packed(

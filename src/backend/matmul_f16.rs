@@ -91,13 +91,6 @@ impl PackedMatrix {
         }
     }
 
-    pub fn bytes(&self) -> usize {
-        match self {
-            PackedMatrix::F32(p) => p.bytes(),
-            PackedMatrix::F16(p) => p.bytes(),
-        }
-    }
-
     /// out (m, n) (+)= inp (m, k) @ W (+ bias): [`matmul_packed`] on either element.
     pub fn product(&self, out: &mut [f32], inp: &[f32], bias: Option<&[f32]>, m: usize, accumulate: bool) {
         match self {

@@ -253,7 +253,7 @@ impl<B: Backend> ImageGpt<B> {
             return Err(Error::Invalid("fine-tuning needs a causal model and (B, T >= 2) tokens with B labels".into()));
         }
         let (be, c, v) = (&self.be, self.config.n_embd, self.config.n_colors());
-        let k = be.to_host(score).len() / c;
+        let k = be.view_len(score) / c;
         if tokens.iter().any(|&x| x as usize >= v) || labels.iter().any(|&l| l as usize >= k) {
             return Err(Error::Invalid(format!("tokens must be < {v} and labels < {k}")));
         }
@@ -319,7 +319,9 @@ impl<B: Backend> ImageGpt<B> {
                 be.dropout(d, x);
             }
         }
-        be.resize(&mut a.branch, n * c)?;
+        if a.active.resid.is_some() {
+            be.resize(&mut a.branch, n * c)?; // the dropped branches' scratch
+        }
         for (l, lo) in self.layout.layers.iter().enumerate() {
             let la = &mut a.layers[l];
             be.copy(sized(be, &mut la.x_in, n * c)?, be.whole(&a.x));

@@ -189,6 +189,9 @@ impl Backend for Cuda {
     fn read<'b>(&self, v: &'b DViewMut<'_>) -> DView<'b> {
         DView::new(v.ptr, v.len)
     }
+    fn view_len(&self, v: DView<'_>) -> usize {
+        v.len
+    }
     fn to_host(&self, v: DView<'_>) -> Vec<f32> {
         self.fetch(v.ptr, v.len).unwrap_or_else(|| vec![0.0; v.len])
     }
@@ -359,9 +362,6 @@ impl Backend for Cuda {
         self.copy_raw(copy.ptr(self.stream(), 0), w.ptr, w.len);
         copy.len = w.len;
         Ok(CudaPacked { w: copy, kn, layout })
-    }
-    fn packed_bytes(&self, w: &CudaPacked) -> usize {
-        4 * w.w.len
     }
     fn matmul_packed(
         &self,
