@@ -1,10 +1,10 @@
 //! Weights packed for decoding steps. A decoding step (one new token per sequence) streams
 //! every weight matrix from memory once for a handful of rows, so it is bound by how fast it
-//! reads them: a copy of the block matrices and of the output head packed in 32-column panels
-//! ([`Packed`]: each thread reads one contiguous region front to back, with its accumulators
-//! in registers for all of k) reads them at nearly the machine's streaming rate, in f32 (the
-//! same values and sums: the parameters' results) or in f16 (half the bytes). Prompts
-//! (prefill), full forwards and training use the f32 parameters.
+//! reads them: a copy of the block matrices and of the output head packed for it (the CPU
+//! engine's 32-column panels: each thread reads one contiguous region front to back, with
+//! its accumulators in registers for all of k) reads them at nearly the machine's streaming
+//! rate, in f32 (the same values and sums: the parameters' results) or in f16 (half the
+//! bytes). Prompts (prefill), full forwards and training use the f32 parameters.
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -13,53 +13,9 @@ use crate::backend::matmul_f16::PackAs;
 use crate::backend::{Backend, WeightLayout};
 use crate::error::Result;
 
+use super::decode_matrices::{DecodeMatrices, WeightPrecision};
 use super::gpt::ImageGpt;
 use super::params::ModelKind;
-
-/// The weight matrices that decoding steps read.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum WeightPrecision {
-    /// An f32 copy of the block matrices and the output head packed for decoding (4 more
-    /// bytes per parameter): cached decoding gives the full forward's logits (to rounding).
-    #[default]
-    F32,
-    /// The f32 parameters as they are (no copy; slower decoding, the same results).
-    F32Unpacked,
-    /// An IEEE half copy of the transformer blocks' matrices and the output head (biases,
-    /// norms and embeddings stay f32): faster decoding, logits move by about 1e-3.
-    F16,
-}
-
-impl std::str::FromStr for WeightPrecision {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "f32" | "fp32" | "float32" => Ok(WeightPrecision::F32),
-            "f32-unpacked" => Ok(WeightPrecision::F32Unpacked),
-            "f16" | "fp16" | "float16" | "half" => Ok(WeightPrecision::F16),
-            other => Err(format!("unknown weight precision `{other}`: use f32, f32-unpacked or f16")),
-        }
-    }
-}
-
-impl WeightPrecision {
-    /// The name the `--weights` flag takes.
-    pub fn name(self) -> &'static str {
-        match self {
-            WeightPrecision::F32 => "f32",
-            WeightPrecision::F32Unpacked => "f32-unpacked",
-            WeightPrecision::F16 => "f16",
-        }
-    }
-}
-
-/// A model's packed copies for decoding steps, by the offset of their matrix in its
-/// parameters.
-#[derive(Clone, Debug)]
-pub(crate) struct DecodeMatrices<P> {
-    precision: WeightPrecision,
-    by_offset: BTreeMap<usize, P>,
-}
 
 impl<B: Backend> ImageGpt<B> {
     /// Chooses the weights decoding steps read. F32 and F16 take a packed copy of the current

@@ -21,7 +21,7 @@ use crate::config::ImageGptConfig;
 use crate::error::{Error, Result};
 use crate::rng::Rng;
 
-use super::decode_weights::DecodeMatrices;
+use super::decode_matrices::DecodeMatrices;
 use super::kv_cache::KvCache;
 use super::params::{LayerOffsets, ModelKind, ParamLayout};
 

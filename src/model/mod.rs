@@ -7,6 +7,7 @@
 //! `transformer.h.{i}.mlp.{c_fc,c_proj}.{weight,bias}`, `transformer.ln_f.weight`,
 //! `lm_head.weight`; classifiers have `score.weight`; bare models drop `transformer.`.
 
+pub mod decode_matrices;
 pub mod decode_weights;
 pub mod gpt;
 pub mod kv_cache;
@@ -17,7 +18,7 @@ pub mod weights;
 
 pub use crate::backend::attention::KvPrecision;
 pub use crate::backend::loss::cross_entropy;
-pub use decode_weights::WeightPrecision;
+pub use decode_matrices::WeightPrecision;
 pub use gpt::{ImageGpt, Logits, Workspace};
 pub use kv_cache::KvCache;
 pub use params::{ModelKind, ParamLayout};

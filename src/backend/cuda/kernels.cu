@@ -452,6 +452,17 @@ __device__ float warp_allsum(float v) {
     return v;
 }
 
+// This warp's (batch row, head, row) of a launch of one warp per (b, h, row) over (B, nh, T);
+// false for the warps past the end (whole warps: the return that follows is warp-uniform).
+__device__ bool warp_row(int b, int nh, int t, int* bi, int* h, int* r) {
+    i64 w = blockIdx.x * (i64)(blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (w >= (i64)b * nh * t) return false;
+    *r = (int)(w % t);
+    *h = (int)((w / t) % nh);
+    *bi = (int)(w / ((i64)t * nh));
+    return true;
+}
+
 // Loads this lane's share of a head's vector.
 __device__ void load_head(float* dst, const float* src, int hs, int lane) {
     for (int i = 0; i < MAXV; i++) {
@@ -485,10 +496,8 @@ extern "C" __global__ void attention_forward(float* out, float* lse, const float
                                              i64 v_bs, i64 v_rs, int b, int t, int tk, int nh, int hs, Mask mask,
                                              float scale, int drop, u64 drop_key, unsigned int drop_threshold,
                                              float drop_scale) {
-    i64 w = blockIdx.x * (i64)(blockDim.x >> 5) + (threadIdx.x >> 5);
-    int lane = threadIdx.x & 31;
-    if (w >= (i64)b * nh * t) return;
-    int r = (int)(w % t), h = (int)((w / t) % nh), bi = (int)(w / ((i64)t * nh));
+    int bi, h, r, lane = threadIdx.x & 31;
+    if (!warp_row(b, nh, t, &bi, &h, &r)) return;
     i64 p = (i64)tk - t + r;
     float qr[MAXV], acc[MAXV];
     load_head(qr, q + q_off + bi * q_bs + r * q_rs + h * hs, hs, lane);
@@ -522,10 +531,8 @@ extern "C" __global__ void attention_forward(float* out, float* lse, const float
 // delta (B, nh, T) = the sum over a head of dout * out (the backward's D).
 extern "C" __global__ void attention_backward_delta(float* delta, const float* dout, const float* out, int b, int t,
                                                     int nh, int hs) {
-    i64 w = blockIdx.x * (i64)(blockDim.x >> 5) + (threadIdx.x >> 5);
-    int lane = threadIdx.x & 31;
-    if (w >= (i64)b * nh * t) return;
-    int r = (int)(w % t), h = (int)((w / t) % nh), bi = (int)(w / ((i64)t * nh));
+    int bi, h, r, lane = threadIdx.x & 31;
+    if (!warp_row(b, nh, t, &bi, &h, &r)) return;
     i64 at = ((i64)bi * t + r) * nh * hs + h * hs;
     float s = 0.0f;
     for (int j = lane; j < hs; j += 32) s += dout[at + j] * out[at + j];
@@ -540,10 +547,8 @@ extern "C" __global__ void attention_backward_dq(float* dqkv, const float* dout,
                                                  const float* qkv, int b, int t, int nh, int hs, Mask mask,
                                                  float scale, int drop, u64 drop_key, unsigned int drop_threshold,
                                                  float drop_scale) {
-    i64 w = blockIdx.x * (i64)(blockDim.x >> 5) + (threadIdx.x >> 5);
-    int lane = threadIdx.x & 31;
-    if (w >= (i64)b * nh * t) return;
-    int r = (int)(w % t), h = (int)((w / t) % nh), bi = (int)(w / ((i64)t * nh));
+    int bi, h, r, lane = threadIdx.x & 31;
+    if (!warp_row(b, nh, t, &bi, &h, &r)) return;
     i64 c = (i64)nh * hs, row3 = 3 * c;
     const float* base = qkv + (i64)bi * t * row3;
     float qr[MAXV], dor[MAXV], dq[MAXV];
@@ -579,10 +584,8 @@ extern "C" __global__ void attention_backward_dkdv(float* dqkv, const float* dou
                                                    const float* delta, const float* qkv, int b, int t, int nh, int hs,
                                                    Mask mask, float scale, int drop, u64 drop_key,
                                                    unsigned int drop_threshold, float drop_scale) {
-    i64 w = blockIdx.x * (i64)(blockDim.x >> 5) + (threadIdx.x >> 5);
-    int lane = threadIdx.x & 31;
-    if (w >= (i64)b * nh * t) return;
-    int s = (int)(w % t), h = (int)((w / t) % nh), bi = (int)(w / ((i64)t * nh));
+    int bi, h, s, lane = threadIdx.x & 31;
+    if (!warp_row(b, nh, t, &bi, &h, &s)) return;
     i64 c = (i64)nh * hs, row3 = 3 * c;
     const float* base = qkv + (i64)bi * t * row3;
     float ks[MAXV], vs[MAXV], dk[MAXV], dv[MAXV];

@@ -5,6 +5,7 @@
 use std::ops::Range;
 
 use cudarc::cublas::sys::cublasOperation_t;
+use cudarc::driver::CudaSlice;
 
 use super::attention::{CudaKv, CudaSaved};
 use super::engine::{Cuda, blocks, elems, launch, warps};
@@ -100,6 +101,22 @@ impl Cuda {
             )
         };
         self.note(r, "cublasSgemm");
+    }
+}
+
+impl Cuda {
+    /// Token ids and their embedding multipliers in device memory for one call: the buffers
+    /// (to keep until the launch) and their addresses (0: no multipliers).
+    #[allow(clippy::type_complexity)]
+    fn stage_tokens(
+        &self,
+        tokens: &[u32],
+        scale: Option<&[f32]>,
+    ) -> Option<((CudaSlice<u32>, Option<CudaSlice<f32>>), (u64, u64))> {
+        let tok = self.staged(tokens)?;
+        let scale = scale.and_then(|s| self.staged(s));
+        let addrs = (self.addr(&tok), scale.as_ref().map_or(0, |x| self.addr(x)));
+        Some(((tok, scale), addrs))
     }
 }
 
@@ -307,9 +324,7 @@ impl Backend for Cuda {
         if tokens.is_empty() {
             return;
         }
-        let Some(tok) = self.staged(tokens) else { return };
-        let scale = token_scale.and_then(|s| self.staged(s));
-        let (tp, sp) = (self.addr(&tok), scale.as_ref().map_or(0, |x| self.addr(x)));
+        let Some(((_tok, _scale), (tp, sp))) = self.stage_tokens(tokens, token_scale) else { return };
         let table =
             |i: usize| tables.get(i).map_or((0u64, 0i32, 0i32), |(v, a)| (v.ptr, axis_code(*a).0, axis_code(*a).1));
         let ((t0, a0, w0), (t1, a1, w1)) = (table(0), table(1));
@@ -333,9 +348,7 @@ impl Backend for Cuda {
         if tokens.is_empty() {
             return;
         }
-        let Some(tok) = self.staged(tokens) else { return };
-        let scale = token_scale.and_then(|s| self.staged(s));
-        let (tp, sp) = (self.addr(&tok), scale.as_ref().map_or(0, |x| self.addr(x)));
+        let Some(((_tok, _scale), (tp, sp))) = self.stage_tokens(tokens, token_scale) else { return };
         let (n, g) = (tokens.len(), DView::new(grads.ptr, grads.len));
         launch!(self, "embed_backward_tokens", elems(n * c); g.at(wte.start), dout.ptr, tp, sp, n as i64, c as i32);
         for (range, axis) in tables {
