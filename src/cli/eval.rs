@@ -132,9 +132,10 @@ fn score<B: Backend>(model: ImageGpt<B>, items: &[(String, Vec<u32>)], a: &EvalA
             model.forward(&mut ws, &inputs, b, t, Logits::All, false)?;
             None
         };
-        let logits = model.be.download(&ws.logits, 0..b * t * v)?;
         for (i, tg) in targets.chunks(t).enumerate() {
-            let (nll, rows) = cross_entropy(&logits[i * t * v..(i + 1) * t * v], tg, v);
+            // one image's logits on the host at a time (not the whole batch's)
+            let logits = model.be.download(&ws.logits, i * t * v..(i + 1) * t * v)?;
+            let (nll, rows) = cross_entropy(&logits, tg, v);
             nlls.push(match &masked {
                 // the mean over this image's masked pixels
                 Some(m) => {

@@ -233,11 +233,6 @@ impl<B: Backend> ImageGpt<B> {
         Ok(ImageGpt { config, kind: self.kind, layout, params, act: self.act, be, decode_matrices: None })
     }
 
-    /// The engine this model's buffers live in and its kernels run on.
-    pub fn engine(&self) -> &B {
-        &self.be
-    }
-
     /// The parameters at `r` (an entry's range of the layout).
     pub fn param(&self, r: &Range<usize>) -> B::View<'_> {
         self.be.view(&self.params, r.clone())

@@ -33,7 +33,7 @@ impl<B: Backend> ImageGpt<B> {
         let tables: Vec<(B::View<'_>, Axis)> =
             self.position_tables().into_iter().map(|(r, a)| (self.param(&r), a)).collect();
         let (wte, c) = (self.param(&self.layout.wte), self.config.n_embd);
-        self.engine().embed_forward(x, tokens, wte, token_scale, &tables, t, pos0, c);
+        self.be.embed_forward(x, tokens, wte, token_scale, &tables, t, pos0, c);
     }
 
     /// Adds the embedding's gradients (token rows, position tables) for dx (B*T, C).
@@ -47,7 +47,7 @@ impl<B: Backend> ImageGpt<B> {
     ) {
         let tables = self.position_tables();
         let (wte, c) = (self.layout.wte.clone(), self.config.n_embd);
-        self.engine().embed_backward(grads, wte, &tables, dx, tokens, token_scale, t, c);
+        self.be.embed_backward(grads, wte, &tables, dx, tokens, token_scale, t, c);
     }
 
     /// rope_2d: rotates q and k of qkv (B, T, 3C) for slots pos0..pos0+T (`inverse`: the
@@ -56,7 +56,7 @@ impl<B: Backend> ImageGpt<B> {
         let cfg = &self.config;
         if cfg.position_embedding == PositionEmbedding::Rope2d {
             let rope = Rope { nh: cfg.n_head, hs: cfg.head_dim(), width: cfg.width(), theta: cfg.rope_theta };
-            self.engine().rope(&rope, qkv, t, pos0, inverse);
+            self.be.rope(&rope, qkv, t, pos0, inverse);
         }
     }
 }
